@@ -1,0 +1,3 @@
+"""archsearch: hardware-aware architecture search for efficient diffusion backbones."""
+
+__version__ = "0.1.0"

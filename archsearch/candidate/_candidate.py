@@ -1,0 +1,409 @@
+"""One fully resolved architecture: frozen, hashable, with a stable content id."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from archsearch._util import atomic_write_text, short_hash
+from archsearch.errors import CandidateError, SpecError
+from archsearch.spec import (
+    ATTENTION_KINDS,
+    ATTENTION_VARIANTS,
+    FFN_TYPES,
+    KINDS,
+    RESNET_VARIANTS,
+    TEMPORAL_PLACEMENTS,
+    TEMPORAL_TYPES,
+    SearchSpace,
+    load_yaml,
+    load_yaml_text,
+)
+
+__all__ = [
+    "CANDIDATE_FORMAT",
+    "Candidate",
+    "OptunaChooser",
+    "RandomChooser",
+    "StageConfig",
+    "TemporalConfig",
+    "resolve",
+    "sample",
+    "sample_many",
+]
+
+CANDIDATE_FORMAT = "archsearch.candidate/v1"
+
+
+@dataclass(frozen=True)
+class TemporalConfig:
+    """Temporal layers of a video stage: ``count`` layers of ``type`` spread over its layers."""
+
+    type: str = "none"
+    count: int = 0
+    placement: str = "after_resnet"
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One resolved stage (down, mid or up). Unused fields hold neutral values."""
+
+    channels: int
+    resnet_blocks: int
+    resnet_variant: str = "plain"
+    resnet_expansion: float = 0.0
+    transformer_depth: int = 0
+    attention: str = "none"
+    attention_variant: str = "mha"
+    heads: int = 0
+    head_dim: int = 0
+    qk_norm: bool = False
+    ffn_ratio: float = 0.0
+    ffn_type: str = "none"
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+
+    @property
+    def has_transformer(self) -> bool:
+        return self.transformer_depth > 0 and self.attention != "none"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "stage") -> "StageConfig":
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(d) - known)
+        if extra:
+            raise CandidateError(f"{where}.{extra[0]}: unknown key (allowed: {', '.join(sorted(known))})")
+        d = dict(d)
+        t = d.pop("temporal", None) or {}
+        if not isinstance(t, dict):
+            raise CandidateError(f"{where}.temporal: expected a mapping with type, count, placement")
+        try:
+            st = cls(**d, temporal=TemporalConfig(**t))
+        except TypeError as exc:
+            raise CandidateError(f"{where}: {exc}") from None
+        st._check(where)
+        return st
+
+    def _check(self, where: str) -> None:
+        def bad(key: str, allowed: str) -> CandidateError:
+            return CandidateError(f"{where}.{key}: bad value {getattr(self, key)!r} (allowed: {allowed})")
+
+        for key in ("channels", "resnet_blocks"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise bad(key, "an integer >= 1")
+        if self.resnet_variant not in RESNET_VARIANTS:
+            raise bad("resnet_variant", ", ".join(RESNET_VARIANTS))
+        if self.attention not in ATTENTION_KINDS:
+            raise bad("attention", ", ".join(ATTENTION_KINDS))
+        if self.attention_variant not in ATTENTION_VARIANTS:
+            raise bad("attention_variant", ", ".join(ATTENTION_VARIANTS))
+        if self.has_transformer:
+            if self.ffn_type not in FFN_TYPES:
+                raise bad("ffn_type", ", ".join(FFN_TYPES))
+            if self.heads * self.head_dim != self.channels:
+                raise CandidateError(
+                    f"{where}: heads {self.heads} x head_dim {self.head_dim} != channels {self.channels}"
+                )
+        if self.temporal.type not in TEMPORAL_TYPES:
+            raise CandidateError(f"{where}.temporal.type: bad value {self.temporal.type!r} "
+                                 f"(allowed: {', '.join(TEMPORAL_TYPES)})")
+        if self.temporal.placement not in TEMPORAL_PLACEMENTS:
+            raise CandidateError(f"{where}.temporal.placement: bad value {self.temporal.placement!r} "
+                                 f"(allowed: {', '.join(TEMPORAL_PLACEMENTS)})")
+
+    def scaled(self, width_mult: float, quantum_groups: int) -> "StageConfig":
+        """This stage with its width multiplied (rounded to fit norm groups and heads)."""
+        if width_mult == 1.0:
+            return self
+        q = math.lcm(quantum_groups, self.head_dim) if self.has_transformer else quantum_groups
+        ch = max(q, int(round(self.channels * width_mult / q)) * q)
+        heads = ch // self.head_dim if self.has_transformer else 0
+        return replace(self, channels=ch, heads=heads)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A fully resolved backbone: everything the builder needs, nothing searchable.
+
+    ``stages`` is the down path (high to low resolution), ``up`` the up path (low to high
+    resolution; ``up[i]`` mirrors ``stages[-1 - i]``), ``mid`` the bottleneck (or None).
+    ``origin`` (the space it came from) is metadata: it is not part of :attr:`id`.
+    """
+
+    kind: str
+    latent_channels: int
+    resolution: int
+    frames: int
+    context_dim: int
+    context_length: int
+    time_embed_dim: int
+    norm_groups: int
+    stages: tuple[StageConfig, ...]
+    mid: StageConfig | None
+    up: tuple[StageConfig, ...]
+    origin: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        self._check()
+
+    # ----------------------------------------------------------------- identity
+    @property
+    def id(self) -> str:
+        """Stable 12-hex content id (sha256 of the canonical architecture)."""
+        return short_hash(self._arch_dict())
+
+    def _arch_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("origin")
+        return d
+
+    # ----------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = self._arch_dict()
+        d["stages"] = list(d["stages"])
+        d["up"] = list(d["up"])
+        return {"format": CANDIDATE_FORMAT, "id": self.id, "origin": self.origin, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "candidate") -> "Candidate":
+        if not isinstance(d, dict):
+            raise CandidateError(f"{source}: expected a mapping (a candidate file written by archsearch)")
+        d = dict(d)
+        fmt = d.pop("format", CANDIDATE_FORMAT)
+        if fmt != CANDIDATE_FORMAT:
+            raise CandidateError(f"{source}: format: unsupported {fmt!r} (allowed: {CANDIDATE_FORMAT})")
+        claimed = d.pop("id", None)
+        if "schema_version" in d and "stages" in d:
+            raise CandidateError(
+                f"{source}: this is a search space, not a candidate; "
+                f"run `archsearch sample {source} -n 1 -o DIR` first"
+            )
+        required = {f.name for f in fields(cls)} - {"origin"}
+        missing = sorted(required - set(d))
+        if missing:
+            raise CandidateError(f"{source}: missing key {missing[0]} (a candidate needs: {', '.join(sorted(required))})")
+        unknown = sorted(set(d) - required - {"origin"})
+        if unknown:
+            raise CandidateError(f"{source}: {unknown[0]}: unknown key (allowed: {', '.join(sorted(required))})")
+        for key in ("stages", "up"):
+            if not isinstance(d[key], list) or not d[key]:
+                raise CandidateError(f"{source}: {key}: expected a non-empty list of stages")
+        try:
+            cand = cls(
+                kind=d["kind"],
+                latent_channels=d["latent_channels"],
+                resolution=d["resolution"],
+                frames=d["frames"],
+                context_dim=d["context_dim"],
+                context_length=d["context_length"],
+                time_embed_dim=d["time_embed_dim"],
+                norm_groups=d["norm_groups"],
+                stages=tuple(StageConfig.from_dict(s, f"{source}: stages[{i}]") for i, s in enumerate(d["stages"])),
+                mid=StageConfig.from_dict(d["mid"], f"{source}: mid") if d["mid"] is not None else None,
+                up=tuple(StageConfig.from_dict(s, f"{source}: up[{i}]") for i, s in enumerate(d["up"])),
+                origin=str(d.get("origin") or ""),
+            )
+        except CandidateError as exc:
+            if str(exc).startswith(source):
+                raise
+            raise CandidateError(f"{source}: {exc}") from None
+        if claimed is not None and claimed != cand.id:
+            raise CandidateError(f"{source}: id {claimed!r} does not match the architecture (expected {cand.id}); "
+                                 "the file was edited: remove the id line to accept the change")
+        return cand
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+
+    @classmethod
+    def from_yaml(cls, path_or_text: str | Path) -> "Candidate":
+        """Read a candidate from a YAML (or JSON) file path or YAML text."""
+        p = Path(path_or_text) if not (isinstance(path_or_text, str) and "\n" in path_or_text) else None
+        if p is not None and (p.suffix in (".yaml", ".yml", ".json") or p.exists()):
+            doc = load_yaml(p)
+            source = str(p)
+        else:
+            doc = load_yaml_text(str(path_or_text))
+            source = "<candidate>"
+        try:
+            return cls.from_dict(doc.data, source)
+        except SpecError:
+            raise
+
+    def save(self, path: str | Path) -> Path:
+        """Write the candidate as YAML, atomically."""
+        return atomic_write_text(path, self.to_yaml())
+
+    # ----------------------------------------------------------------- checks
+    def _check(self) -> None:
+        if self.kind not in KINDS:
+            raise CandidateError(f"kind: bad value {self.kind!r} (allowed: {', '.join(KINDS)})")
+        for key in ("latent_channels", "resolution", "frames", "context_dim", "context_length",
+                    "time_embed_dim", "norm_groups"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise CandidateError(f"{key}: bad value {v!r} (allowed: an integer >= 1)")
+        if len(self.up) != len(self.stages):
+            raise CandidateError(f"up: has {len(self.up)} stages, the down path {len(self.stages)} (they must match)")
+        if self.resolution % (2 ** (len(self.stages) - 1)):
+            raise CandidateError(f"resolution: {self.resolution} is not divisible by {2 ** (len(self.stages) - 1)}")
+        for name, st in self.named_stages():
+            for ch in (st.channels,):
+                if ch % self.norm_groups:
+                    raise CandidateError(f"{name}.channels: {ch} is not divisible by norm_groups {self.norm_groups}")
+            if self.kind == "image" and st.temporal.type != "none":
+                raise CandidateError(f"{name}.temporal: temporal layers need kind: video")
+        for i, (down, up) in enumerate(zip(self.stages, reversed(self.up))):
+            if down.channels != up.channels:
+                raise CandidateError(f"up[{len(self.up) - 1 - i}].channels: {up.channels} != its down stage's {down.channels}")
+
+    def named_stages(self) -> list[tuple[str, StageConfig]]:
+        out = [(f"down{i}", s) for i, s in enumerate(self.stages)]
+        if self.mid is not None:
+            out.append(("mid", self.mid))
+        out += [(f"up{i}", s) for i, s in enumerate(self.up)]
+        return out
+
+    # ----------------------------------------------------------------- views
+    def summary(self) -> dict[str, Any]:
+        """A flat dict (one row of a results table): per-stage widths, blocks, attention."""
+        row: dict[str, Any] = {"id": self.id, "kind": self.kind, "resolution": self.resolution}
+        if self.kind == "video":
+            row["frames"] = self.frames
+        for name, st in self.named_stages():
+            row[f"{name}.channels"] = st.channels
+            row[f"{name}.resnet_blocks"] = st.resnet_blocks
+            row[f"{name}.resnet_variant"] = st.resnet_variant
+            row[f"{name}.transformer_depth"] = st.transformer_depth if st.has_transformer else 0
+            row[f"{name}.attention"] = st.attention if st.has_transformer else "none"
+            if st.has_transformer:
+                row[f"{name}.attention_variant"] = st.attention_variant
+                row[f"{name}.heads"] = st.heads
+                row[f"{name}.ffn_ratio"] = st.ffn_ratio
+            if self.kind == "video":
+                row[f"{name}.temporal"] = (
+                    f"{st.temporal.count}x{st.temporal.type}@{st.temporal.placement}"
+                    if st.temporal.type != "none" else "none"
+                )
+        return row
+
+    def for_proxy(
+        self,
+        width_mult: float = 1.0,
+        resolution: int | None = None,
+        frames: int | None = None,
+        context_dim: int | None = None,
+        context_length: int | None = None,
+        latent_channels: int | None = None,
+    ) -> "Candidate":
+        """The same block structure at proxy scale (narrower, smaller, another text encoder)."""
+        stages = tuple(s.scaled(width_mult, self.norm_groups) for s in self.stages)
+        up = tuple(s.scaled(width_mult, self.norm_groups) for s in self.up)
+        mid = None
+        if self.mid is not None:
+            mid = self.mid.scaled(width_mult, self.norm_groups)
+            if mid.channels != stages[-1].channels:  # mid must match the last stage exactly
+                mid = replace(mid, channels=stages[-1].channels,
+                              heads=stages[-1].channels // mid.head_dim if mid.has_transformer else 0)
+        # Up widths must equal their down stage widths after rounding.
+        up = tuple(
+            replace(u, channels=d.channels, heads=d.channels // u.head_dim if u.has_transformer else 0)
+            for u, d in zip(up, reversed(stages))
+        )
+        frames_ = frames if (frames is not None and self.kind == "video") else self.frames
+        return replace(
+            self,
+            stages=stages,
+            up=up,
+            mid=mid,
+            resolution=resolution or self.resolution,
+            frames=frames_,
+            context_dim=context_dim or self.context_dim,
+            context_length=context_length or self.context_length,
+            latent_channels=latent_channels or self.latent_channels,
+            time_embed_dim=max(self.norm_groups, int(round(self.time_embed_dim * width_mult))),
+        )
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+class RandomChooser:
+    """Draws every dimension uniformly from a seeded :class:`random.Random`."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def categorical(self, name: str, options: list[Any]) -> Any:
+        return options[self.rng.randrange(len(options))]
+
+    def integer(self, name: str, low: int, high: int, step: int) -> int:
+        return self.rng.randrange(low, high + 1, step)
+
+
+class OptunaChooser:
+    """Asks an Optuna trial (define-by-run): ``suggest_categorical`` / ``suggest_int``."""
+
+    def __init__(self, trial: Any) -> None:
+        self.trial = trial
+
+    def categorical(self, name: str, options: list[Any]) -> Any:
+        return self.trial.suggest_categorical(name, list(options))
+
+    def integer(self, name: str, low: int, high: int, step: int) -> int:
+        return self.trial.suggest_int(name, low, high, step=step)
+
+
+def _from_resolved(space: SearchSpace, d: dict[str, Any]) -> Candidate:
+    try:
+        return Candidate(
+            kind=d["kind"],
+            latent_channels=d["latent_channels"],
+            resolution=d["resolution"],
+            frames=d["frames"],
+            context_dim=d["context_dim"],
+            context_length=d["context_length"],
+            time_embed_dim=d["time_embed_dim"],
+            norm_groups=d["norm_groups"],
+            stages=tuple(StageConfig.from_dict(s, f"down{i}") for i, s in enumerate(d["stages"])),
+            mid=StageConfig.from_dict(d["mid"], "mid") if d["mid"] is not None else None,
+            up=tuple(StageConfig.from_dict(s, f"up{i}") for i, s in enumerate(d["up"])),
+            origin=space.name,
+        )
+    except CandidateError as exc:
+        raise SpecError(f"{space.path}: a candidate of this space is invalid: {exc}") from None
+
+
+def resolve(space: SearchSpace, chooser: Any) -> Candidate:
+    """Resolve ``space`` with any chooser (define-by-run), e.g. :class:`OptunaChooser`."""
+    return _from_resolved(space, space.resolve_dict(chooser))
+
+
+def sample(space: SearchSpace, seed: int = 0) -> Candidate:
+    """One candidate drawn uniformly per dimension, reproducible from ``seed``."""
+    return resolve(space, RandomChooser(random.Random(seed)))
+
+
+def sample_many(space: SearchSpace, n: int, seed: int = 0, unique: bool = True) -> list[Candidate]:
+    """``n`` candidates from one seeded stream; distinct ones if ``unique`` (and possible)."""
+    rng = random.Random(seed)
+    out: list[Candidate] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(out) < n and attempts < 50 * n + 100:
+        attempts += 1
+        c = resolve(space, RandomChooser(rng))
+        if unique and c.id in seen:
+            continue
+        seen.add(c.id)
+        out.append(c)
+    return out

@@ -1,0 +1,154 @@
+"""Candidate → ``torch.nn.Module``, assembled block by block from :func:`walk`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from archsearch import __version__
+from archsearch._util import atomic_write_bytes, atomic_write_text
+from archsearch.candidate import Candidate
+from archsearch.errors import ArchsearchError
+from archsearch.model._blocks import create_block
+from archsearch.model._walker import BlockSpec, walk
+
+__all__ = ["ArchUNet", "build_block", "build_model"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def build_block(spec: BlockSpec, device: Any = None, dtype: torch.dtype | None = None) -> nn.Module:
+    """Build one block alone, exactly as the full model builds it."""
+    with torch.device(device) if device is not None else _nullcontext():
+        block = create_block(spec.type, spec.hparams)
+    if dtype is not None:
+        block = block.to(dtype)
+    return block
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+class ArchUNet(nn.Module):
+    """A UNet (image) or video UNet assembled from a :class:`Candidate`.
+
+    Call it like a diffusers UNet: ``model(sample, timestep, encoder_hidden_states)``
+    returns a prediction shaped like ``sample`` — ``(B, C, H, W)`` for images,
+    ``(B, C, T, H, W)`` for video.
+    """
+
+    def __init__(self, candidate: Candidate, device: Any = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.candidate = candidate
+        self.block_specs: list[BlockSpec] = walk(candidate)
+        self.blocks = nn.ModuleList(build_block(s, device, dtype) for s in self.block_specs)
+        self.feature_channels: dict[str, int] = {}
+        for s in self.block_specs:
+            if s.tap:
+                hp = s.hparams
+                self.feature_channels[s.tap] = hp.get("channels") or hp.get("out_channels")
+
+    @property
+    def is_video(self) -> bool:
+        return self.candidate.kind == "video"
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
+                encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(sample, timestep, encoder_hidden_states, taps=False)[0]
+
+    def forward_features(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
+                         encoder_hidden_states: torch.Tensor, taps: bool = True
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Prediction and the stage-output features (``down.i``, ``mid``, ``up.i``)."""
+        c = self.candidate
+        expected_dims = 5 if self.is_video else 4
+        if sample.dim() != expected_dims:
+            raise ValueError(f"sample must be {expected_dims}-D for a {c.kind} model, got {tuple(sample.shape)}")
+        b = sample.shape[0]
+        if self.is_video:
+            frames = sample.shape[2]
+            if frames != c.frames:
+                raise ValueError(f"the model was built for {c.frames} frames, got {frames}")
+            x = sample.permute(0, 2, 1, 3, 4).reshape(b * frames, *sample.shape[1:2], *sample.shape[3:])
+        else:
+            frames = 1
+            x = sample
+        if not torch.is_tensor(timestep):
+            timestep = torch.tensor([timestep], device=sample.device)
+        timestep = timestep.to(sample.device).reshape(-1).expand(b)
+        context = encoder_hidden_states
+        temb: torch.Tensor | None = None
+        stacks: list[list[torch.Tensor]] = [[] for _ in c.stages]
+        feats: dict[str, torch.Tensor] = {}
+        for spec, block in zip(self.block_specs, self.blocks):
+            if spec.type == "time_embed":
+                temb = block(timestep.float(), None, None).to(x.dtype)
+                if frames > 1:
+                    temb = temb.repeat_interleave(frames, dim=0)
+                    context = context.repeat_interleave(frames, dim=0)
+                continue
+            if spec.pop_skip is not None:
+                x = torch.cat([x, stacks[spec.pop_skip].pop()], dim=1)
+            x = block(x, temb, context)
+            if spec.push_skip is not None:
+                stacks[spec.push_skip].append(x)
+            if taps and spec.tap:
+                feats[spec.tap] = x
+        if self.is_video:
+            x = x.reshape(b, frames, *x.shape[1:]).permute(0, 2, 1, 3, 4)
+        return x, feats
+
+    # ----------------------------------------------------------------- save / load
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` (the candidate) and ``model.safetensors``, each atomically."""
+        from safetensors.torch import save
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic_write_bytes(directory / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
+        config = {"_class_name": type(self).__name__, "_archsearch_version": __version__,
+                  "candidate": self.candidate.to_dict()}
+        atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: Any = None) -> "ArchUNet":
+        """Load a model written by :meth:`save_pretrained` (safetensors; no pickle)."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        cfg_path = directory / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise ArchsearchError(f"{cfg_path}: not found (expected a folder written by save_pretrained)")
+        try:
+            config = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ArchsearchError(f"{cfg_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        if config.get("_class_name") != cls.__name__:
+            raise ArchsearchError(f"{cfg_path}: _class_name is {config.get('_class_name')!r} (allowed: {cls.__name__})")
+        candidate = Candidate.from_dict(config.get("candidate"), str(cfg_path))
+        model = cls(candidate, device=device)
+        state = load_file(str(directory / WEIGHTS_NAME), device=str(device or "cpu"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ArchsearchError(
+                f"{directory / WEIGHTS_NAME}: weights do not match the config "
+                f"({len(missing)} missing, e.g. {missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]})"
+            )
+        return model
+
+
+def build_model(candidate: Candidate, device: Any = None, dtype: torch.dtype | None = None) -> ArchUNet:
+    """Build the model for ``candidate`` (``device="meta"`` builds it for free)."""
+    return ArchUNet(candidate, device=device, dtype=dtype)

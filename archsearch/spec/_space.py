@@ -1,0 +1,652 @@
+"""The search-space DSL: validation, dimensions, exact size, define-by-run resolution.
+
+A value anywhere a stage key is allowed may be
+
+* a fixed value: ``channels: 256``
+* a choice: ``channels: {choice: [192, 256, 320]}``
+* an integer range, both ends included: ``resnet_blocks: {range: [1, 3, 1]}``
+
+Resolution is *define-by-run*: :meth:`SearchSpace.resolve_dict` asks a chooser for each
+dimension only when it matters (the head size of a stage without attention is never asked),
+so an Optuna trial, a seeded RNG and the exact space-size counter all walk the same code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from archsearch._util import short_hash
+from archsearch.errors import SpecError
+from archsearch.spec._loader import LocatedDocument, format_path, load_yaml, load_yaml_text
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Chooser",
+    "Dimension",
+    "SearchSpace",
+    "load_space",
+    "load_space_text",
+]
+
+SCHEMA_VERSION = 1
+
+KINDS = ("image", "video")
+RESNET_VARIANTS = ("plain", "separable")
+ATTENTION_KINDS = ("none", "cross", "self", "self_cross")
+ATTENTION_VARIANTS = ("mha", "mqa")
+FFN_TYPES = ("geglu", "gelu")
+TEMPORAL_TYPES = ("none", "conv1d", "attn1d", "attn3d")
+TEMPORAL_PLACEMENTS = ("after_resnet", "after_transformer")
+
+TOP_KEYS = {
+    "schema_version", "name", "description", "kind", "latent_channels", "resolution", "frames",
+    "context_dim", "context_length", "time_embed_dim", "norm_groups", "width_mult",
+    "up_extra_resnets", "defaults", "stages", "mid", "up", "constraints", "search", "proxy",
+}
+STAGE_KEYS = {
+    "channels", "resnet_blocks", "resnet_variant", "resnet_expansion", "transformer_depth",
+    "attention", "attention_variant", "head_dim", "heads", "qk_norm", "ffn_ratio", "ffn_type",
+    "temporal",
+}
+TEMPORAL_KEYS = {"type", "count", "placement"}
+CONSTRAINT_KEYS = {"max_params", "max_latency_ms", "latency_target"}
+
+STAGE_DEFAULTS: dict[str, Any] = {
+    "resnet_blocks": 2,
+    "resnet_variant": "plain",
+    "resnet_expansion": 2,
+    "transformer_depth": 1,
+    "attention": "none",
+    "attention_variant": "mha",
+    "qk_norm": False,
+    "ffn_ratio": 4,
+    "ffn_type": "geglu",
+}
+TEMPORAL_DEFAULTS: dict[str, Any] = {"type": "none", "count": 1, "placement": "after_resnet"}
+
+Path_ = tuple[Any, ...]
+
+
+class Chooser(Protocol):
+    """What :meth:`SearchSpace.resolve_dict` asks for each dimension (define-by-run)."""
+
+    def categorical(self, name: str, options: list[Any]) -> Any: ...
+
+    def integer(self, name: str, low: int, high: int, step: int) -> int: ...
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searchable dimension as written in the spec."""
+
+    name: str
+    options: tuple[Any, ...]
+    line: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.options)
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    check: Callable[[Any], bool]
+    allowed: str
+
+
+def _int_min(lo: int) -> _Rule:
+    return _Rule(lambda v: _is_int(v) and v >= lo, f"an integer >= {lo}")
+
+
+def _num_pos() -> _Rule:
+    return _Rule(lambda v: _is_num(v) and v > 0, "a number > 0")
+
+
+def _one_of(options: tuple[str, ...]) -> _Rule:
+    return _Rule(lambda v: v in options, ", ".join(options))
+
+
+_BOOL = _Rule(lambda v: isinstance(v, bool), "true, false")
+
+STAGE_RULES: dict[str, _Rule] = {
+    "channels": _int_min(1),
+    "resnet_blocks": _int_min(1),
+    "resnet_variant": _one_of(RESNET_VARIANTS),
+    "resnet_expansion": _num_pos(),
+    "transformer_depth": _int_min(0),
+    "attention": _one_of(ATTENTION_KINDS),
+    "attention_variant": _one_of(ATTENTION_VARIANTS),
+    "head_dim": _int_min(1),
+    "heads": _int_min(1),
+    "qk_norm": _BOOL,
+    "ffn_ratio": _num_pos(),
+    "ffn_type": _one_of(FFN_TYPES),
+}
+TEMPORAL_RULES: dict[str, _Rule] = {
+    "type": _one_of(TEMPORAL_TYPES),
+    "count": _int_min(0),
+    "placement": _one_of(TEMPORAL_PLACEMENTS),
+}
+
+
+def _describe(v: Any) -> str:
+    if isinstance(v, str):
+        return repr(v)
+    if v is None:
+        return "null"
+    return repr(v) if not isinstance(v, (dict, list)) else type(v).__name__
+
+
+# --------------------------------------------------------------------------- the space
+
+
+class SearchSpace:
+    """A validated search space. Build one with :func:`load_space`."""
+
+    def __init__(self, doc: LocatedDocument) -> None:
+        self._doc = doc
+        self.data: dict[str, Any] = doc.data
+        self.path: str = doc.source
+        self._validate()
+
+    # ----------------------------------------------------------------- public properties
+    @property
+    def name(self) -> str:
+        return str(self.data["name"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.data.get("kind", "image"))
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.data["stages"])
+
+    @property
+    def search(self) -> dict[str, Any]:
+        return dict(self.data.get("search") or {})
+
+    @property
+    def proxy(self) -> dict[str, Any]:
+        return dict(self.data.get("proxy") or {})
+
+    @property
+    def constraints(self) -> dict[str, Any]:
+        c = self.data.get("constraints") or {}
+        return {k: c.get(k) for k in sorted(CONSTRAINT_KEYS)}
+
+    @property
+    def hash(self) -> str:
+        """Content hash of the architecture part of the spec (not search/proxy settings)."""
+        arch = {k: v for k, v in self.data.items() if k not in ("search", "proxy", "description")}
+        return short_hash(arch)
+
+    def line_of(self, path: Path_) -> int | None:
+        return self._doc.line_of(tuple(path))
+
+    def fail(self, path: Path_, value: Any, allowed: str | None = None, message: str | None = None):
+        """Raise the one-line :class:`SpecError` for ``path`` (used by later stages too)."""
+        msg = message or f"bad value {_describe(value)}"
+        raise self._doc.fail(tuple(path), msg, allowed)
+
+    def __repr__(self) -> str:
+        return f"SearchSpace(name={self.name!r}, kind={self.kind!r}, stages={self.n_stages})"
+
+    # ----------------------------------------------------------------- validation
+    def _err(self, path: Path_, msg: str, allowed: str | None = None) -> SpecError:
+        return self._doc.fail(tuple(path), msg, allowed)
+
+    def _options(self, path: Path_, value: Any) -> list[Any]:
+        """The values a (possibly searchable) entry can take; validates the choice syntax."""
+        if isinstance(value, dict):
+            keys = set(value)
+            if keys == {"choice"}:
+                opts = value["choice"]
+                if not isinstance(opts, list) or not opts:
+                    raise self._err(path + ("choice",), "must be a non-empty list", "a list of values")
+                if len({repr(o) for o in opts}) != len(opts):
+                    raise self._err(path + ("choice",), f"repeated options in {opts!r}", "distinct values")
+                return list(opts)
+            if keys == {"range"}:
+                r = value["range"]
+                if not (isinstance(r, list) and len(r) in (2, 3) and all(_is_num(x) for x in r)):
+                    raise self._err(path + ("range",), f"bad range {_describe(r)}", "[low, high] or [low, high, step]")
+                lo, hi = r[0], r[1]
+                step = r[2] if len(r) == 3 else 1
+                if step <= 0 or hi < lo:
+                    raise self._err(path + ("range",), f"empty range {r!r}", "low <= high and step > 0")
+                if all(_is_int(x) for x in (lo, hi, step)):
+                    return list(range(lo, hi + 1, step))
+                n = int(math.floor((hi - lo) / step + 1e-9)) + 1
+                return [round(lo + i * step, 10) for i in range(n)]
+            raise self._err(path, f"unknown form with keys {sorted(keys)}", "a value, {choice: [...]}, {range: [lo, hi, step]}")
+        if isinstance(value, list):
+            raise self._err(path, "a bare list is ambiguous", "a value, {choice: [...]}, {range: [lo, hi, step]}")
+        return [value]
+
+    def _check_value(self, path: Path_, value: Any, rule: _Rule) -> list[Any]:
+        opts = self._options(path, value)
+        for o in opts:
+            if not rule.check(o):
+                raise self._err(path, f"bad value {_describe(o)}", rule.allowed)
+        return opts
+
+    def _fixed(self, path: Path_, value: Any, rule: _Rule) -> Any:
+        if isinstance(value, dict):
+            raise self._err(path, "cannot be searched", f"a fixed value: {rule.allowed}")
+        if not rule.check(value):
+            raise self._err(path, f"bad value {_describe(value)}", rule.allowed)
+        return value
+
+    def _validate(self) -> None:
+        d = self.data
+        if not isinstance(d, dict):
+            raise self._err((), "the file must be a YAML mapping", "a mapping with schema_version, name, stages, ...")
+        unknown = sorted(set(d) - TOP_KEYS)
+        if unknown:
+            raise self._err((unknown[0],), "unknown key", ", ".join(sorted(TOP_KEYS)))
+        if "schema_version" not in d:
+            raise self._err((), "missing key schema_version", str(SCHEMA_VERSION))
+        if d["schema_version"] != SCHEMA_VERSION:
+            raise self._err(("schema_version",), f"unsupported version {_describe(d['schema_version'])}", str(SCHEMA_VERSION))
+        if not isinstance(d.get("name"), str) or not d["name"].strip():
+            raise self._err(("name",), f"bad value {_describe(d.get('name'))}", "a non-empty string")
+        self._fixed(("kind",), d.get("kind", "image"), _one_of(KINDS))
+        for key, default, lo in (
+            ("latent_channels", 4, 1), ("resolution", 64, 1), ("context_dim", 768, 1),
+            ("context_length", 77, 1), ("norm_groups", 32, 1), ("frames", 8, 1), ("up_extra_resnets", 1, 0),
+        ):
+            self._fixed((key,), d.get(key, default), _int_min(lo))
+        if d.get("time_embed_dim") is not None:
+            self._fixed(("time_embed_dim",), d["time_embed_dim"], _int_min(1))
+        self._width_opts = self._check_value(("width_mult",), d.get("width_mult", 1.0), _num_pos())
+
+        stages = d.get("stages")
+        if not isinstance(stages, list) or not stages:
+            raise self._err(("stages",), f"bad value {_describe(stages)}", "a non-empty list of stage mappings")
+        res = d.get("resolution", 64)
+        if res % (2 ** (len(stages) - 1)):
+            raise self._err(("resolution",), f"{res} is not divisible by 2**(stages-1) = {2 ** (len(stages) - 1)}",
+                            f"a multiple of {2 ** (len(stages) - 1)}")
+        defaults = d.get("defaults") or {}
+        if not isinstance(defaults, dict):
+            raise self._err(("defaults",), f"bad value {_describe(defaults)}", "a mapping of stage keys")
+        if "channels" in defaults:
+            raise self._err(("defaults", "channels"), "channels cannot have a default", "set channels per stage")
+        self._check_stage(("defaults",), defaults, need_channels=False)
+        for i, st in enumerate(stages):
+            if not isinstance(st, dict):
+                raise self._err(("stages", i), f"bad value {_describe(st)}", "a mapping of stage keys")
+            if "channels" not in st:
+                raise self._err(("stages", i), "missing key channels", "an integer >= 1 or a choice")
+            self._check_stage(("stages", i), st, need_channels=True)
+        mid = d.get("mid", {})
+        if mid is not None and mid != "none":
+            if not isinstance(mid, dict):
+                raise self._err(("mid",), f"bad value {_describe(mid)}", "a mapping of stage keys, or none")
+            if "channels" in mid:
+                raise self._err(("mid", "channels"), "the mid block takes the last stage's width", "no channels key")
+            self._check_stage(("mid",), mid, need_channels=False)
+        up = d.get("up", "mirror")
+        if up != "mirror":
+            if not isinstance(up, list) or len(up) != len(stages):
+                raise self._err(("up",), f"bad value {_describe(up)}",
+                                f"'mirror' or a list of {len(stages)} override mappings (low to high resolution)")
+            for i, ov in enumerate(up):
+                if ov is None:
+                    continue
+                if not isinstance(ov, dict):
+                    raise self._err(("up", i), f"bad value {_describe(ov)}", "a mapping of stage keys (or null)")
+                if "channels" in ov:
+                    raise self._err(("up", i, "channels"), "up stages take the width of their down stage",
+                                    "no channels key in up overrides")
+                self._check_stage(("up", i), ov, need_channels=False)
+        cons = d.get("constraints") or {}
+        if not isinstance(cons, dict):
+            raise self._err(("constraints",), f"bad value {_describe(cons)}", ", ".join(sorted(CONSTRAINT_KEYS)))
+        for k, v in cons.items():
+            if k not in CONSTRAINT_KEYS:
+                raise self._err(("constraints", k), "unknown key", ", ".join(sorted(CONSTRAINT_KEYS)))
+            if k == "latency_target":
+                if v is not None and not isinstance(v, str):
+                    raise self._err(("constraints", k), f"bad value {_describe(v)}", "a target name such as cpu, cuda, ane")
+            elif v is not None and not (_is_num(v) and v > 0):
+                raise self._err(("constraints", k), f"bad value {_describe(v)}", "a number > 0 or null")
+        for k in ("search", "proxy"):
+            if d.get(k) is not None and not isinstance(d[k], dict):
+                raise self._err((k,), f"bad value {_describe(d[k])}", "a mapping")
+        self._check_widths()
+
+    def _check_stage(self, path: Path_, st: dict[str, Any], need_channels: bool) -> None:
+        for key, value in st.items():
+            if key not in STAGE_KEYS:
+                raise self._err(path + (key,), "unknown key", ", ".join(sorted(STAGE_KEYS)))
+            if key == "temporal":
+                if self.kind != "video":
+                    raise self._err(path + (key,), "temporal layers need kind: video", "kind: video")
+                if not isinstance(value, dict):
+                    raise self._err(path + (key,), f"bad value {_describe(value)}", "a mapping with type, count, placement")
+                for tk, tv in value.items():
+                    if tk not in TEMPORAL_KEYS:
+                        raise self._err(path + (key, tk), "unknown key", ", ".join(sorted(TEMPORAL_KEYS)))
+                    self._check_value(path + (key, tk), tv, TEMPORAL_RULES[tk])
+                continue
+            self._check_value(path + (key,), value, STAGE_RULES[key])
+        if "heads" in st and "head_dim" in st:
+            raise self._err(path + ("heads",), "give heads or head_dim, not both", "one of heads, head_dim")
+
+    def _merged(self, st: dict[str, Any] | None) -> dict[str, Any]:
+        """Stage defaults, then the spec's ``defaults:``, then the stage's own keys."""
+        out = dict(STAGE_DEFAULTS)
+        defaults = self.data.get("defaults") or {}
+        for src in (defaults, st or {}):
+            for k, v in src.items():
+                if k == "temporal":
+                    out["temporal"] = {**out.get("temporal", {}), **v}
+                elif k in ("heads", "head_dim"):
+                    out.pop("heads", None)
+                    out.pop("head_dim", None)
+                    out[k] = v
+                else:
+                    out[k] = v
+        if "heads" not in out and "head_dim" not in out:
+            out["head_dim"] = 64
+        out["temporal"] = {**TEMPORAL_DEFAULTS, **out.get("temporal", {})}
+        return out
+
+    def _check_widths(self) -> None:
+        """Every width a stage can take must split into norm groups and attention heads."""
+        groups = self.data.get("norm_groups", 32)
+        for i, raw in enumerate(self.data["stages"]):
+            st = self._merged(raw)
+            ch_path = ("stages", i, "channels")
+            for ch in self._options(ch_path, st["channels"]):
+                if 1.0 in self._width_opts and ch % groups:
+                    raise self._err(ch_path, f"{ch} is not divisible by norm_groups {groups}",
+                                    f"a multiple of {groups}")
+                attn = self._options(("stages", i, "attention"), st["attention"])
+                if attn == ["none"] or 1.0 not in self._width_opts:
+                    continue
+                key = "heads" if "heads" in st else "head_dim"
+                for h in self._options(("stages", i, key), st[key]):
+                    if ch % h:
+                        what = "head count" if key == "heads" else "head_dim"
+                        raise self._err(ch_path, f"{ch} is not divisible by {what} {h}",
+                                        f"a multiple of {h}, or another {key}")
+
+    # ----------------------------------------------------------------- dimensions and size
+    def dimensions(self) -> list[Dimension]:
+        """Every searchable entry as written (choice or range), in resolution order."""
+        dims: list[Dimension] = []
+
+        def scan(name: str, path: Path_, value: Any) -> None:
+            if isinstance(value, dict) and set(value) & {"choice", "range"}:
+                dims.append(Dimension(name, tuple(self._options(path, value)), self.line_of(path)))
+
+        scan("width_mult", ("width_mult",), self.data.get("width_mult", 1.0))
+        sources: list[tuple[str, Path_, dict[str, Any]]] = [("defaults", ("defaults",), self.data.get("defaults") or {})]
+        sources += [(f"down{i}", ("stages", i), st) for i, st in enumerate(self.data["stages"])]
+        if isinstance(self.data.get("mid", {}), dict):
+            sources.append(("mid", ("mid",), self.data.get("mid") or {}))
+        if isinstance(self.data.get("up"), list):
+            sources += [(f"up{i}", ("up", i), ov or {}) for i, ov in enumerate(self.data["up"])]
+        for prefix, path, st in sources:
+            for k, v in st.items():
+                if k == "temporal":
+                    for tk, tv in v.items():
+                        scan(f"{prefix}.temporal.{tk}", path + (k, tk), tv)
+                else:
+                    scan(f"{prefix}.{k}", path + (k,), v)
+        return dims
+
+    def size(self) -> int:
+        """The exact number of distinct define-by-run assignments.
+
+        Dimensions that cannot change the architecture in a given assignment (e.g. the
+        head size of a stage without attention) are not asked, hence not counted. Stages
+        are independent except that an up stage follows its down stage, so the count is a
+        product over (down stage + its up stage) groups, the mid block and the width
+        multiplier; each group is enumerated exactly.
+        """
+        total = len(self._width_opts)
+        n = self.n_stages
+        for i in range(n):
+            total *= _count_paths(lambda ch, i=i: self._resolve_pair(ch, i, 1.0))
+        if self._has_mid():
+            # Any width divisible by every head option: the count does not depend on it.
+            anywidth = math.lcm(*range(1, 257))
+            total *= _count_paths(
+                lambda ch: self._resolve_stage(ch, "mid", self._merged(self.data.get("mid")), anywidth)
+            )
+        return total
+
+    # ----------------------------------------------------------------- resolution
+    def _has_mid(self) -> bool:
+        mid = self.data.get("mid", {})
+        return mid is not None and mid != "none"
+
+    def _pick(self, chooser: Chooser, name: str, path: Path_, value: Any) -> Any:
+        if isinstance(value, dict) and "range" in value:
+            r = value["range"]
+            step = r[2] if len(r) == 3 else 1
+            if all(_is_int(x) for x in (r[0], r[1], step)):
+                return chooser.integer(name, r[0], r[1], step)
+            return chooser.categorical(name, self._options(path, value))
+        if isinstance(value, dict) and "choice" in value:
+            opts = value["choice"]
+            return opts[0] if len(opts) == 1 else chooser.categorical(name, list(opts))
+        return value
+
+    def _scale(self, channels: int, width_mult: float, quantum: int) -> int:
+        if width_mult == 1.0:
+            return channels
+        return max(quantum, int(round(channels * width_mult / quantum)) * quantum)
+
+    def _resolve_stage(
+        self,
+        chooser: Chooser,
+        name: str,
+        st: dict[str, Any],
+        channels: int | None,
+        width_mult: float = 1.0,
+        fixed: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Resolve one stage; ``fixed`` holds values tied to another stage (the mirror)."""
+        fixed = fixed or {}
+        groups = self.data.get("norm_groups", 32)
+
+        def get(key: str) -> Any:
+            if key in fixed:
+                return fixed[key]
+            return self._pick(chooser, f"{name}.{key}", (name, key), st[key])
+
+        out: dict[str, Any] = {}
+        raw_ch = get("channels") if channels is None else channels
+        out["resnet_blocks"] = get("resnet_blocks")
+        out["resnet_variant"] = get("resnet_variant")
+        out["resnet_expansion"] = float(get("resnet_expansion")) if out["resnet_variant"] == "separable" else 0.0
+        attention = get("attention")
+        depth = get("transformer_depth") if attention != "none" else 0
+        if depth == 0:
+            attention = "none"
+        out.update(attention=attention, transformer_depth=depth)
+        if depth:
+            out["attention_variant"] = get("attention_variant")
+            head_key = "heads" if "heads" in st or "heads" in fixed else "head_dim"
+            head_val = get(head_key)
+            quantum = math.lcm(groups, head_val) if head_key == "head_dim" else math.lcm(groups, head_val)
+            ch = raw_ch if channels is not None else self._scale(raw_ch, width_mult, quantum)
+            if head_key == "head_dim":
+                if ch % head_val:
+                    raise SpecError(f"{self.path}: {name}: width {ch} is not divisible by head_dim {head_val}")
+                out["head_dim"], out["heads"] = head_val, ch // head_val
+            else:
+                if ch % head_val:
+                    raise SpecError(f"{self.path}: {name}: width {ch} is not divisible by heads {head_val}")
+                out["heads"], out["head_dim"] = head_val, ch // head_val
+            out["qk_norm"] = bool(get("qk_norm"))
+            out["ffn_ratio"] = float(get("ffn_ratio"))
+            out["ffn_type"] = get("ffn_type")
+            out["_head_key"] = head_key
+        else:
+            ch = raw_ch if channels is not None else self._scale(raw_ch, width_mult, groups)
+            out.update(attention_variant="mha", heads=0, head_dim=0, qk_norm=False, ffn_ratio=0.0, ffn_type="none")
+        out["channels"] = ch
+        if self.kind == "video":
+            t = st["temporal"]
+            tfixed = fixed.get("temporal", {})
+
+            def tget(key: str) -> Any:
+                if key in tfixed:
+                    return tfixed[key]
+                return self._pick(chooser, f"{name}.temporal.{key}", (name, "temporal", key), t[key])
+
+            ttype = tget("type")
+            count = tget("count") if ttype != "none" else 0
+            if count == 0:
+                ttype = "none"
+            placement = tget("placement") if (count and depth) else "after_resnet"
+            out["temporal"] = {"type": ttype, "count": count, "placement": placement}
+        return out
+
+    def _resolve_pair(self, chooser: Chooser, i: int, width_mult: float) -> tuple[dict, dict]:
+        """Down stage ``i`` and the up stage that mirrors it."""
+        down = self._resolve_stage(chooser, f"down{i}", self._merged(self.data["stages"][i]), None, width_mult)
+        n = self.n_stages
+        j = n - 1 - i  # index of the mirroring up stage (up runs low -> high resolution)
+        up_cfg = self.data.get("up", "mirror")
+        override = (up_cfg[j] or {}) if isinstance(up_cfg, list) else {}
+        fixed = {k: v for k, v in down.items() if not k.startswith("_") and k not in override}
+        if "temporal" in fixed and "temporal" in override:
+            fixed.pop("temporal")
+        if not down["transformer_depth"]:
+            for k in ("transformer_depth", "attention_variant", "qk_norm", "ffn_ratio", "ffn_type"):
+                fixed.pop(k, None)
+        if down["resnet_variant"] != "separable":
+            fixed.pop("resnet_expansion", None)
+        if "resnet_blocks" not in override:
+            fixed["resnet_blocks"] = down["resnet_blocks"] + self.data.get("up_extra_resnets", 1)
+        if {"heads", "head_dim"} & set(override):
+            fixed.pop("heads", None)
+            fixed.pop("head_dim", None)
+        elif down["transformer_depth"]:
+            key = down["_head_key"]
+            other = "heads" if key == "head_dim" else "head_dim"
+            fixed.pop(other, None)
+        else:
+            fixed.pop("heads", None)
+            fixed.pop("head_dim", None)
+        # Keys the down stage never resolved (e.g. head size with no attention) come from
+        # the down stage's raw entry if an override turns attention on.
+        merged = self._merged(self.data["stages"][i])
+        merged.update({k: v for k, v in override.items() if k != "temporal"})
+        if "temporal" in override:
+            merged["temporal"] = {**merged["temporal"], **override["temporal"]}
+        if {"heads", "head_dim"} & set(override):
+            for k in ("heads", "head_dim"):
+                if k not in override:
+                    merged.pop(k, None)
+        up = self._resolve_stage(chooser, f"up{j}", merged, down["channels"], 1.0, fixed)
+        return down, up
+
+    def resolve_dict(self, chooser: Chooser) -> dict[str, Any]:
+        """Resolve every dimension with ``chooser``; returns the candidate as plain data."""
+        d = self.data
+        wm = self._pick(chooser, "width_mult", ("width_mult",), d.get("width_mult", 1.0))
+        n = self.n_stages
+        downs: list[dict] = []
+        ups: list[dict | None] = [None] * n
+        for i in range(n):
+            down, up = self._resolve_pair(chooser, i, float(wm))
+            downs.append(down)
+            ups[n - 1 - i] = up
+        mid = None
+        if self._has_mid():
+            mid = self._resolve_stage(chooser, "mid", self._merged(d.get("mid")), downs[-1]["channels"])
+        strip = lambda s: {k: v for k, v in s.items() if not k.startswith("_")}  # noqa: E731
+        c0 = downs[0]["channels"]
+        return {
+            "kind": self.kind,
+            "latent_channels": d.get("latent_channels", 4),
+            "resolution": d.get("resolution", 64),
+            "frames": d.get("frames", 8) if self.kind == "video" else 1,
+            "context_dim": d.get("context_dim", 768),
+            "context_length": d.get("context_length", 77),
+            "time_embed_dim": d.get("time_embed_dim") or 4 * c0,
+            "norm_groups": d.get("norm_groups", 32),
+            "stages": [strip(s) for s in downs],
+            "mid": strip(mid) if mid is not None else None,
+            "up": [strip(s) for s in ups],  # type: ignore[arg-type]
+        }
+
+    def __getattr__(self, item: str) -> Any:
+        if item in ("sample", "sample_many", "resolve"):
+            raise AttributeError(
+                f"SearchSpace.{item} does not exist: use archsearch.candidate.{item}(space, ...)"
+            )
+        raise AttributeError(item)
+
+
+# --------------------------------------------------------------------------- exact counting
+
+
+class _PathChooser:
+    """Follows a prefix of option indices, then takes option 0; records branching."""
+
+    def __init__(self, prefix: list[int]) -> None:
+        self.prefix = prefix
+        self.pos = 0
+        self.arity: list[int] = []
+
+    def _take(self, options: list[Any]) -> Any:
+        idx = self.prefix[self.pos] if self.pos < len(self.prefix) else 0
+        self.arity.append(len(options))
+        self.pos += 1
+        return options[idx]
+
+    def categorical(self, name: str, options: list[Any]) -> Any:
+        return self._take(list(options))
+
+    def integer(self, name: str, low: int, high: int, step: int) -> int:
+        return self._take(list(range(low, high + 1, step)))
+
+
+def _count_paths(fn: Callable[[Chooser], Any], limit: int = 2_000_000) -> int:
+    """Count the leaves of a define-by-run decision tree by depth-first enumeration."""
+    count = 0
+    stack: list[list[int]] = [[]]
+    while stack:
+        prefix = stack.pop()
+        ch = _PathChooser(prefix)
+        fn(ch)
+        count += 1
+        if count > limit:
+            raise SpecError(f"search space group too large to enumerate (> {limit} assignments)")
+        # Branch on every choice point past the prefix: siblings 1..arity-1.
+        for depth in range(len(prefix), len(ch.arity)):
+            for k in range(1, ch.arity[depth]):
+                stack.append([*(prefix), *([0] * (depth - len(prefix))), k])
+    return count
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Load and validate a search-space YAML file."""
+    return SearchSpace(load_yaml(path))
+
+
+def load_space_text(text: str, source: str = "<string>") -> SearchSpace:
+    """Load and validate a search space from YAML text (tests, notebooks)."""
+    return SearchSpace(load_yaml_text(text, source))
