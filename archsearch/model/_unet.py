@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from archsearch import __version__
-from archsearch._util import atomic_write_bytes, atomic_write_text
+from archsearch._util import atomic_write_text
 from archsearch.candidate import Candidate
 from archsearch.errors import ArchsearchError
 from archsearch.model._blocks import create_block
@@ -111,12 +111,23 @@ class ArchUNet(nn.Module):
     # ----------------------------------------------------------------- save / load
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` (the candidate) and ``model.safetensors``, each atomically."""
-        from safetensors.torch import save
+        import os
+        import tempfile
+
+        from safetensors.torch import save_model
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write_bytes(directory / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
+        # save_model de-duplicates aliased tensors (diffusers' Downsample2D keeps two names
+        # for one conv); write beside the target, then rename: never a half-written file.
+        fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", suffix=".tmp", dir=directory)
+        os.close(fd)
+        try:
+            save_model(self, tmp, metadata={"format": "pt"})
+            os.replace(tmp, directory / WEIGHTS_NAME)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         config = {"_class_name": type(self).__name__, "_archsearch_version": __version__,
                   "candidate": self.candidate.to_dict()}
         atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2))
@@ -125,7 +136,7 @@ class ArchUNet(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: Any = None) -> "ArchUNet":
         """Load a model written by :meth:`save_pretrained` (safetensors; no pickle)."""
-        from safetensors.torch import load_file
+        from safetensors.torch import load_model
 
         directory = Path(directory)
         cfg_path = directory / CONFIG_NAME
@@ -139,8 +150,14 @@ class ArchUNet(nn.Module):
             raise ArchsearchError(f"{cfg_path}: _class_name is {config.get('_class_name')!r} (allowed: {cls.__name__})")
         candidate = Candidate.from_dict(config.get("candidate"), str(cfg_path))
         model = cls(candidate, device=device)
-        state = load_file(str(directory / WEIGHTS_NAME), device=str(device or "cpu"))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise ArchsearchError(f"{weights}: not found (expected a folder written by save_pretrained)")
+        try:
+            missing, unexpected = load_model(model, str(weights), strict=False, device=str(device or "cpu"))
+        except RuntimeError as exc:  # shape mismatches
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise ArchsearchError(f"{weights}: weights do not match the config ({first})") from None
         if missing or unexpected:
             raise ArchsearchError(
                 f"{directory / WEIGHTS_NAME}: weights do not match the config "

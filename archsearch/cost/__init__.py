@@ -1,0 +1,21 @@
+"""Cost of a candidate: parameters, FLOPs (fvcore) and, in ``cost.latency``, latency."""
+
+from archsearch.cost._params_flops import (
+    FlopReport,
+    block_flops,
+    block_params,
+    count_params,
+    flops,
+    model_flops,
+    sdpa_flop_handle,
+)
+
+__all__ = [
+    "FlopReport",
+    "block_flops",
+    "block_params",
+    "count_params",
+    "flops",
+    "model_flops",
+    "sdpa_flop_handle",
+]

@@ -1,0 +1,69 @@
+"""CLI: show / sample / validate / build, and errors without tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from archsearch.candidate import Candidate
+from archsearch.cli.main import app
+from tests.conftest import ROOT, SPACES
+
+runner = CliRunner()
+
+
+def test_validate_ok_and_size():
+    r = runner.invoke(app, ["validate", str(SPACES / "tiny.yaml")])
+    assert r.exit_code == 0, r.output
+    assert "2,112 candidates" in r.output
+
+
+def test_validate_bad_spec_one_line_no_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schema_version: 1\nname: x\nstages:\n  - channels: 64\n    resnet_blocks: -1\n")
+    # Through the real console script: what a user sees in a terminal.
+    proc = subprocess.run([sys.executable, "-m", "archsearch.cli.main", "validate", str(bad)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {bad}:5: stages[0].resnet_blocks: bad value -1 (allowed: an integer >= 1)"
+    )
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_show_lists_dimensions_size_and_samples():
+    r = runner.invoke(app, ["show", str(SPACES / "tiny.yaml"), "-n", "2"])
+    assert r.exit_code == 0, r.output
+    assert "down1.attention" in r.output and "2,112" in r.output
+    assert "FLOPs" in r.output
+
+
+def test_sample_writes_candidates_then_build(tmp_path):
+    out = tmp_path / "cands"
+    r = runner.invoke(app, ["sample", str(SPACES / "tiny.yaml"), "-n", "3", "--seed", "4", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    files = sorted(out.glob("*.yaml"))
+    assert len(files) == 3
+    c = Candidate.from_yaml(files[0])
+    assert files[0].stem == c.id
+    r = runner.invoke(app, ["build", str(files[0]), "--save", str(tmp_path / "model")])
+    assert r.exit_code == 0, r.output
+    assert "total" in r.output
+    from archsearch.cost import count_params
+
+    assert f"{count_params(c):,}" in r.output
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_build_of_a_space_file_explains_what_to_do():
+    r = runner.invoke(app, ["build", str(SPACES / "tiny.yaml")])
+    assert r.exit_code == 2
+    assert "this is a search space, not a candidate" in r.output
+
+
+def test_missing_file():
+    r = runner.invoke(app, ["show", "nope.yaml"])
+    assert r.exit_code == 2
+    assert "nope.yaml: file not found" in r.output
