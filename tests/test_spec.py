@@ -45,6 +45,7 @@ BAD_SPECS = [
     (BASE + "up: [{channels: 8}, null]\n", "up[0].channels: up stages take the width of their down stage", 12),
     ("schema_version: 1\nname: t\nstages: []\n", "t.yaml:3: stages: bad value list (allowed: a non-empty list of stage mappings)", 3),
     ("schema_version: 1\nname: t\nstages:\n  - {resnet_blocks: 1}\n", "t.yaml:4: stages[0]: missing key channels", 4),
+    (BASE + "mid: {attention: self_cross, heads: 3}\n", "t.yaml:12: mid.heads: width 64 is not divisible by heads 3 (allowed: a head count that divides 64)", 12),
     ("name: t\nstages: [{channels: 32}]\n", "missing key schema_version", None),
     ("schema_version: 1\nname: t\nstages: [{channels: 32}\n", "invalid YAML", None),
 ]

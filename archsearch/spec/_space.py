@@ -329,6 +329,9 @@ class SearchSpace:
             if d.get(k) is not None and not isinstance(d[k], dict):
                 raise self._err((k,), f"bad value {_describe(d[k])}", "a mapping")
         self._check_widths()
+        # Walk every assignment once (per independent group): any width/head mismatch that
+        # only some combination of choices produces is reported now, with its line.
+        self._size = self._count()
 
     def _check_stage(self, path: Path_, st: dict[str, Any], need_channels: bool) -> None:
         for key, value in st.items():
@@ -413,6 +416,10 @@ class SearchSpace:
         return dims
 
     def size(self) -> int:
+        """The exact number of distinct define-by-run assignments (see :meth:`_count`)."""
+        return self._size
+
+    def _count(self) -> int:
         """The exact number of distinct define-by-run assignments.
 
         Dimensions that cannot change the architecture in a given assignment (e.g. the
@@ -426,11 +433,17 @@ class SearchSpace:
         for i in range(n):
             total *= _count_paths(lambda ch, i=i: self._resolve_pair(ch, i, 1.0))
         if self._has_mid():
-            # Any width divisible by every head option: the count does not depend on it.
-            anywidth = math.lcm(*range(1, 257))
-            total *= _count_paths(
-                lambda ch: self._resolve_stage(ch, "mid", self._merged(self.data.get("mid")), anywidth)
-            )
+            # The count does not depend on the width, but validity does: try every width
+            # the last stage can have (at width_mult 1; other multipliers round to fit).
+            last = self._merged(self.data["stages"][-1])
+            widths = self._options(("stages", self.n_stages - 1, "channels"), last["channels"])
+            if 1.0 not in self._width_opts:
+                widths = [math.lcm(*range(1, 257))]  # divisible by any head option
+            counts = {
+                _count_paths(lambda ch, w=w: self._resolve_stage(ch, "mid", self._merged(self.data.get("mid")), w))
+                for w in widths
+            }
+            total *= counts.pop()
         return total
 
     # ----------------------------------------------------------------- resolution
@@ -449,6 +462,15 @@ class SearchSpace:
             opts = value["choice"]
             return opts[0] if len(opts) == 1 else chooser.categorical(name, list(opts))
         return value
+
+    def _doc_path(self, name: str) -> Path_:
+        """Stage name used in resolution (down1, mid, up0) -> its key path in the file."""
+        if name.startswith("down"):
+            return ("stages", int(name[4:]))
+        if name.startswith("up"):
+            j = int(name[2:])
+            return ("up", j) if isinstance(self.data.get("up"), list) else ("stages", self.n_stages - 1 - j)
+        return (name,)
 
     def _scale(self, channels: int, width_mult: float, quantum: int) -> int:
         if width_mult == 1.0:
@@ -491,11 +513,13 @@ class SearchSpace:
             ch = raw_ch if channels is not None else self._scale(raw_ch, width_mult, quantum)
             if head_key == "head_dim":
                 if ch % head_val:
-                    raise SpecError(f"{self.path}: {name}: width {ch} is not divisible by head_dim {head_val}")
+                    raise self._err(self._doc_path(name) + ("head_dim",), f"width {ch} is not divisible by head_dim {head_val}",
+                                    f"a head_dim that divides {ch}")
                 out["head_dim"], out["heads"] = head_val, ch // head_val
             else:
                 if ch % head_val:
-                    raise SpecError(f"{self.path}: {name}: width {ch} is not divisible by heads {head_val}")
+                    raise self._err(self._doc_path(name) + ("heads",), f"width {ch} is not divisible by heads {head_val}",
+                                    f"a head count that divides {ch}")
                 out["heads"], out["head_dim"] = head_val, ch // head_val
             out["qk_norm"] = bool(get("qk_norm"))
             out["ffn_ratio"] = float(get("ffn_ratio"))
