@@ -1,0 +1,21 @@
+"""HTML reports of a search: ``reports/<study>/index.html`` and study comparisons.
+
+- :func:`load_study` reads a study folder written by the store (trials.csv, meta.json,
+  pareto/*.yaml and the optional latency_breakdown.csv / validation.csv).
+- :func:`write_report` writes the self-contained, offline Plotly page of one study.
+- :func:`write_compare` overlays the fronts of two or more studies with their hypervolumes
+  against a common reference point.
+"""
+
+from archsearch.report._data import Objective, StudyData, load_study
+from archsearch.report._report import render_compare, render_report, write_compare, write_report
+
+__all__ = [
+    "Objective",
+    "StudyData",
+    "load_study",
+    "render_compare",
+    "render_report",
+    "write_compare",
+    "write_report",
+]
