@@ -117,14 +117,18 @@ class StageConfig:
             raise CandidateError(f"{where}.temporal.placement: bad value {self.temporal.placement!r} "
                                  f"(allowed: {', '.join(TEMPORAL_PLACEMENTS)})")
 
-    def scaled(self, width_mult: float, quantum_groups: int) -> "StageConfig":
-        """This stage with its width multiplied (rounded to fit norm groups and heads)."""
-        if width_mult == 1.0:
+    def scaled(self, width_mult: float, quantum_groups: int, head_dim: int | None = None) -> "StageConfig":
+        """This stage with its width multiplied (rounded to fit norm groups and heads).
+
+        ``head_dim`` replaces the stage's head size (narrow proxies keep their head count).
+        """
+        if width_mult == 1.0 and head_dim is None:
             return self
-        q = math.lcm(quantum_groups, self.head_dim) if self.has_transformer else quantum_groups
+        hd = (head_dim or self.head_dim) if self.has_transformer else 0
+        q = math.lcm(quantum_groups, hd) if self.has_transformer else quantum_groups
         ch = max(q, int(round(self.channels * width_mult / q)) * q)
-        heads = ch // self.head_dim if self.has_transformer else 0
-        return replace(self, channels=ch, heads=heads)
+        heads = ch // hd if self.has_transformer else 0
+        return replace(self, channels=ch, heads=heads, head_dim=hd)
 
 
 @dataclass(frozen=True)
@@ -305,20 +309,33 @@ class Candidate:
         context_length: int | None = None,
         latent_channels: int | None = None,
     ) -> "Candidate":
-        """The same block structure at proxy scale (narrower, smaller, another text encoder)."""
-        stages = tuple(s.scaled(width_mult, self.norm_groups) for s in self.stages)
-        up = tuple(s.scaled(width_mult, self.norm_groups) for s in self.up)
+        """The same block structure at proxy scale (narrower, smaller, another text encoder).
+
+        Below width 1, norm groups and head sizes shrink with the width (head counts are
+        kept, head size >= 8), so distinct widths stay distinct at proxy scale instead of all
+        rounding up to one multiple of lcm(32, 64).
+        """
+        groups = self.norm_groups
+        scale_head = None
+        if width_mult < 1.0:
+            groups = max(1, int(self.norm_groups * width_mult))
+            scale_head = lambda st: max(8, int(round(st.head_dim * width_mult))) if st.has_transformer else None  # noqa: E731
+        else:
+            scale_head = lambda st: None  # noqa: E731
+        stages = tuple(s.scaled(width_mult, groups, scale_head(s)) for s in self.stages)
+        up = tuple(s.scaled(width_mult, groups, scale_head(s)) for s in self.up)
         mid = None
         if self.mid is not None:
-            mid = self.mid.scaled(width_mult, self.norm_groups)
+            mid = self.mid.scaled(width_mult, groups, scale_head(self.mid))
             if mid.channels != stages[-1].channels:  # mid must match the last stage exactly
-                mid = replace(mid, channels=stages[-1].channels,
-                              heads=stages[-1].channels // mid.head_dim if mid.has_transformer else 0)
+                ch = stages[-1].channels
+                hd = mid.head_dim
+                while mid.has_transformer and ch % hd:
+                    hd //= 2
+                mid = replace(mid, channels=ch, head_dim=hd if mid.has_transformer else 0,
+                              heads=ch // hd if mid.has_transformer else 0)
         # Up widths must equal their down stage widths after rounding.
-        up = tuple(
-            replace(u, channels=d.channels, heads=d.channels // u.head_dim if u.has_transformer else 0)
-            for u, d in zip(up, reversed(stages))
-        )
+        up = tuple(_fit_width(u, d.channels) for u, d in zip(up, reversed(stages)))
         frames_ = frames if (frames is not None and self.kind == "video") else self.frames
         return replace(
             self,
@@ -330,8 +347,21 @@ class Candidate:
             context_dim=context_dim or self.context_dim,
             context_length=context_length or self.context_length,
             latent_channels=latent_channels or self.latent_channels,
-            time_embed_dim=max(self.norm_groups, int(round(self.time_embed_dim * width_mult))),
+            time_embed_dim=max(groups, int(round(self.time_embed_dim * width_mult))),
+            norm_groups=groups,
         )
+
+
+def _fit_width(st: StageConfig, channels: int) -> StageConfig:
+    """``st`` at exactly ``channels`` wide (halving the head size until it divides)."""
+    if st.channels == channels:
+        return st
+    if not st.has_transformer:
+        return replace(st, channels=channels)
+    hd = st.head_dim
+    while channels % hd:
+        hd //= 2
+    return replace(st, channels=channels, head_dim=hd, heads=channels // hd)
 
 
 # --------------------------------------------------------------------------- sampling
