@@ -251,9 +251,11 @@ class ProxyResult:
     params: int
     device: str
     metrics: dict[str, Any] = field(default_factory=dict)
+    student: Any = field(default=None, repr=False, compare=False)  # the trained model, if kept
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f: getattr(self, f) for f in ("quality", "loss_curve", "wall_time_s", "steps", "params",
+                                              "device", "metrics")}
 
 
 # --------------------------------------------------------------------------- losses
@@ -456,6 +458,7 @@ def run_proxy(
     device: str | torch.device | None = "cpu",
     threads: int | None = None,
     progress: bool = False,
+    keep_student: bool = False,
 ) -> ProxyResult:
     """Train ``candidate`` at proxy scale against ``teacher`` for ``proxy.steps`` steps.
 
@@ -467,6 +470,7 @@ def run_proxy(
         device: ``'cpu'``, ``'cuda'`` (bf16 autocast), ``'mps'``, or ``None``/``'auto'``.
         threads: torch intra-op threads for this run (restored afterwards); ``None`` leaves them.
         progress: show a rich progress bar.
+        keep_student: return the trained model in ``result.student`` (``archsearch train``).
 
     Raises:
         TrialFailed: the loss or the score is NaN / inf.
@@ -482,13 +486,14 @@ def run_proxy(
         cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(proxy.seed)
-            return _run(candidate, teacher, proxy, dev, progress)
+            return _run(candidate, teacher, proxy, dev, progress, keep_student)
     finally:
         if threads:
             torch.set_num_threads(old_threads)
 
 
-def _run(candidate: Any, teacher: Teacher, proxy: ProxyConfig, dev: torch.device, progress: bool) -> ProxyResult:
+def _run(candidate: Any, teacher: Teacher, proxy: ProxyConfig, dev: torch.device, progress: bool,
+         keep_student: bool = False) -> ProxyResult:
     from archsearch.model import build_model
 
     if candidate.kind != teacher.kind:
@@ -609,6 +614,7 @@ def _run(candidate: Any, teacher: Teacher, proxy: ProxyConfig, dev: torch.device
             "proxy_candidate": small.id,
             "teacher": teacher.fingerprint,
         },
+        student=student if keep_student else None,
     )
 
 
