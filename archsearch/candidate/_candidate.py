@@ -6,6 +6,7 @@ import json
 import math
 import random
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,7 @@ class Candidate:
         self._check()
 
     # ----------------------------------------------------------------- identity
-    @property
+    @cached_property
     def id(self) -> str:
         """Stable 12-hex content id (sha256 of the canonical architecture)."""
         return short_hash(self._arch_dict())

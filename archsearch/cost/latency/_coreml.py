@@ -1,0 +1,199 @@
+"""Core ML: convert one block (torch.export → mlprogram, fp16), flag what the Neural Engine
+dislikes, and on macOS time ``MLModel.predict`` with the chosen compute units.
+
+coremltools converts on Linux but cannot run a model there ("only supported on macOS"), so on
+Linux the conversion proves a block converts and yields the op list that is checked here;
+the latency then comes from a device profile (``_devices.py``).
+
+The checks follow public guidance, which is incomplete: Apple's "Deploying Transformers on
+the Apple Neural Engine" (machinelearning.apple.com/research/neural-engine-transformers,
+2022: 4-D channels-first tensors; the last axis is padded to 64 bytes; minimise reshapes and
+transposes, they are memory copies) and hollance/neural-engine
+``docs/unsupported-layers.md`` (gather and dilated convolutions fall back to CPU/GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import platform
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from archsearch.errors import ArchsearchError
+
+__all__ = [
+    "ConversionResult",
+    "ane_flags",
+    "convert_module",
+    "coreml_version",
+    "import_coremltools",
+    "is_macos",
+    "time_mlmodel",
+]
+
+_GATHER_OPS = {"gather", "gather_nd", "gather_along_axis", "scatter", "scatter_nd", "scatter_along_axis"}
+_COPY_OPS = {"transpose", "reshape"}
+
+
+def is_macos() -> bool:
+    return platform.system() == "Darwin"
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence coremltools' import warnings and tqdm bars (they would break the rich bar)."""
+    loggers = [logging.getLogger(n) for n in ("coremltools", "root")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
+def import_coremltools() -> Any:
+    """``import coremltools`` quietly, or a one-line error with the install hint."""
+    try:
+        with _quiet():
+            import coremltools as ct  # noqa: PLC0415
+    except ImportError:
+        raise ArchsearchError("the coreml/ane targets need coremltools: pip install 'coremltools>=8'") from None
+    return ct
+
+
+def coreml_version() -> str:
+    try:
+        return import_coremltools().__version__
+    except ArchsearchError:
+        return ""
+
+
+@dataclass
+class ConversionResult:
+    """What converting one block taught us."""
+
+    ok: bool
+    error: str = ""
+    seconds: float = 0.0
+    op_counts: Counter = field(default_factory=Counter)
+    flags: dict[str, int] = field(default_factory=dict)
+    mlmodel: Any = None
+
+    @property
+    def status(self) -> str:
+        """'ok' or 'failed: <first line of the error>' (the table's ``coreml`` column)."""
+        return "ok" if self.ok else f"failed: {self.error}"
+
+    @property
+    def flags_text(self) -> str:
+        """``rank5:3;gather:1`` (the table's ``ane_flags`` column)."""
+        return ";".join(f"{k}:{v}" for k, v in sorted(self.flags.items()))
+
+
+def ane_flags(program: Any) -> tuple[Counter, dict[str, int]]:
+    """Op counts of a MIL program and the Neural-Engine-hostile patterns found in it.
+
+    Flags: ``rank5`` (ops producing tensors of rank > 4: the ANE's layout is 4-D),
+    ``gather`` (gather/scatter ops), ``dilated_conv``, ``fp32`` (ops left in fp32),
+    ``unaligned_last_axis`` (outputs whose last axis is not a multiple of 64 bytes in fp16:
+    padded on the ANE), ``copies`` (transpose/reshape ops: memory copies on the ANE).
+    """
+    from coremltools.converters.mil.mil import types  # noqa: PLC0415
+
+    counts: Counter = Counter()
+    flags: Counter = Counter()
+    for fn in program.functions.values():
+        for op in fn.operations:
+            kind = op.op_type
+            if kind == "const":
+                continue
+            counts[kind] += 1
+            if kind in _GATHER_OPS:
+                flags["gather"] += 1
+            if kind in _COPY_OPS:
+                flags["copies"] += 1
+            if kind == "conv":
+                dil = getattr(op, "dilations", None)
+                if dil is not None and dil.val is not None and any(int(d) != 1 for d in np.ravel(dil.val)):
+                    flags["dilated_conv"] += 1
+            for out in op.outputs:
+                shape = getattr(out, "shape", None)
+                if shape is None:
+                    continue
+                if len(shape) > 4:
+                    flags["rank5"] += 1
+                dtype = getattr(out, "dtype", None)
+                if dtype is types.fp32 and kind not in ("cast",):
+                    flags["fp32"] += 1
+                if shape and isinstance(shape[-1], (int, np.integer)) and (int(shape[-1]) * 2) % 64:
+                    flags["unaligned_last_axis"] += 1
+    return counts, dict(flags)
+
+
+def convert_module(module: torch.nn.Module, inputs: tuple, compute_units: str = "CPU_AND_NE",
+                   keep_model: bool = False) -> ConversionResult:
+    """Convert ``module(*inputs)`` to an fp16 mlprogram through ``torch.export``.
+
+    Never raises for a conversion failure: the result says ``ok=False`` and why.
+    """
+    from archsearch.cost._params_flops import _Positional  # calls block(x, temb, ctx) from the non-None inputs
+
+    ct = import_coremltools()
+    t0 = time.perf_counter()
+    wrapped = _Positional(module.eval(), [a is not None for a in inputs]).eval()
+    args = tuple(a for a in inputs if a is not None)
+    try:
+        with _quiet(), torch.no_grad():
+            exported = torch.export.export(wrapped, args).run_decompositions({})
+            mlmodel = ct.convert(
+                exported,
+                convert_to="mlprogram",
+                compute_precision=ct.precision.FLOAT16,
+                compute_units=getattr(ct.ComputeUnit, compute_units),
+                minimum_deployment_target=ct.target.iOS17,
+            )
+    except Exception as exc:  # noqa: BLE001 - any converter failure is a result, not a crash
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        return ConversionResult(ok=False, error=f"{exc.__class__.__name__}: {first}"[:200],
+                                seconds=time.perf_counter() - t0)
+    counts, flags = ane_flags(mlmodel._mil_program)
+    return ConversionResult(ok=True, seconds=time.perf_counter() - t0, op_counts=counts, flags=flags,
+                            mlmodel=mlmodel if keep_model else None)
+
+
+def time_mlmodel(mlmodel: Any, inputs: tuple, *, min_run_time: float = 0.5, max_run_time: float = 5.0,
+                 threshold: float = 0.1, statistic: str = "median") -> tuple[float, float, int]:
+    """``statistic`` and IQR (ms) of ``MLModel.predict`` and the number of timed calls (macOS only)."""
+    if not is_macos():
+        raise ArchsearchError("timing a Core ML model needs macOS (coremltools cannot run models on "
+                              f"{platform.system()}); use the roofline estimate or --import")
+    from archsearch.cost.latency._measure import MeasureSettings, time_callable  # noqa: PLC0415
+
+    names = [inp.name for inp in mlmodel.get_spec().description.input]
+    tensors = [t for t in inputs if t is not None]  # None inputs are constants of the program
+    feed = {n: t.detach().cpu().numpy().astype(np.float32) for n, t in zip(names, tensors)}
+    for _ in range(3):  # warm-up: the first calls compile and load onto the device
+        mlmodel.predict(feed)
+    t = time_callable(lambda: mlmodel.predict(feed), MeasureSettings(min_run_time, max_run_time, threshold, statistic))
+    return t.ms, t.iqr_ms, t.runs
+
+
+def save_mlmodel(mlmodel: Any, path: str | Path) -> Path:
+    """Save a converted model as an ``.mlpackage`` (for timing on a device elsewhere)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mlmodel.save(str(path))
+    return path

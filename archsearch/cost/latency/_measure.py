@@ -1,0 +1,233 @@
+"""Timing with torch: one block or one whole model, on cpu, cuda or mps.
+
+Warm up, pick a block size, then repeat until the interquartile range is below ``threshold``
+of the median (or ``max_run_time`` is spent), as ``torch.utils.benchmark``'s
+``adaptive_autorange`` does. The thread count is fixed for the whole measurement and
+recorded; CUDA / MPS are synchronised before each clock read.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from archsearch.errors import ArchsearchError
+
+__all__ = [
+    "DTYPES",
+    "TORCH_TARGETS",
+    "STATISTICS",
+    "MeasureSettings",
+    "Timing",
+    "cpu_name",
+    "last_level_cache_bytes",
+    "device_name",
+    "model_inputs",
+    "resolve_device",
+    "time_callable",
+    "time_module",
+]
+
+TORCH_TARGETS = ("cpu", "cuda", "mps")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+STATISTICS = ("median", "mean", "min")
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How long and how hard to time each block (stored in the table's metadata).
+
+    ``statistic`` is what a table row holds: the ``median`` call (the default), the ``mean``
+    or the ``min``. On a machine shared with other jobs a call is preempted now and then;
+    a long call (a whole model) almost always, a short one (a block) rarely, so medians and
+    minima of blocks do not add up to the model's; means do (each call loses the same share
+    of its time on average). The minimum is the most repeatable number for one block.
+    ``flush_bytes``: on the CPU, this much memory is written before every timed call, so a
+    block alone starts with cold caches as it does inside a model, where the blocks before
+    it evicted its weights (a block timed back to back keeps weights of up to the last-level
+    cache's size on chip and looks up to 1.5x faster than inside the model). ``None``: twice
+    the last-level cache (64 MiB if unknown); 0: off, timed calls run back to back.
+    """
+
+    min_run_time: float = 0.2
+    max_run_time: float = 2.0
+    threshold: float = 0.05
+    statistic: str = "median"
+    flush_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.statistic not in STATISTICS:
+            raise ArchsearchError(f"--statistic {self.statistic}: unknown (allowed: {', '.join(STATISTICS)})")
+        if self.flush_bytes is None:
+            object.__setattr__(self, "flush_bytes", 2 * last_level_cache_bytes())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"min_run_time": self.min_run_time, "max_run_time": self.max_run_time,
+                "threshold": self.threshold, "statistic": self.statistic, "flush_bytes": self.flush_bytes}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One call, in milliseconds: the settings' statistic (``ms``), median, IQR; timed calls."""
+
+    ms: float
+    median_ms: float
+    iqr_ms: float
+    runs: int
+
+
+def last_level_cache_bytes() -> int:
+    """Size of the CPU's largest cache (Linux sysfs), or 32 MiB if it cannot be read."""
+    best = 0
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in os.listdir(base):
+            if not entry.startswith("index"):
+                continue
+            with open(f"{base}/{entry}/size", encoding="utf-8") as fh:
+                text = fh.read().strip().upper()
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+            best = max(best, int(text.rstrip("KMG")) * mult)
+    except (OSError, ValueError):
+        pass
+    return best or (32 << 20)
+
+
+def resolve_device(target: str) -> torch.device:
+    """The torch device of a torch target, or a one-line error if it is absent here."""
+    if target == "cpu":
+        return torch.device("cpu")
+    if target == "cuda":
+        if not torch.cuda.is_available():
+            raise ArchsearchError("--target cuda: no CUDA device is visible here "
+                                  f"(torch {torch.__version__}; allowed here: cpu)")
+        return torch.device("cuda")
+    if target == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ArchsearchError("--target mps: the Metal backend is not available here (needs macOS on Apple silicon)")
+        return torch.device("mps")
+    raise ArchsearchError(f"--target {target}: not a torch target (allowed: {', '.join(TORCH_TARGETS)})")
+
+
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux), plus the core count."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine()
+    name = re.sub(r"\s+", " ", name)
+    return f"{name} ({os.cpu_count()} cores)"
+
+
+def device_name(target: str) -> str:
+    """A human name for the device a torch target runs on."""
+    if target == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    if target == "mps":
+        return f"Apple GPU (MPS) on {platform.machine()}"
+    return cpu_name()
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is None:
+        return
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_callable(fn: Callable[[], Any], settings: MeasureSettings = MeasureSettings(),
+                  sync: Callable[[], None] | None = None, flush: Callable[[], None] | None = None) -> Timing:
+    """Time one call of ``fn``.
+
+    The loop of ``torch.utils.benchmark``'s ``adaptive_autorange``: warm up, then take
+    samples (``sync`` before each clock read) until ``min_run_time`` has been spent on five
+    or more samples (three for calls over 50 ms) and, for the median, IQR/median is below
+    ``threshold``; at most ``max_run_time``. Without ``flush`` a sample is ``number`` calls
+    back to back (about a millisecond; its fixed 50 ms block estimate would cost ~0.3 s a
+    block on sub-millisecond calls); with it, every sample is one call after ``flush()``,
+    and the budget counts the flushing too.
+    """
+    sync = sync or (lambda: None)
+
+    def run(number: int) -> float:
+        if flush is not None:
+            flush()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        sync()
+        return time.perf_counter() - t0
+
+    first = run(1)  # warm-up: allocations, lazy initialisation, caches
+    if first < 0.05:
+        first = run(1)
+    number = 1 if flush is not None else max(1, int(1e-3 / max(first, 1e-7)))
+    min_samples = 5 if first < 0.05 else 3  # heavy calls: three samples are enough
+    times: list[float] = []
+    start = time.perf_counter()
+    while True:
+        t = run(number)
+        times.append(t / number)
+        spent = time.perf_counter() - start
+        if len(times) >= min_samples and spent >= settings.min_run_time:
+            if settings.statistic != "median":
+                break
+            q25, med, q75 = np.percentile(times, [25, 50, 75])
+            if (q75 - q25) / med < settings.threshold:
+                break
+        if spent >= settings.max_run_time and len(times) >= 3:
+            break
+    q25, med, q75 = np.percentile(times, [25, 50, 75])
+    value = {"min": min(times), "mean": float(np.mean(times))}.get(settings.statistic, med)
+    return Timing(float(value) * 1e3, float(med) * 1e3, float(q75 - q25) * 1e3, len(times) * number)
+
+
+def time_module(module: torch.nn.Module, inputs: tuple, threads: int,
+                settings: MeasureSettings = MeasureSettings()) -> Timing:
+    """Time ``module(*inputs)`` under ``torch.inference_mode`` with ``threads`` CPU threads."""
+    device = next((t.device for t in inputs if isinstance(t, torch.Tensor)), None)
+    flush = None
+    if settings.flush_bytes and (device is None or device.type == "cpu"):
+        scratch = torch.zeros(max(1, settings.flush_bytes // 4))
+        flush = lambda: scratch.add_(1.0)  # noqa: E731 - writes every cache line once
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            return time_callable(lambda: module(*inputs), settings, lambda: _sync(device), flush)
+    finally:
+        torch.set_num_threads(old)
+
+
+def model_inputs(candidate: Any, batch: int = 1, device: Any = None,
+                 dtype: torch.dtype | None = None) -> tuple:
+    """``(sample, timestep, encoder_hidden_states)`` for a whole model of ``candidate``."""
+    c = candidate
+    dtype = dtype or torch.float32
+    g = torch.Generator().manual_seed(0)
+    if c.kind == "video":
+        shape = (batch, c.latent_channels, c.frames, c.resolution, c.resolution)
+    else:
+        shape = (batch, c.latent_channels, c.resolution, c.resolution)
+    sample = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+    timestep = torch.full((batch,), 500.0, device=device)
+    context = torch.randn(batch, c.context_length, c.context_dim, generator=g).to(device=device, dtype=dtype)
+    return sample, timestep, context

@@ -1,0 +1,282 @@
+"""Profiling: enumeration, resume after an interruption, device CSV import, the ANE estimate
+path on Linux (a real Core ML conversion), device profiles, and the CLI on the tiny space."""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from archsearch.candidate import sample_many
+from archsearch.cli.main import app
+from archsearch.cost.latency import (
+    MeasureSettings,
+    enumerate_blocks,
+    import_table,
+    load_device,
+    load_table,
+    predict,
+    profile_space,
+)
+from archsearch.cost.latency import _profile
+from archsearch.cost.latency._measure import Timing
+from archsearch.errors import ArchsearchError
+from archsearch.model import walk
+from tests.conftest import ROOT, SPACES
+
+runner = CliRunner()
+
+
+def _flat(text: str) -> str:
+    """CLI output with rich's line wrapping undone."""
+    return " ".join(text.split())
+FAST = MeasureSettings(min_run_time=0.002, max_run_time=0.02, threshold=0.5)
+
+
+def test_enumeration_of_a_small_space_is_exhaustive(tiny_space):
+    blocks = enumerate_blocks(tiny_space)
+    assert blocks.method == "exhaustive" and blocks.samples == tiny_space.size()
+    # every block of any sampled candidate is in the set, and nothing else is
+    sampled = {s.key for c in sample_many(tiny_space, 300, seed=11) for s in walk(c)}
+    assert sampled <= set(blocks.specs)
+    assert all(k == s.key for k, s in blocks.specs.items())
+
+
+def test_enumeration_at_another_resolution_changes_shapes_only(tiny_space):
+    b16 = enumerate_blocks(tiny_space)
+    b8 = enumerate_blocks(tiny_space, resolution=8)
+    assert len(b8) == len(b16)
+    assert all(s.in_shape[-1] in (1, 4, 8) or s.type == "time_embed" for s in b8.specs.values())
+    with pytest.raises(ArchsearchError, match=r"--resolution 7: .* \(allowed: a multiple of 2\)"):
+        enumerate_blocks(tiny_space, resolution=7)
+
+
+class _FakeClock:
+    """Deterministic 'timings' (a function of the block's MACs) that count calls."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.calls: list[int] = []
+        self.fail_after = fail_after
+
+    def __call__(self, module, inputs, threads, settings):
+        if self.fail_after is not None and len(self.calls) == self.fail_after:
+            raise KeyboardInterrupt  # what Ctrl-C does mid-run
+        n = sum(p.numel() for p in module.parameters())
+        self.calls.append(n)
+        ms = 0.01 + 1e-6 * n
+        return Timing(ms, ms, 0.001, 100)
+
+
+def test_resume_after_an_interrupted_profile(tiny_space, tmp_path, monkeypatch):
+    cands = sample_many(tiny_space, 6, seed=12)
+    blocks = enumerate_blocks(cands)
+    out = tmp_path / "t.csv"
+    first = _FakeClock(fail_after=7)
+    monkeypatch.setattr(_profile, "time_module", first)
+    with pytest.raises(KeyboardInterrupt):
+        profile_space(cands, "cpu", out, threads=1, calibrate=0, blocks=blocks)
+    kept = load_table(out)  # the file is complete and readable after the kill
+    assert len(kept) == 7
+    kept_ms = {k: kept.ms(k) for k in kept.keys()}
+
+    second = _FakeClock()
+    monkeypatch.setattr(_profile, "time_module", second)
+    table = profile_space(cands, "cpu", out, threads=1, calibrate=2, blocks=blocks)
+    assert len(second.calls) == len(blocks) - 7 + 2  # the rest of the blocks + 2 whole models
+    assert set(table.keys()) == set(blocks.specs)  # no row lost
+    assert all(table.ms(k) == v for k, v in kept_ms.items())  # none measured again
+    assert table.meta["calibration"]["points"] and table.meta["threads"] == 1
+
+    # resuming with other settings is refused rather than mixing measurements
+    with pytest.raises(ArchsearchError, match=r"t\.csv: was profiled with threads=1, this run asks threads=2"):
+        profile_space(cands, "cpu", out, threads=2, calibrate=0, blocks=blocks)
+
+
+def test_real_timing_of_a_few_blocks(tiny_space, tmp_path):
+    cand = sample_many(tiny_space, 1, seed=13)[0]
+    table = profile_space([cand], "cpu", tmp_path / "t.csv", threads=1, settings=FAST, calibrate=1)
+    df = table.df
+    assert len(df) == len({s.key for s in walk(cand)})
+    assert (df["ms"] > 0).all() and (df["runs"] >= 3).all() and (df["source"] == "measured").all()
+    assert (df["macs"] > 0).sum() >= len(df) - 1  # every block but the time embedding computes
+    meta = load_table(tmp_path / "t.csv").meta
+    for k in ("device", "threads", "dtype", "batch", "versions", "created", "command"):
+        assert k in meta
+    assert meta["versions"]["torch"]
+    assert meta["calibration"]["method"].startswith("median offset")
+
+
+def test_census_counts_the_same_macs_as_fvcore(tiny_space):
+    from archsearch.cost import block_flops
+
+    for s in {s.key: s for c in sample_many(tiny_space, 2, seed=14) for s in walk(c)}.values():
+        macs = _profile._census(s, 1, 4)[0]
+        fv = block_flops(s)
+        if s.type in ("conv_in", "downsample", "time_embed"):
+            assert macs == fv, s.key
+        else:  # fvcore also counts norms (~5 flops an element) and upsampling (1 an element)
+            assert macs <= fv <= 1.25 * macs, s.key
+
+
+def test_import_a_device_csv(tiny_space, tmp_path):
+    cand = sample_many(tiny_space, 1, seed=15)[0]
+    blocks = enumerate_blocks([cand])
+    keys = list(blocks.specs)
+    out = tmp_path / "ane.csv"
+    estimate = profile_space([cand], "ane", out, calibrate=0, convert=False, blocks=blocks)
+    assert estimate.source == "estimate"
+    csv = tmp_path / "iphone.csv"
+    csv.write_text("# device: iPhone 16 Pro Max (A18 Pro)\n# overhead_ms: 0.8\nkey,ms,ms_iqr,runs,note\n"
+                   + "".join(f'"{k}",{0.5 + i},0.01,50,xcode\n' for i, k in enumerate(keys[:3])))
+    table, n, not_covered = import_table(csv, blocks, "ane", out)
+    assert (n, not_covered) == (3, len(keys) - 3)
+    back = load_table(out)
+    assert back.source == "mixed" and back.meta["device"] == "iPhone 16 Pro Max (A18 Pro)"
+    assert back.calibration == (1.0, 0.8)
+    assert back.row(keys[1])["source"] == "imported" and back.ms(keys[1]) == 1.5
+    assert back.row(keys[1])["macs"] == estimate.row(keys[1])["macs"]
+    assert back.row(keys[-1])["source"] == "estimate"
+    assert back.source_for(cand) == "mixed"
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("key,latency_ms\nx,1\n")
+    with pytest.raises(ArchsearchError, match=r"bad\.csv: missing column ms \(required: key, ms"):
+        import_table(bad, blocks, "ane", out)
+    bad.write_text('key,ms\n"resnet(nope)@1x1",1\n')
+    with pytest.raises(ArchsearchError, match=r"key 'resnet\(nope\)@1x1' is not a block of"):
+        import_table(bad, blocks, "ane", out)
+    bad.write_text(f'key,ms\n"{keys[0]}",soon\n')
+    with pytest.raises(ArchsearchError, match=r"bad\.csv:2: column ms: bad value 'soon'"):
+        import_table(bad, blocks, "ane", out)
+
+
+@pytest.mark.slow
+def test_ane_estimate_path_converts_blocks_with_coremltools(tiny_space, tmp_path):
+    cand = next(c for c in sample_many(tiny_space, 20, seed=16) if any(s.type == "transformer" for s in walk(c)))
+    specs = [next(s for s in walk(cand) if s.type == t) for t in ("conv_in", "transformer")]
+    blocks = _profile.BlockSet({s.key: s for s in specs}, 1, "candidates", 1, None, None, [cand])
+    if platform.system() == "Darwin":
+        pytest.skip("on macOS the ane target measures instead of estimating")
+    quick = profile_space([cand], "ane", tmp_path / "ane.csv", calibrate=0, blocks=blocks, convert=False)
+    assert (quick.df["coreml"] == "").all()
+    # a run with conversion checks the rows the quick run left unchecked; estimates do not change
+    table = profile_space([cand], "ane", tmp_path / "ane.csv", calibrate=0, blocks=blocks)
+    df = table.df
+    assert np.allclose(df.set_index("key")["ms"], quick.df.set_index("key")["ms"])
+    assert (df["source"] == "estimate").all() and (df["ms"] > 0).all()
+    assert (df["coreml"] == "ok").all()  # the conversion really ran (torch.export -> mlprogram)
+    flags = dict(zip(df["type"], df["ane_flags"]))
+    assert "copies" in flags.get("transformer", "")  # reshapes/transposes around attention
+    assert table.meta["device_profile"] == "apple-a18-pro-ane" and table.meta["versions"]["coremltools"]
+
+
+def test_device_profiles_say_where_every_number_comes_from(tmp_path):
+    import yaml
+
+    for name in ("apple-a16-ane", "apple-a17-pro-ane", "apple-a18-pro-ane"):
+        prof = load_device(name)
+        assert prof.target == "ane" and prof.sources["peak_flops"] and prof.sources["efficiency.conv"]
+    src = (ROOT / "latency_tables" / "devices" / "apple-a16-ane.yaml").read_text()
+    data = yaml.safe_load(src)
+    del data["memory_bandwidth"]["source"]
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ArchsearchError, match=r"x\.yaml: memory_bandwidth\.source: missing"):
+        load_device(tmp_path / "x.yaml")
+    with pytest.raises(ArchsearchError, match=r"unknown device profile 'pixel-9' \(allowed: apple-a16-ane, "):
+        load_device("pixel-9")
+
+
+def test_roofline_by_hand():
+    from archsearch.cost.latency import OpRecord
+
+    prof = load_device("apple-a16-ane")
+    conv = OpRecord("conv2d", "conv", macs=10**9, bytes=10**6, elems=0)
+    t_compute = 2e9 / (prof.peak_flops * prof.efficiency["conv"]) * 1e3
+    assert prof.op_ms(conv) == pytest.approx(t_compute + prof.op_overhead_us / 1e3)
+    add = OpRecord("add", "elementwise", macs=0, bytes=3 * 10**8, elems=10**8)
+    t_mem = 3e8 / (prof.memory_bandwidth * prof.memory_efficiency) * 1e3
+    assert prof.op_ms(add) == pytest.approx(t_mem + prof.op_overhead_us / 1e3)
+
+
+def test_published_anchor_checks_of_the_a16_profile():
+    from archsearch.cost.latency._devices import check_published
+
+    rows = check_published(load_device("apple-a16-ane"), ROOT)
+    assert {r["space"].split("/")[-1] for r in rows} == {"sd15_unet.yaml", "snapfusion_unet.yaml"}
+    for r in rows:  # fitted anchors: the profile as shipped still reproduces them
+        assert r["ratio"] == pytest.approx(1.0, abs=0.02), r
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_dry_run_counts_blocks_and_writes_an_import_template(tmp_path):
+    keys = tmp_path / "keys.csv"
+    res = runner.invoke(app, ["profile", str(SPACES / "tiny.yaml"), "--target", "ane", "--dry-run",
+                              "--keys-out", str(keys), "--out", str(tmp_path / "t.csv")])
+    assert res.exit_code == 0, res.output
+    assert "116 unique blocks" in _flat(res.output) and "estimated time" in _flat(res.output)
+    assert "source: estimate" in _flat(res.output)
+    df = pd.read_csv(keys, comment="#")
+    assert len(df) == 116 and {"key", "ms"} <= set(df.columns)
+    assert not (tmp_path / "t.csv").exists()
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    res = runner.invoke(app, ["profile", str(SPACES / "tiny.yaml"), "--target", "tpu"])
+    assert res.exit_code == 2
+    assert "error: --target tpu: unknown target (allowed: cpu, cuda, mps, coreml, ane)" in _flat(res.output)
+    assert "Traceback" not in res.output
+    res = runner.invoke(app, ["profile", str(SPACES / "tiny.yaml"), "--target", "cpu", "--resolution", "7",
+                              "--dry-run"])
+    assert res.exit_code == 2 and "error: --resolution 7:" in res.output
+    res = runner.invoke(app, ["predict", str(SPACES / "tiny.yaml"), "--table", str(tmp_path / "none.csv")])
+    assert res.exit_code == 2 and "none.csv: latency table not found" in res.output
+
+
+@pytest.mark.slow
+def test_cli_profile_validate_and_predict_on_the_tiny_space(tmp_path):
+    out = tmp_path / "tiny-cpu.csv"
+    html = tmp_path / "val.html"
+    args = ["profile", str(SPACES / "tiny.yaml"), "--target", "cpu", "--threads", "1", "--resolution", "8",
+            "--min-time", "0.003", "--max-time", "0.03", "--threshold", "0.5", "--calibrate", "3",
+            "--out", str(out)]
+    res = runner.invoke(app, [*args, "--validate", "6", "--repeat", "--plot", str(html)])
+    assert res.exit_code == 0, res.output
+    flat = _flat(res.output)
+    assert "wrote" in flat and "calibration: ms =" in flat
+    assert "lookup table" in flat and "FLOPs linear fit" in flat and "Spearman" in flat
+    assert "measured again" in flat and "noise" in flat
+    assert html.exists() and "plotly" in html.read_text()[:5000].lower()
+    table = load_table(out)
+    val = table.meta["validation"]
+    assert val["n"] == 6 and 0.0 <= val["lut"]["within_10"] <= 1.0 and np.isfinite(val["lut"]["mape"])
+    assert val["repeat_measurement"]["n"] == 6
+    assert set(table.keys()) >= set(enumerate_blocks(_tiny(), resolution=8).specs)
+
+    # a second run resumes: nothing left to measure
+    res = runner.invoke(app, [*args, "--calibrate", "0"])
+    assert res.exit_code == 0, res.output
+    assert "116 already in" in _flat(res.output) and "0 to measure" in _flat(res.output)
+
+    # predict: a space (samples at the table's resolution) and one candidate file
+    res = runner.invoke(app, ["predict", str(SPACES / "tiny.yaml"), "--table", str(out), "-n", "3"])
+    assert res.exit_code == 0, res.output
+    assert "3 candidates of tiny" in _flat(res.output) and "total" in res.output
+    cand = sample_many(_tiny(), 1, seed=2)[0].for_proxy(resolution=8)
+    path = cand.save(tmp_path / "cand.yaml")
+    res = runner.invoke(app, ["predict", str(path), "--table", str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"{predict(cand, table)[0]:.3f}" in res.output and "down.0" in res.output
+    res = runner.invoke(app, ["predict", str(path), "--table", str(out), "--resolution", "16"])
+    assert res.exit_code == 2 and "is not in latency table" in _flat(res.output)
+    assert "measured at resolution 8" in _flat(res.output)
+
+
+def _tiny():
+    from archsearch.spec import load_space
+
+    return load_space(SPACES / "tiny.yaml")
