@@ -1,0 +1,297 @@
+"""One trial of ``archsearch run``: candidate -> costs -> constraint check -> proxy run.
+
+The steps are split so that both backends share them:
+
+* :func:`resolve_candidate` asks the Optuna trial (define-by-run) for a candidate;
+* :func:`evaluate` (no Optuna) computes params, FLOPs and predicted latency, rejects a
+  candidate that breaks a constraint *before any training*, else runs the proxy distillation;
+  every exception of the proxy run (NaN loss, out of memory, any error) becomes a failed
+  record with its one-line reason;
+* :func:`record` writes the result onto the trial (user attrs, ``set_constraint``) and tells
+  the study: ``COMPLETE`` with the objective values, ``PRUNED`` for an infeasible candidate
+  (it has no quality), ``FAIL`` for a failed one.
+
+The local backend runs all three in a worker process; the Ray backend resolves and records
+in the driver and evaluates inside a Ray trial.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from archsearch.candidate import Candidate, OptunaChooser, resolve
+
+__all__ = [
+    "MAX_CURVE_POINTS",
+    "TrialContext",
+    "TrialRecord",
+    "costs_of",
+    "evaluate",
+    "find_previous",
+    "record",
+    "resolve_candidate",
+]
+
+#: Longest loss curve stored on a trial (longer ones are strided, the last point kept).
+MAX_CURVE_POINTS = 500
+
+
+@dataclass
+class TrialContext:
+    """Everything a trial needs besides the candidate (one per worker process)."""
+
+    space: Any  # SearchSpace
+    settings: Any  # SearchSettings
+    proxy: Any  # ProxyConfig
+    teacher: Any  # Teacher
+    table: Any | None  # LatencyTable
+    device: str | None = None
+    threads: int | None = None
+
+
+@dataclass
+class TrialRecord:
+    """The outcome of one trial, independent of Optuna (what the store reads back)."""
+
+    candidate: Candidate | None  # None: the trial failed before a candidate was resolved
+    state: str  # complete | infeasible | failed
+    params: int | None = None
+    flops: int | None = None
+    latency_ms: float | None = None
+    latency_source: str | None = None
+    constraints: dict[str, float] = field(default_factory=dict)
+    quality: float | None = None
+    fail_reason: str | None = None
+    loss_curve: list[float] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    proxy: dict[str, Any] = field(default_factory=dict)
+    duplicate_of: int | None = None
+
+    @property
+    def feasible(self) -> bool:
+        return all(v <= 0 for v in self.constraints.values())
+
+    def values(self, objectives: tuple[str, ...] | list[str]) -> list[float]:
+        """The objective values, in the study's order."""
+        return [float(getattr(self, name)) for name in objectives]
+
+    def to_attrs(self) -> dict[str, Any]:
+        """Trial user attrs (JSON-safe)."""
+        return {
+            "candidate": self.candidate.to_dict() if self.candidate is not None else None,
+            "candidate_id": self.candidate.id if self.candidate is not None else None,
+            "state": self.state,
+            "params": self.params,
+            "flops": self.flops,
+            "latency_ms": self.latency_ms,
+            "latency_source": self.latency_source,
+            "feasible": self.feasible,
+            "quality": self.quality,
+            "fail_reason": self.fail_reason,
+            "loss_curve": _stride(self.loss_curve),
+            "wall_time_s": round(self.wall_time_s, 4),
+            "proxy": self.proxy,
+            "duplicate_of": self.duplicate_of,
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any], constraints: dict[str, float] | None = None) -> "TrialRecord":
+        cand = attrs.get("candidate")
+        return cls(
+            candidate=Candidate.from_dict(cand) if cand else None,
+            state=attrs.get("state", "complete"),
+            params=attrs.get("params"),
+            flops=attrs.get("flops"),
+            latency_ms=attrs.get("latency_ms"),
+            latency_source=attrs.get("latency_source"),
+            constraints=dict(constraints or {}),
+            quality=attrs.get("quality"),
+            fail_reason=attrs.get("fail_reason"),
+            loss_curve=list(attrs.get("loss_curve") or []),
+            wall_time_s=float(attrs.get("wall_time_s") or 0.0),
+            proxy=dict(attrs.get("proxy") or {}),
+            duplicate_of=attrs.get("duplicate_of"),
+        )
+
+
+def _stride(curve: list[float]) -> list[float]:
+    curve = [float(x) for x in curve]
+    if len(curve) <= MAX_CURVE_POINTS:
+        return curve
+    step = math.ceil(len(curve) / MAX_CURVE_POINTS)
+    out = curve[::step]
+    if (len(curve) - 1) % step:
+        out.append(curve[-1])
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    msg = text[0] if text else ""
+    name = type(exc).__name__
+    return f"{name}: {msg}" if msg else name
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def resolve_candidate(trial: Any, space: Any) -> Candidate:
+    """The trial's candidate, asked dimension by dimension (define-by-run)."""
+    return resolve(space, OptunaChooser(trial))
+
+
+def costs_of(candidate: Candidate, table: Any | None) -> dict[str, Any]:
+    """Params and FLOPs of the full-scale candidate, its predicted latency and the source."""
+    from archsearch.cost import count_params, flops
+
+    out: dict[str, Any] = {"params": int(count_params(candidate)), "flops": int(flops(candidate).total)}
+    if table is not None:
+        from archsearch.cost.latency import predict
+
+        out["latency_ms"] = float(predict([candidate], table)[0])
+        out["latency_source"] = table.source_for(candidate)
+    return out
+
+
+def constraint_values(costs: dict[str, Any], settings: Any) -> dict[str, float]:
+    """Relative violations (``value / limit - 1``; > 0 means violated) for Optuna."""
+    out: dict[str, float] = {}
+    if settings.max_latency_ms is not None and costs.get("latency_ms") is not None:
+        out["max_latency_ms"] = costs["latency_ms"] / float(settings.max_latency_ms) - 1.0
+    if settings.max_params is not None:
+        out["max_params"] = costs["params"] / float(settings.max_params) - 1.0
+    return out
+
+
+def _violation_text(costs: dict[str, Any], settings: Any, cons: dict[str, float]) -> str:
+    parts = []
+    if cons.get("max_latency_ms", 0) > 0:
+        parts.append(f"latency {costs['latency_ms']:.3g} ms > max_latency_ms {settings.max_latency_ms:g}")
+    if cons.get("max_params", 0) > 0:
+        parts.append(f"params {costs['params'] / 1e6:.4g}M > max_params {settings.max_params / 1e6:g}M")
+    return "; ".join(parts)
+
+
+def evaluate(candidate: Candidate, ctx: TrialContext) -> TrialRecord:
+    """Costs, constraint check, then (for a feasible candidate) the proxy distillation run.
+
+    Never raises for a bad candidate or a failed run: the record says ``failed`` and why.
+    ``KeyboardInterrupt`` propagates.
+    """
+    import torch
+
+    from archsearch.search._distill import TrialFailed, run_proxy
+
+    t0 = time.perf_counter()
+    rec = TrialRecord(candidate=candidate, state="failed")
+    try:
+        costs = costs_of(candidate, ctx.table)
+    except Exception as exc:  # a block the table cannot price, a model that cannot be built
+        rec.fail_reason = f"cost model: {_one_line(exc)}"
+        rec.wall_time_s = time.perf_counter() - t0
+        return rec
+    rec.params, rec.flops = costs["params"], costs["flops"]
+    rec.latency_ms, rec.latency_source = costs.get("latency_ms"), costs.get("latency_source")
+    rec.constraints = constraint_values(costs, ctx.settings)
+    if not rec.feasible:
+        rec.state = "infeasible"
+        rec.fail_reason = _violation_text(costs, ctx.settings, rec.constraints)
+        rec.wall_time_s = time.perf_counter() - t0
+        return rec
+    try:
+        result = run_proxy(candidate, ctx.teacher, ctx.proxy, device=ctx.device, threads=ctx.threads)
+    except TrialFailed as exc:
+        rec.fail_reason = exc.reason
+    except MemoryError:
+        rec.fail_reason = "out of memory (host)"
+    except Exception as exc:  # torch.OutOfMemoryError, RuntimeError, a bug in a block: all recorded
+        rec.fail_reason = _one_line(exc)
+        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+            _free_accelerator_memory()
+    else:
+        rec.state = "complete"
+        rec.quality = float(result.quality)
+        rec.loss_curve = list(result.loss_curve)
+        metrics = result.metrics or {}
+        rec.proxy = {
+            "steps": result.steps, "params": result.params, "device": result.device,
+            "wall_time_s": round(result.wall_time_s, 4),
+            **{k: metrics[k] for k in ("steps_per_s", "holdout_task_mse", "proxy_candidate") if k in metrics},
+        }
+    rec.wall_time_s = time.perf_counter() - t0
+    return rec
+
+
+def _free_accelerator_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def find_previous(study: optuna.Study, candidate_id: str) -> FrozenTrial | None:
+    """A completed trial of the same candidate: its score is reused, not recomputed.
+
+    The quality of a candidate is deterministic for the study's proxy settings and teacher
+    (checked on resume), so a sampler proposing it again costs no training.
+    """
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get("candidate_id") == candidate_id and t.user_attrs.get("candidate"):
+            return t
+    return None
+
+
+def reuse(previous: FrozenTrial) -> TrialRecord:
+    """The record of a repeated candidate: the earlier trial's results."""
+    rec = TrialRecord.from_attrs(previous.user_attrs, previous.constraints)
+    rec.duplicate_of = previous.number
+    rec.wall_time_s = 0.0
+    return rec
+
+
+def record(study: optuna.Study, trial: optuna.Trial, rec: TrialRecord, objectives: tuple[str, ...]) -> None:
+    """Write ``rec`` onto ``trial`` and tell the study (COMPLETE / PRUNED / FAIL)."""
+    for key, value in rec.to_attrs().items():
+        trial.set_user_attr(key, value)
+    for key, value in rec.constraints.items():
+        trial.set_constraint(key, value)
+    if rec.state == "complete":
+        study.tell(trial, rec.values(objectives))
+    elif rec.state == "infeasible":
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, state=TrialState.FAIL)
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext) -> TrialRecord:
+    """Resolve, evaluate (or reuse) and record one asked trial. Ctrl-C fails it as interrupted."""
+    from archsearch.search._study import INTERRUPTED
+
+    try:
+        try:
+            candidate = resolve_candidate(trial, ctx.space)
+        except Exception as exc:
+            rec = TrialRecord(candidate=None, state="failed", fail_reason=f"resolve: {_one_line(exc)}")
+            record(study, trial, rec, ctx.settings.objectives)
+            return rec
+        trial.set_user_attr("candidate_id", candidate.id)
+        previous = find_previous(study, candidate.id)
+        rec = reuse(previous) if previous is not None else evaluate(candidate, ctx)
+        record(study, trial, rec, ctx.settings.objectives)
+        return rec
+    except KeyboardInterrupt:
+        try:
+            trial.set_user_attr("state", "failed")
+            trial.set_user_attr("fail_reason", INTERRUPTED)
+            study.tell(trial, state=TrialState.FAIL)
+        except Exception:  # already told, or the storage is gone: resume marks it
+            pass
+        raise

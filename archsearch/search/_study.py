@@ -1,0 +1,562 @@
+"""The Optuna study behind ``archsearch run``: settings, sampler, storage, resume.
+
+The ``search:`` section of a spec (every key optional)::
+
+    search:
+      objectives: [quality, latency, params]   # minimised; also: flops
+      sampler: nsga2          # nsga2 (default) | tpe | gp | random
+      n_trials: 24
+      seed: 0
+      timeout: null           # seconds; no new trial starts after it
+      target: cpu             # latency target (default: constraints.latency_target)
+      latency_table: latency_tables/cpu.csv   # relative to the spec file, else to the cwd
+      storage: null           # default sqlite:///reports/<study>/study.db; any Optuna URL
+      study: unet_mobile      # default: the space's name
+      workers: 1              # local processes (or concurrent Ray trials)
+      threads: null           # torch threads per worker; default cores // workers
+      population_size: null   # NSGA-II; default clamp(n_trials // 5, 4, 50)
+      warm_start: true        # nsga2/tpe/gp start from feasible candidates spread over cost
+      reference_point: null   # {quality: q, latency_ms: l, params: p}; default: from the data
+      trial_resources: {cpu: 1, gpu: 0}       # per Ray trial
+
+Constraints come from the spec's top-level ``constraints:`` (``max_latency_ms``,
+``max_params``): they are recorded on every trial with ``trial.set_constraint`` as relative
+violations (``value / limit - 1``, > 0 = violated), and a candidate that breaks one is never
+trained.
+
+Resume: a study records what its results depend on (the space's hash, the proxy settings, the
+teacher's fingerprint, the objectives, the latency table's content); ``--resume`` refuses a
+study made with something else. Trials left RUNNING by a process of this host that no longer
+exists are marked failed with reason ``interrupted`` and do not count towards ``n_trials``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import socket
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from archsearch.errors import ArchsearchError
+
+__all__ = [
+    "DEFAULT_OBJECTIVES",
+    "DEFAULT_SAMPLER",
+    "INTERRUPTED",
+    "OBJECTIVES",
+    "SAMPLERS",
+    "SEARCH_KEYS",
+    "SearchSettings",
+    "count_trials",
+    "make_sampler",
+    "open_storage",
+    "open_study",
+    "owner_tag",
+    "recover_interrupted",
+    "storage_url",
+]
+
+SAMPLERS = ("nsga2", "tpe", "gp", "random")
+DEFAULT_SAMPLER = "nsga2"
+#: Objective names a spec may use -> the column they fill (every objective is minimised).
+OBJECTIVES = {"quality": "quality", "latency": "latency_ms", "latency_ms": "latency_ms",
+              "params": "params", "flops": "flops"}
+DEFAULT_OBJECTIVES = ("quality", "latency_ms", "params")
+DEFAULT_N_TRIALS = 20
+SEARCH_KEYS = ("objectives", "sampler", "n_trials", "seed", "timeout", "target", "latency_table",
+               "storage", "study", "workers", "threads", "population_size", "warm_start", "reference_point", "trial_resources")
+#: ``fail_reason`` of a trial whose process died (kill -9, power cut) before it finished.
+INTERRUPTED = "interrupted"
+_ATTR = "archsearch."  # prefix of the study user attrs written here
+#: Study attrs a resumed run must match (what the recorded results depend on).
+_IDENTITY = ("space_hash", "proxy", "teacher", "objectives", "constraints", "latency_table_sha")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The validated ``search:`` section plus the constraints, after CLI overrides."""
+
+    study: str
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+    sampler: str = DEFAULT_SAMPLER
+    n_trials: int = DEFAULT_N_TRIALS
+    seed: int = 0
+    timeout: float | None = None
+    target: str | None = None
+    latency_table: Path | None = None
+    storage: str | None = None
+    workers: int | None = None  # None: 1 local process; Ray: as many as resources allow
+    threads: int | None = None  # torch threads per worker; None: cores // workers
+    population_size: int | None = None
+    warm_start: bool = True
+    reference_point: dict[str, float] | None = None
+    trial_resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
+    max_latency_ms: float | None = None
+    max_params: float | None = None
+
+    # ----------------------------------------------------------------- from the spec
+    @classmethod
+    def from_space(cls, space: Any) -> "SearchSettings":
+        """Validate ``space.search`` (errors: ``FILE:LINE: search.KEY: ... (allowed: ...)``)."""
+        s = space.search
+        fail = space.fail
+        for key in s:
+            if key not in SEARCH_KEYS:
+                fail(("search", key), key, ", ".join(SEARCH_KEYS), message="unknown key")
+        out: dict[str, Any] = {"study": space.name}
+        if "objectives" in s:
+            objs = s["objectives"]
+            if not isinstance(objs, list) or not objs:
+                fail(("search", "objectives"), objs, "a list of " + ", ".join(OBJECTIVES))
+            cols = []
+            for i, o in enumerate(objs):
+                if o not in OBJECTIVES:
+                    fail(("search", "objectives", i), o, ", ".join(OBJECTIVES))
+                cols.append(OBJECTIVES[o])
+            if len(set(cols)) != len(cols):
+                fail(("search", "objectives"), objs, "each objective once", message="an objective is repeated")
+            if "quality" not in cols or len(cols) < 2:
+                fail(("search", "objectives"), objs, "quality and at least one cost (latency, params, flops)",
+                     message="a search needs quality and a cost")
+            out["objectives"] = tuple(cols)
+        if "sampler" in s:
+            if s["sampler"] not in SAMPLERS:
+                fail(("search", "sampler"), s["sampler"], ", ".join(SAMPLERS))
+            out["sampler"] = s["sampler"]
+        for key, lo in (("n_trials", 1), ("seed", 0), ("workers", 1), ("threads", 1), ("population_size", 2)):
+            v = s.get(key)
+            if v is None:
+                continue
+            if not (_is_int(v) and v >= lo):
+                fail(("search", key), v, f"an integer >= {lo}")
+            out[key] = v
+        if "warm_start" in s:
+            if not isinstance(s["warm_start"], bool):
+                fail(("search", "warm_start"), s["warm_start"], "true, false")
+            out["warm_start"] = s["warm_start"]
+        if s.get("timeout") is not None:
+            if not (_is_num(s["timeout"]) and s["timeout"] > 0):
+                fail(("search", "timeout"), s["timeout"], "seconds > 0, or null")
+            out["timeout"] = float(s["timeout"])
+        for key in ("target", "storage", "study"):
+            v = s.get(key)
+            if v is None:
+                continue
+            if not (isinstance(v, str) and v.strip()):
+                fail(("search", key), v, "a non-empty string")
+            out[key] = v
+        if "study" in out:
+            _check_study_name(out["study"], lambda msg: fail(("search", "study"), out["study"],
+                                                             "letters, digits, '.', '_', '-'", message=msg))
+        if s.get("latency_table") is not None:
+            v = s["latency_table"]
+            if not (isinstance(v, str) and v.strip()):
+                fail(("search", "latency_table"), v, "a path to a latency table CSV")
+            out["latency_table"] = _relative_to_spec(v, space.path)
+        if s.get("reference_point") is not None:
+            rp = s["reference_point"]
+            if not isinstance(rp, dict):
+                fail(("search", "reference_point"), rp, "a mapping {objective: number}")
+            clean = {}
+            for k, v in rp.items():
+                col = OBJECTIVES.get(k)
+                if col is None:
+                    fail(("search", "reference_point", k), k, ", ".join(OBJECTIVES), message="unknown objective")
+                if not _is_num(v):
+                    fail(("search", "reference_point", k), v, "a finite number")
+                clean[col] = float(v)
+            out["reference_point"] = clean
+        if s.get("trial_resources") is not None:
+            tr = s["trial_resources"]
+            if not isinstance(tr, dict):
+                fail(("search", "trial_resources"), tr, "a mapping {cpu: N, gpu: N}")
+            res = {"cpu": 1.0, "gpu": 0.0}
+            for k, v in tr.items():
+                if k not in res:
+                    fail(("search", "trial_resources", k), k, "cpu, gpu", message="unknown key")
+                if not (_is_num(v) and v >= 0):
+                    fail(("search", "trial_resources", k), v, "a number >= 0")
+                res[k] = float(v)
+            if res["cpu"] <= 0:
+                fail(("search", "trial_resources", "cpu"), res["cpu"], "a number > 0")
+            out["trial_resources"] = res
+        cons = space.constraints
+        out["max_latency_ms"] = cons.get("max_latency_ms")
+        out["max_params"] = cons.get("max_params")
+        ctarget = cons.get("latency_target")
+        if ctarget is not None:
+            if "target" in out and out["target"] != ctarget:
+                fail(("search", "target"), out["target"],
+                     f"{ctarget!r} (constraints.latency_target) or no search.target",
+                     message=f"{out['target']!r} differs from constraints.latency_target {ctarget!r}")
+            out["target"] = ctarget
+        settings = cls(**out)
+        if "reference_point" in out:
+            missing = [o for o in settings.objectives if o not in out["reference_point"]]
+            if missing:
+                fail(("search", "reference_point"), out["reference_point"], ", ".join(settings.objectives),
+                     message=f"missing objective {missing[0]}")
+        return settings
+
+    # ----------------------------------------------------------------- CLI overrides
+    def with_overrides(
+        self,
+        *,
+        trials: int | None = None,
+        timeout: float | None = None,
+        seed: int | None = None,
+        storage: str | None = None,
+        study: str | None = None,
+        workers: int | None = None,
+        sampler: str | None = None,
+    ) -> "SearchSettings":
+        """Apply command-line flags (``None`` keeps the spec's value)."""
+        out: dict[str, Any] = {}
+        if sampler is not None:
+            if sampler not in SAMPLERS:
+                raise ArchsearchError(f"--sampler {sampler!r}: unknown (allowed: {', '.join(SAMPLERS)})")
+            out["sampler"] = sampler
+        if trials is not None:
+            if trials < 1:
+                raise ArchsearchError(f"--trials {trials}: must be an integer >= 1")
+            out["n_trials"] = trials
+        if timeout is not None:
+            if not (timeout > 0 and math.isfinite(timeout)):
+                raise ArchsearchError(f"--timeout {timeout}: must be seconds > 0")
+            out["timeout"] = float(timeout)
+        if seed is not None:
+            if seed < 0:
+                raise ArchsearchError(f"--seed {seed}: must be an integer >= 0")
+            out["seed"] = seed
+        if workers is not None:
+            if workers < 1:
+                raise ArchsearchError(f"--workers {workers}: must be an integer >= 1")
+            out["workers"] = workers
+        if storage is not None:
+            if not storage.strip():
+                raise ArchsearchError("--storage: empty (allowed: an Optuna URL or a .db / .log file path)")
+            out["storage"] = storage
+        if study is not None:
+            _check_study_name(study, lambda msg: _raise(f"--study {study!r}: {msg} "
+                                                        "(allowed: letters, digits, '.', '_', '-')"))
+            out["study"] = study
+        return replace(self, **out)
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def directions(self) -> list[str]:
+        return ["minimize"] * len(self.objectives)
+
+    @property
+    def constraints(self) -> dict[str, float | None]:
+        return {"max_latency_ms": self.max_latency_ms, "max_params": self.max_params}
+
+    def population(self) -> int:
+        """NSGA-II population: the spec's, else ``clamp(n_trials // 5, 4, 50)``."""
+        if self.population_size is not None:
+            return self.population_size
+        return max(4, min(50, self.n_trials // 5))
+
+    def startup(self) -> int:
+        """Trials before the sampler's model kicks in: the NSGA-II population, else
+        ``clamp(n_trials // 5, 4, 10)`` start-up trials of TPE / GP (0 for random)."""
+        if self.sampler == "nsga2":
+            return self.population()
+        if self.sampler in ("tpe", "gp"):
+            return max(4, min(10, self.n_trials // 5))
+        return 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": self.study, "objectives": list(self.objectives), "sampler": self.sampler,
+            "n_trials": self.n_trials, "seed": self.seed, "timeout": self.timeout, "target": self.target,
+            "latency_table": str(self.latency_table) if self.latency_table else None,
+            "storage": self.storage, "workers": self.workers, "threads": self.threads,
+            "population_size": self.population(), "warm_start": self.warm_start,
+            "reference_point": self.reference_point, "trial_resources": dict(self.trial_resources),
+            "constraints": self.constraints,
+        }
+
+
+def _raise(msg: str) -> None:
+    raise ArchsearchError(msg)
+
+
+def _check_study_name(name: str, fail: Any) -> None:
+    ok = all(c.isalnum() or c in "._-" for c in name) and not name.startswith(".")
+    if not ok:
+        fail(f"bad study name {name!r} (it names the folder reports/<study>/)")
+
+
+def _relative_to_spec(path: str, spec_path: str) -> Path:
+    """A path from the spec: relative to the spec's folder if it exists there, else as given."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    beside = Path(spec_path).parent / p
+    return beside if beside.exists() else p
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def storage_url(storage: str | None, study_dir: str | os.PathLike) -> str:
+    """The storage a study lives in, as one string.
+
+    ``None`` -> ``sqlite:///<study_dir>/study.db`` (opens in optuna-dashboard); a URL with
+    ``://`` (``sqlite:///...``, ``postgresql://...``, ``mysql+pymysql://...``) is used as is;
+    a file path ending in ``.db``/``.sqlite``/``.sqlite3`` becomes a SQLite URL and one ending
+    in ``.log``/``.jsonl`` an Optuna JournalStorage file.
+    """
+    if storage is None:
+        return f"sqlite:///{(Path(study_dir) / 'study.db').resolve()}"
+    if "://" in storage:
+        return storage
+    p = Path(storage).expanduser()
+    if p.suffix in (".db", ".sqlite", ".sqlite3"):
+        return f"sqlite:///{p.resolve()}"
+    if p.suffix in (".log", ".jsonl"):
+        return str(p.resolve())
+    raise ArchsearchError(
+        f"storage {storage!r}: not an Optuna URL or a known file type "
+        "(allowed: sqlite:///PATH, postgresql://..., mysql://..., a .db or .log file)"
+    )
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """Open the storage named by :func:`storage_url` (creates a SQLite file's folder)."""
+    if "://" not in url:  # a JournalStorage file
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(url))
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        # several local workers write the same file: wait for the lock rather than fail
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except ImportError as exc:
+        raise ArchsearchError(f"storage {url!r}: needs a database driver that is not installed ({exc})") from None
+    except Exception as exc:  # sqlalchemy errors: bad URL, unreachable server
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArchsearchError(f"storage {url!r}: cannot open ({first})") from None
+
+
+# --------------------------------------------------------------------------- samplers
+
+
+def make_sampler(settings: SearchSettings, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler named by ``settings.sampler``, seeded with ``seed`` (default: settings.seed).
+
+    Constraints reach every sampler through ``trial.set_constraint`` (Optuna 5).
+    """
+    seed = settings.seed if seed is None else seed
+    name = settings.sampler
+    startup = settings.startup()
+    with warnings.catch_warnings():  # TPE's multivariate/group, GP's deterministic_objective: "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(population_size=settings.population(), seed=seed)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True,
+                                              group=True, constant_liar=True)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, deterministic_objective=True)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+    raise ArchsearchError(f"sampler {name!r}: unknown (allowed: {', '.join(SAMPLERS)})")
+
+
+def worker_seed(seed: int, worker: int, n_existing: int) -> int:
+    """A distinct, reproducible sampler seed per worker and per resume point."""
+    h = hashlib.sha256(f"{seed}:{worker}:{n_existing}".encode()).digest()
+    return int.from_bytes(h[:4], "little")
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def owner_tag() -> str:
+    """``host:pid`` of this process: recorded on every trial it asks for."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _identity(settings: SearchSettings, space: Any, proxy: dict[str, Any], teacher_fp: str,
+              table_sha: str | None) -> dict[str, Any]:
+    return {
+        "space_hash": space.hash,
+        "proxy": {k: v for k, v in proxy.items() if k != "source"},
+        "teacher": teacher_fp,
+        "objectives": list(settings.objectives),
+        "constraints": settings.constraints,
+        "latency_table_sha": table_sha,
+    }
+
+
+def open_study(
+    settings: SearchSettings,
+    storage: optuna.storages.BaseStorage,
+    *,
+    space: Any,
+    proxy: dict[str, Any],
+    teacher_fingerprint: str,
+    latency_table_sha: str | None,
+    resume: bool,
+    extra: dict[str, Any] | None = None,
+) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it with ``resume``. Returns ``(study, resumed)``.
+
+    A study that exists and holds trials is never reused silently: without ``resume`` it is
+    an error, and with it everything the results depend on must match.
+    """
+    identity = _identity(settings, space, proxy, teacher_fingerprint, latency_table_sha)
+    try:
+        existing = optuna.load_study(study_name=settings.study, storage=storage, sampler=make_sampler(settings))
+    except KeyError:
+        existing = None
+    if existing is not None and existing.trials:
+        if not resume:
+            raise ArchsearchError(
+                f"study {settings.study!r} already exists in {_describe_storage(storage)} with "
+                f"{len(existing.trials)} trials: add --resume to continue it, or --study NEW_NAME"
+            )
+        attrs = existing.user_attrs
+        for key in _IDENTITY:
+            old = attrs.get(_ATTR + key)
+            new = identity[key]
+            if _normal(old) != _normal(new):
+                raise ArchsearchError(
+                    f"--resume: study {settings.study!r} was made with another {key.replace('_', ' ')} "
+                    f"({_short(old)} != {_short(new)} now); resume with the same spec, teacher and table, "
+                    "or start a new study with --study NEW_NAME"
+                )
+        study, resumed = existing, True
+    else:
+        if existing is not None:  # created by a run that died before its first trial
+            study = existing
+        else:
+            study = optuna.create_study(study_name=settings.study, storage=storage,
+                                        directions=settings.directions, sampler=make_sampler(settings))
+            with warnings.catch_warnings():  # named objectives in optuna-dashboard
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(list(settings.objectives))
+        resumed = False
+    if [d.name.lower() for d in study.directions] != settings.directions:
+        raise ArchsearchError(f"study {settings.study!r}: its directions differ from the objectives "
+                              f"{list(settings.objectives)}; use --study NEW_NAME")
+    for key, value in {**identity, **(extra or {})}.items():
+        study.set_user_attr(_ATTR + key, value)
+    for key in ("sampler", "seed", "n_trials", "target", "population_size"):
+        study.set_user_attr(_ATTR + key, settings.to_dict()[key])
+    study.set_user_attr(_ATTR + "latency_table", str(settings.latency_table) if settings.latency_table else None)
+    if settings.reference_point is not None:
+        study.set_user_attr(_ATTR + "reference_point", settings.reference_point)
+    return study, resumed
+
+
+def study_attrs(study: optuna.Study) -> dict[str, Any]:
+    """The ``archsearch.*`` study attrs without their prefix."""
+    return {k[len(_ATTR):]: v for k, v in study.user_attrs.items() if k.startswith(_ATTR)}
+
+
+def _normal(v: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(v, sort_keys=True, default=str))
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe_storage(storage: Any) -> str:
+    url = getattr(storage, "url", None)
+    return str(url) if url else type(storage).__name__
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":  # no cheap check: --resume asserts the old run has stopped
+        return pid == os.getpid()
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted(study: optuna.Study) -> tuple[list[int], list[int]]:
+    """Mark RUNNING trials whose process is gone as failed (``interrupted``).
+
+    Returns ``(marked, elsewhere)``: trial numbers marked failed, and numbers of RUNNING
+    trials owned by another host (left alone: they may still be running there).
+    """
+    host = socket.gethostname()
+    marked, elsewhere = [], []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = str(t.user_attrs.get("owner", ""))
+        o_host, _, o_pid = owner.rpartition(":")
+        if owner and o_host != host:
+            elsewhere.append(t.number)
+            continue
+        if owner and o_pid.isdigit() and _pid_alive(int(o_pid)):
+            continue
+        mark_failed(study, t, INTERRUPTED)
+        marked.append(t.number)
+    return marked, elsewhere
+
+
+def mark_failed(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
+    """Fail a trial owned by a dead process (another process cannot ``tell`` it)."""
+    storage = study._storage  # noqa: SLF001 - the public Study API only tells its own trials
+    storage.set_trial_user_attr(trial._trial_id, "state", "failed")  # noqa: SLF001
+    storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)  # noqa: SLF001
+    try:
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
+    except RuntimeError:  # finished meanwhile
+        pass
+
+
+def count_trials(study: optuna.Study) -> dict[str, int]:
+    """Trials by archsearch state: complete, infeasible, failed, interrupted, running, done.
+
+    ``done`` (complete + infeasible + failed) is what counts towards ``n_trials``; interrupted
+    trials are re-run.
+    """
+    out = {"complete": 0, "infeasible": 0, "failed": 0, "interrupted": 0, "running": 0}
+    for t in study.get_trials(deepcopy=False):
+        out[trial_state(t)] += 1
+    out["done"] = out["complete"] + out["infeasible"] + out["failed"]
+    return out
+
+
+def trial_state(t: FrozenTrial) -> str:
+    """complete | infeasible | failed | interrupted | running (for tables and budgets)."""
+    if t.state == TrialState.RUNNING or t.state == TrialState.WAITING:
+        return "running"
+    if t.state == TrialState.COMPLETE:
+        return "complete"
+    if t.state == TrialState.PRUNED:
+        return "infeasible"
+    if t.user_attrs.get("fail_reason") == INTERRUPTED:
+        return "interrupted"
+    return "failed"

@@ -1,0 +1,17 @@
+"""The store: an Optuna study read back into ``reports/<study>/`` files.
+
+:func:`write_store` writes ``trials.csv`` (one row per trial), ``meta.json``,
+``pareto/<candidate_id>.yaml`` and ``latency_breakdown.csv``; :func:`trials_frame` gives the
+same table as a pandas DataFrame without writing; :func:`load_trials` reads ``trials.csv`` back.
+"""
+
+from archsearch.store._store import (
+    BASE_COLUMNS,
+    StoreSummary,
+    load_trials,
+    pareto_ids,
+    trials_frame,
+    write_store,
+)
+
+__all__ = ["BASE_COLUMNS", "StoreSummary", "load_trials", "pareto_ids", "trials_frame", "write_store"]

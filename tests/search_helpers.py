@@ -1,0 +1,53 @@
+"""Shared pieces of the search tests: a tiny spec with a proxy that trains in about a second."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: A proxy run of a few steps on 8x8 latents against a small built-in teacher (cached per session).
+PROXY: dict[str, Any] = {
+    "steps": 3,
+    "batch": 2,
+    "resolution": 8,
+    "holdout": 4,
+    "width_mult": 0.5,
+    "teacher": {"builtin": "image", "train_steps": 10, "width": 32, "batch": 4, "data_size": 64},
+}
+
+
+def make_spec(
+    tmp_path: Path,
+    table: Path,
+    *,
+    search: dict[str, Any] | None = None,
+    proxy: dict[str, Any] | None = None,
+    constraints: dict[str, Any] | None = None,
+    name: str = "t",
+) -> Path:
+    """search_spaces/tiny.yaml with ``proxy:``, ``search:`` and ``constraints:`` for tests."""
+    data = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
+    data["name"] = name
+    data["proxy"] = {**PROXY, **(proxy or {})}
+    data["search"] = {"latency_table": str(table), **(search or {})}
+    data["constraints"] = {"max_params": 5.0e6, **(constraints or {})}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A latency table of every block of the tiny space (roofline estimate: a few seconds)."""
+    path = tmp_path_factory.getbasetemp() / "tables" / "tiny-ane-r16-estimate.csv"
+    if not path.is_file():
+        from archsearch.cost.latency import profile_space
+        from archsearch.spec import load_space
+
+        profile_space(load_space(ROOT / "search_spaces" / "tiny.yaml"), "ane", path, convert=False, calibrate=0)
+    return path
