@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test venv chromium clean
+.PHONY: demo test venv chromium bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (archsearch's make targets need Python 3.11)"; exit 1; }
@@ -24,10 +24,20 @@ chromium:
 	@command -v chromium >/dev/null || { echo "installing Debian's chromium (browser tests)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
+# The main job: search unet_mobile (first run also trains the built-in teacher), then
+# reports/unet_mobile/index.html. A second `make demo` continues the same study.
 demo: venv
-	$(VENV)/bin/archsearch show search_spaces/unet_mobile.yaml --samples 2
-	$(VENV)/bin/archsearch sample search_spaces/unet_mobile.yaml -n 3 --seed 0 -o reports/demo_candidates
-	$(VENV)/bin/archsearch build "$$(ls reports/demo_candidates/*.yaml | head -n 1)"
+	@if [ -f reports/unet_mobile/study.db ]; then \
+	  $(VENV)/bin/archsearch run search_spaces/unet_mobile.yaml --resume; \
+	else \
+	  $(VENV)/bin/archsearch run search_spaces/unet_mobile.yaml; \
+	fi
+
+# Benchmarks print figures (README); none of them is part of `make test`.
+bench: venv
+	$(PY) benchmarks/bench_predictor.py --skip-build --n 50
+	$(PY) benchmarks/bench_search.py
+	$(PY) benchmarks/bench_proxy.py --threads 1
 
 test: venv chromium
 	$(PY) -m pytest -q
