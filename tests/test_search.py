@@ -99,7 +99,7 @@ def test_short_search_end_to_end_and_infeasible_candidates_are_never_trained(
 
     trained = _trained_ids(monkeypatch)
     # a latency limit near the space's 75th percentile: some candidates are rejected
-    spec = make_spec(tmp_path, tiny_table, constraints={"max_latency_ms": 5.0}, search={"n_trials": 4})
+    spec = make_spec(tmp_path, tiny_table, constraints={"max_latency_ms": 5.0}, search={"n_trials": 4, "warm_start": False})
     res = runner.invoke(app, ["run", str(spec), "--reports-dir", str(tmp_path / "reports"), "--no-progress"])
     assert res.exit_code == 0, res.output
     out = tmp_path / "reports" / "t"
@@ -237,7 +237,7 @@ def test_ctrl_c_keeps_finished_trials_and_marks_the_running_one_interrupted(
 
 
 def test_a_timeout_stops_new_trials(tmp_path: Path, tiny_table: Path) -> None:
-    spec = load_space(make_spec(tmp_path, tiny_table, search={"n_trials": 5, "timeout": 0.001}))
+    spec = load_space(make_spec(tmp_path, tiny_table, search={"n_trials": 5, "timeout": 0.001, "warm_start": False}))
     run = run_search(spec, reports_dir=tmp_path / "reports", progress=False)
     assert run.counts["done"] == 0 and run.study.trials == []
     meta = write_store(run.study)

@@ -542,8 +542,11 @@ def count_trials(study: optuna.Study) -> dict[str, int]:
     ``done`` (complete + infeasible + failed) is what counts towards ``n_trials``; interrupted
     trials are re-run.
     """
-    out = {"complete": 0, "infeasible": 0, "failed": 0, "interrupted": 0, "running": 0}
+    out = {"complete": 0, "infeasible": 0, "failed": 0, "interrupted": 0, "running": 0, "queued": 0}
     for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.WAITING:  # enqueued (warm start), not yet asked: still to run
+            out["queued"] += 1
+            continue
         out[trial_state(t)] += 1
     out["done"] = out["complete"] + out["infeasible"] + out["failed"]
     return out
