@@ -32,7 +32,7 @@ def test_search_section_defaults(tiny_space) -> None:
     assert s.sampler == "nsga2" and s.n_trials == 20 and s.seed == 0
     assert s.objectives == ("quality", "latency_ms", "params") and s.directions == ["minimize"] * 3
     assert s.study == "tiny" and s.max_params == 5e6 and s.workers is None
-    assert s.population() == 4
+    assert s.population() == 8 and s.startup() == 8
 
 
 @pytest.mark.parametrize(
@@ -100,13 +100,15 @@ def test_short_search_end_to_end_and_infeasible_candidates_are_never_trained(
     trained = _trained_ids(monkeypatch)
     # a latency limit near the space's 75th percentile: some candidates are rejected
     spec = make_spec(tmp_path, tiny_table, constraints={"max_latency_ms": 5.0}, search={"n_trials": 4, "warm_start": False})
-    res = runner.invoke(app, ["run", str(spec), "--reports-dir", str(tmp_path / "reports"), "--no-progress"])
+    # (random: the model-based samplers start from feasible candidates only)
+    res = runner.invoke(app, ["run", str(spec), "--reports-dir", str(tmp_path / "reports"), "--no-progress",
+                              "--sampler", "random"])
     assert res.exit_code == 0, res.output
     out = tmp_path / "reports" / "t"
     df = pd.read_csv(out / "trials.csv", dtype={"candidate_id": str})
     assert len(df) == 4 and set(df["state"]) <= {"complete", "infeasible"}
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["sampler"] == "nsga2" and meta["n_trials"] == 4
+    assert meta["sampler"] == "random" and meta["n_trials"] == 4
     assert meta["constraints"]["max_latency_ms"] == 5.0
 
     done = df[df["state"] == "complete"]
@@ -267,3 +269,35 @@ def test_every_sampler_runs_past_its_start_up_phase_with_constraints(tiny_space,
     assert len(states) == n and TrialState.RUNNING not in states
     assert all(t.state == TrialState.PRUNED for t in study.trials if t.constraints["max_latency_ms"] > 0)
     assert {t.number for t in study.best_trials} <= {t.number for t in study.trials if t.state == TrialState.COMPLETE}
+
+
+def test_the_warm_start_spreads_feasible_candidates_over_cost(tiny_space, tiny_table: Path) -> None:
+    from archsearch.candidate import resolve
+    from archsearch.cost import count_params
+    from archsearch.cost.latency import load_table, predict
+    from archsearch.search._warmstart import spread_start
+
+    table = load_table(tiny_table)
+    settings = SearchSettings.from_space(tiny_space)
+    settings = settings.__class__(**{**settings.__dict__, "max_latency_ms": 5.0})
+    picks = spread_start(tiny_space, settings, table, k=6, seed=0)
+    assert len(picks) == 6
+
+    class Fixed:  # replays recorded choices, as Optuna does for an enqueued trial
+        def __init__(self, params: dict) -> None:
+            self.params = params
+
+        def categorical(self, name, options):  # noqa: ANN001, ANN201
+            assert self.params[name] in options
+            return self.params[name]
+
+        def integer(self, name, low, high, step):  # noqa: ANN001, ANN201
+            return self.params[name]
+
+    cands = [resolve(tiny_space, Fixed(p)) for p in picks]
+    lat = predict(cands, table)
+    assert len({c.id for c in cands}) == 6 and (lat <= 5.0).all()
+    # spread over the feasible range: both ends of a larger feasible sample are reached
+    pool_lat = predict([resolve(tiny_space, Fixed(p)) for p in spread_start(tiny_space, settings, table, k=64)], table)
+    assert lat.min() <= np.percentile(pool_lat, 10) and lat.max() >= np.percentile(pool_lat, 75)
+    assert max(count_params(c) for c in cands) > 2 * min(count_params(c) for c in cands)

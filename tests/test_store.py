@@ -32,7 +32,8 @@ def _attrs(cand: Candidate, state: str, q: float | None, lat: float, params: int
 
 @pytest.fixture()
 def study(tiny_space, tmp_path: Path) -> optuna.Study:
-    """A hand-made study: 5 complete (3 on the front), 1 infeasible, 1 failed, 1 interrupted, 1 running."""
+    """A hand-made study: 5 complete (3 on the front), 1 infeasible, 1 failed, 1 interrupted, 1 running,
+    1 waiting."""
     cands = sample_many(tiny_space, 8, seed=3)
     st = optuna.create_study(directions=["minimize"] * 3, study_name="hand")
     st.set_user_attr("archsearch.objectives", OBJ)
@@ -61,6 +62,7 @@ def study(tiny_space, tmp_path: Path) -> optuna.Study:
                               user_attrs={**_attrs(cands[7], "failed", None, 1.0, 90), "fail_reason": "interrupted"}))
     st.add_trial(create_trial(state=TrialState.RUNNING, params={"x": 8}, distributions=dist,
                               user_attrs={"owner": "host:2"}))
+    st.enqueue_trial({"x": 3})  # WAITING (never started): not a row
     return st
 
 

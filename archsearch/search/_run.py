@@ -207,4 +207,4 @@ def run_search(
 def _with_table(settings: SearchSettings, path: Path) -> SearchSettings:
     from dataclasses import replace
 
-    return replace(settings, latency_table=path)
+    return replace(settings, latency_table=path.resolve())

@@ -14,7 +14,7 @@ The ``search:`` section of a spec (every key optional)::
       study: unet_mobile      # default: the space's name
       workers: 1              # local processes (or concurrent Ray trials)
       threads: null           # torch threads per worker; default cores // workers
-      population_size: null   # NSGA-II; default clamp(n_trials // 5, 4, 50)
+      population_size: null   # NSGA-II; default clamp(n_trials // 4, 8, 50)
       warm_start: true        # nsga2/tpe/gp start from feasible candidates spread over cost
       reference_point: null   # {quality: q, latency_ms: l, params: p}; default: from the data
       trial_resources: {cpu: 1, gpu: 0}       # per Ray trial
@@ -267,10 +267,13 @@ class SearchSettings:
         return {"max_latency_ms": self.max_latency_ms, "max_params": self.max_params}
 
     def population(self) -> int:
-        """NSGA-II population: the spec's, else ``clamp(n_trials // 5, 4, 50)``."""
+        """NSGA-II population: the spec's, else ``clamp(n_trials // 4, 8, 50)``.
+
+        (8 beat 4, 6 and 12 at 15 and 30 trials on the tiny space: benchmarks/bench_search.py.)
+        """
         if self.population_size is not None:
             return self.population_size
-        return max(4, min(50, self.n_trials // 5))
+        return max(8, min(50, self.n_trials // 4))
 
     def startup(self) -> int:
         """Trials before the sampler's model kicks in: the NSGA-II population, else
@@ -378,7 +381,9 @@ def make_sampler(settings: SearchSettings, seed: int | None = None) -> optuna.sa
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True,
                                               group=True, constant_liar=True)
         if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, deterministic_objective=True)
+            # conditional dimensions (define-by-run) fall back to random sampling: expected
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, deterministic_objective=True,
+                                             warn_independent_sampling=False)
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
     raise ArchsearchError(f"sampler {name!r}: unknown (allowed: {', '.join(SAMPLERS)})")
@@ -553,9 +558,11 @@ def count_trials(study: optuna.Study) -> dict[str, int]:
 
 
 def trial_state(t: FrozenTrial) -> str:
-    """complete | infeasible | failed | interrupted | running (for tables and budgets)."""
-    if t.state == TrialState.RUNNING or t.state == TrialState.WAITING:
+    """complete | infeasible | failed | interrupted | running | waiting (for tables and budgets)."""
+    if t.state == TrialState.RUNNING:
         return "running"
+    if t.state == TrialState.WAITING:
+        return "waiting"
     if t.state == TrialState.COMPLETE:
         return "complete"
     if t.state == TrialState.PRUNED:

@@ -96,8 +96,11 @@ def _row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
 
 
 def trials_frame(study: optuna.Study, objectives: list[str] | tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Every trial of ``study`` as one row (the ``trials.csv`` table), Pareto rows marked."""
-    rows = [_row(t) for t in study.get_trials(deepcopy=False)]
+    """Every started trial of ``study`` as one row (the ``trials.csv`` table), Pareto rows marked.
+
+    Enqueued trials that never started (WAITING) have no data and are left out.
+    """
+    rows = [_row(t) for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]
     df = pd.DataFrame(rows)
     if df.empty:
         df = pd.DataFrame(columns=list(BASE_COLUMNS))
