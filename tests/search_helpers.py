@@ -29,11 +29,13 @@ def make_spec(
     proxy: dict[str, Any] | None = None,
     constraints: dict[str, Any] | None = None,
     name: str = "t",
+    base: str = "tiny.yaml",
 ) -> Path:
-    """search_spaces/tiny.yaml with ``proxy:``, ``search:`` and ``constraints:`` for tests."""
-    data = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
+    """search_spaces/<base> with ``proxy:``, ``search:`` and ``constraints:`` for tests."""
+    data = yaml.safe_load((ROOT / "search_spaces" / base).read_text())
     data["name"] = name
-    data["proxy"] = {**PROXY, **(proxy or {})}
+    teacher = {**PROXY["teacher"], "builtin": data.get("kind", "image")}
+    data["proxy"] = {**PROXY, "teacher": teacher, **(proxy or {})}
     data["search"] = {"latency_table": str(table), **(search or {})}
     data["constraints"] = {"max_params": 5.0e6, **(constraints or {})}
     path = tmp_path / f"{name}.yaml"
@@ -41,13 +43,22 @@ def make_spec(
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A latency table of every block of the tiny space (roofline estimate: a few seconds)."""
-    path = tmp_path_factory.getbasetemp() / "tables" / "tiny-ane-r16-estimate.csv"
+def _estimate_table(tmp_path_factory: pytest.TempPathFactory, space: str) -> Path:
+    """A latency table of every block of ``space`` (roofline estimate: seconds), once per session."""
+    path = tmp_path_factory.getbasetemp() / "tables" / f"{space}-ane-estimate.csv"
     if not path.is_file():
         from archsearch.cost.latency import profile_space
         from archsearch.spec import load_space
 
-        profile_space(load_space(ROOT / "search_spaces" / "tiny.yaml"), "ane", path, convert=False, calibrate=0)
+        profile_space(load_space(ROOT / "search_spaces" / f"{space}.yaml"), "ane", path, convert=False, calibrate=0)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _estimate_table(tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_video_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _estimate_table(tmp_path_factory, "tiny_video")

@@ -19,7 +19,7 @@ from archsearch.search import SearchSettings, run_search, storage_url
 from archsearch.spec import load_space, load_space_text
 from archsearch.store import write_store
 
-from search_helpers import PROXY, make_spec, tiny_table  # noqa: F401 (fixture)
+from search_helpers import PROXY, make_spec, tiny_table, tiny_video_table  # noqa: F401 (fixtures)
 
 runner = CliRunner()
 
@@ -301,3 +301,12 @@ def test_the_warm_start_spreads_feasible_candidates_over_cost(tiny_space, tiny_t
     pool_lat = predict([resolve(tiny_space, Fixed(p)) for p in spread_start(tiny_space, settings, table, k=64)], table)
     assert lat.min() <= np.percentile(pool_lat, 10) and lat.max() >= np.percentile(pool_lat, 75)
     assert max(count_params(c) for c in cands) > 2 * min(count_params(c) for c in cands)
+
+
+def test_a_video_space_searches_its_temporal_layers(tmp_path: Path, tiny_video_table: Path) -> None:
+    spec = load_space(make_spec(tmp_path, tiny_video_table, base="tiny_video.yaml",
+                                search={"n_trials": 3, "sampler": "random"}))
+    run = run_search(spec, reports_dir=tmp_path / "reports", progress=False)
+    df = pd.read_csv(write_store(run.study).path / "trials.csv", dtype={"candidate_id": str})
+    assert (df["state"] == "complete").all() and df["quality"].notna().all()
+    assert "arch.down0.temporal" in df.columns and "arch.frames" in df.columns

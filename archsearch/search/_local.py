@@ -143,7 +143,6 @@ def _worker_main(job: WorkerJob) -> None:
     import torch
 
     torch.set_num_threads(job.threads)
-    from archsearch.search._distill import ProxyConfig  # noqa: F401  (unpickled type)
     from archsearch.search._teacher import load_teacher
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
