@@ -73,7 +73,7 @@ def _points(study: Any, n: int) -> np.ndarray:
 def sample_efficiency(tmp: Path, table: Path, n: int, seeds: int, samplers: list[str]) -> dict[str, Any]:
     import archsearch.search._distill as distill
     from archsearch.search import run_search
-    from archsearch.search.pareto import hypervolume, non_dominated
+    from archsearch.pareto import hypervolume, non_dominated
     from archsearch.spec import load_space
 
     real = distill.run_proxy

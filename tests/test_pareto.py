@@ -10,7 +10,7 @@ from optuna.study._multi_objective import _is_pareto_front
 from pymoo.indicators.hv import HV
 
 from archsearch.errors import ArchsearchError
-from archsearch.search.pareto import (
+from archsearch.pareto import (
     default_reference,
     hypervolume,
     hypervolume_history,

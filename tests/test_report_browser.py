@@ -14,7 +14,6 @@ tests FAIL, on purpose; deselect them with ``-m "not browser"``. Set
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import select
@@ -28,15 +27,13 @@ from typing import Any
 import pytest
 
 from archsearch.report import write_compare, write_report
+from report_helpers import make_study
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = os.environ.get("ARCHSEARCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 WIDTH, HEIGHT = 1400, 1000
 
-_spec = importlib.util.spec_from_file_location("_report_fixtures", Path(__file__).with_name("test_report.py"))
-_fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_fixtures)  # the study-folder builder shared with test_report.py
 
 
 class DevTools:
@@ -259,7 +256,7 @@ def test_the_browser_check_catches_errors_and_network_use(browser: DevTools, tmp
 
 
 def test_report_page_in_chromium(browser: DevTools, tmp_path: Path) -> None:
-    folder = _fixtures.make_study(tmp_path / "reports", name="unet_mobile", xss_id=True)
+    folder = make_study(tmp_path / "reports", name="unet_mobile", xss_id=True)
     out = write_report(folder)
     sid, events = open_page(browser, out)
     assert problems(events) == []
@@ -299,8 +296,8 @@ def test_report_page_in_chromium(browser: DevTools, tmp_path: Path) -> None:
 
 
 def test_compare_page_in_chromium(browser: DevTools, tmp_path: Path) -> None:
-    a = _fixtures.make_study(tmp_path / "reports", "nsga2", seed=1)
-    b = _fixtures.make_study(tmp_path / "reports", "random", seed=2, sampler="random")
+    a = make_study(tmp_path / "reports", "nsga2", seed=1)
+    b = make_study(tmp_path / "reports", "random", seed=2, sampler="random")
     out = write_compare([a, b], tmp_path / "reports" / "compare_nsga2_vs_random.html")
     sid, events = open_page(browser, out)
     assert problems(events) == []

@@ -14,7 +14,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from archsearch.candidate import Candidate, sample_many
-from archsearch.search.pareto import hypervolume
+from archsearch.pareto import hypervolume
 from archsearch.store import BASE_COLUMNS, trials_frame, write_store
 
 OBJ = ["quality", "latency_ms", "params"]

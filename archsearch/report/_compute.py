@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 
 from archsearch.report._data import ARCH_PREFIX, StudyData
-from archsearch.search.pareto import (
+from archsearch.pareto import (
     default_reference,
     hypervolume,
     hypervolume_history,
@@ -112,12 +112,12 @@ def feasible_mask(study: StudyData) -> pd.Series:
 
 
 def pareto_mask(study: StudyData) -> pd.Series:
-    """Feasible trials that no other feasible trial dominates on all objectives."""
-    feas = feasible_mask(study)
-    out = pd.Series(False, index=study.trials.index)
-    if feas.any():
-        out[feas] = non_dominated(objective_points(study, feas), study.directions)
-    return out
+    """The front as the store decided it (``trials.csv``'s ``pareto`` column).
+
+    The store is the one place that computes the front; the report only draws it. Only trials
+    that are also feasible here count, so a hand-edited file cannot put a failed trial on it.
+    """
+    return study.trials["pareto"].astype(bool) & feasible_mask(study)
 
 
 def reference_point(study: StudyData) -> tuple[np.ndarray | None, str]:

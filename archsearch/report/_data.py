@@ -30,7 +30,7 @@ __all__ = [
 STATES = ("complete", "failed", "infeasible", "running")
 LATENCY_SOURCES = ("measured", "estimate", "imported", "mixed")
 ARCH_PREFIX = "arch."
-REQUIRED_TRIAL_COLUMNS = ("number", "state", "candidate_id", "quality", "latency_ms")
+REQUIRED_TRIAL_COLUMNS = ("number", "state", "candidate_id", "quality", "latency_ms", "pareto")
 NUMERIC_COLUMNS = ("quality", "latency_ms", "params", "flops", "wall_time_s")
 BREAKDOWN_COLUMNS = ("candidate_id", "stage", "block_type", "ms")
 VALIDATION_COLUMNS = ("candidate_id", "measured_ms", "predicted_ms")
@@ -269,6 +269,7 @@ def _load_trials(path: Path, objectives: list[Objective], meta_path: Path) -> pd
     for col in ("params", "flops"):
         if col not in df.columns:
             df[col] = np.nan
+    df["pareto"] = _boolean(df, "pareto", path)  # the store's front: the report draws it
     if "feasible" in df.columns:
         df["feasible"] = _boolean(df, "feasible", path)
     else:

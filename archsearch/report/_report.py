@@ -18,7 +18,7 @@ from archsearch.report import _compute as C
 from archsearch.report import _figures as F
 from archsearch.report._data import STATES, StudyData, load_study
 from archsearch.report._html import Page, esc
-from archsearch.search.pareto import default_reference, hypervolume, to_losses
+from archsearch.pareto import default_reference, hypervolume, to_losses
 
 __all__ = ["render_compare", "render_report", "write_compare", "write_report"]
 

@@ -33,7 +33,7 @@ import pandas as pd
 from archsearch._util import atomic_write_text
 from archsearch.errors import ArchsearchError
 from archsearch.search import study_attrs, trial_state
-from archsearch.search.pareto import default_reference, hypervolume, non_dominated
+from archsearch.pareto import default_reference, hypervolume, non_dominated
 
 __all__ = ["BASE_COLUMNS", "StoreSummary", "load_trials", "pareto_ids", "trials_frame", "write_store"]
 
