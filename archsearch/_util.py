@@ -9,7 +9,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "canonical_json", "short_hash"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "cache_root", "canonical_json", "short_hash"]
+
+
+def cache_root() -> Path:
+    """Where archsearch caches what it computed once (teachers, text states, block FLOPs):
+    ``$ARCHSEARCH_CACHE_DIR`` or ``~/.cache/archsearch``."""
+    env = os.environ.get("ARCHSEARCH_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "archsearch"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -75,3 +75,40 @@ def test_flops_extrapolation_is_exact_at_large_resolution():
     big = type(c)(**{**{f: getattr(c, f) for f in c.__dataclass_fields__}, "resolution": 32})
     for spec in walk(big):
         assert block_flops(spec) == _flops_by_key(_keyed(spec, spec.in_shape)), spec.key
+
+
+def test_block_flops_disk_cache_holds_fvcores_numbers(tmp_path, tiny_space, tiny_video_space):
+    """Trials read block FLOPs from the disk cache: the same numbers fvcore traces, across
+    processes (a fresh cache object reads the file), and a line cut by a crash is ignored."""
+    from archsearch.cost import FlopCache
+    from archsearch.cost._params_flops import _trace_flops
+    from archsearch.model import walk
+
+    path = tmp_path / "flops.jsonl"
+    cache = FlopCache(path)
+    specs = {}
+    for space in (tiny_space, tiny_video_space):
+        for c in sample_many(space, 2, seed=3):
+            for spec in walk(c):
+                if len(spec.in_shape) != 4 or spec.in_shape[2] <= 6:  # traced directly (no probes)
+                    specs.setdefault(spec.key, spec)
+    assert len(specs) >= 10
+    for key, spec in specs.items():
+        cache.put(key, _trace_flops(spec))
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write('{"key": "resnet(cut')  # a crash in the middle of a line
+    again = FlopCache(path)
+    assert len(again) == len(specs)
+    for key, spec in specs.items():
+        assert again.get(key) == _trace_flops(spec) > 0
+
+
+def test_flops_are_the_same_with_a_warm_disk_cache(tiny_space):
+    from archsearch.cost import _params_flops as pf
+
+    c = sample(tiny_space, seed=11)
+    cold = flops(c)
+    pf._flops_by_key.cache_clear()  # only the disk cache is left
+    assert len(pf._DISK) > 0
+    warm = flops(c)
+    assert warm == cold and warm.total == model_flops(c)

@@ -1,6 +1,7 @@
 """Cost of a candidate: parameters, FLOPs (fvcore) and, in ``cost.latency``, latency."""
 
 from archsearch.cost._params_flops import (
+    FlopCache,
     FlopReport,
     block_flops,
     block_params,
@@ -11,6 +12,7 @@ from archsearch.cost._params_flops import (
 )
 
 __all__ = [
+    "FlopCache",
     "FlopReport",
     "block_flops",
     "block_params",

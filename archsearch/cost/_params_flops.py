@@ -4,24 +4,33 @@ Counts are taken on ``torch.device("meta")``: no memory, no compute, any model s
 FLOPs follow fvcore's convention (one multiply-add = one flop). fvcore skips
 ``aten::scaled_dot_product_attention``; we register a handler that counts its two
 matmuls (Q·Kᵀ and P·V).
+
+Block FLOPs are also kept on disk (:class:`FlopCache`, ``<cache_root>/flops/``), keyed by the
+block's canonical key: a search's trials and later runs reuse what fvcore traced once, so a
+trial does not spend seconds tracing blocks that an earlier trial already counted.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from archsearch._util import cache_root
 from archsearch.candidate import Candidate
 from archsearch.model import BlockSpec, build_block, build_model, example_inputs, walk
 
-__all__ = ["FlopReport", "block_flops", "block_params", "count_params", "flops", "sdpa_flop_handle"]
+__all__ = ["FlopCache", "FlopReport", "block_flops", "block_params", "count_params", "flops", "sdpa_flop_handle"]
 
 
 def sdpa_flop_handle(inputs: list[Any], outputs: list[Any]) -> int:
@@ -67,8 +76,97 @@ def _fvcore():
     return FlopCountAnalysis
 
 
+#: bump when the way a block is counted changes: old cache files are then ignored
+_COUNT_VERSION = 1
+
+
+class FlopCache:
+    """Block key → fvcore FLOPs, persisted as JSON lines (one ``{"key": ..., "flops": ...}``).
+
+    The file name carries the counting version and the fvcore and torch versions, so a
+    changed counter never reads stale numbers. Lines are appended with one ``write`` on an
+    ``O_APPEND`` descriptor, so processes that share the cache (search workers) interleave
+    whole lines; a line cut by a crash is ignored when the file is read. A cache that cannot
+    be written (read-only home) only costs the tracing again.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self._path = None if path is None else Path(path)
+        self._data: dict[str, int] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                fv = version("fvcore")
+            except PackageNotFoundError:  # pragma: no cover - fvcore is a dependency
+                fv = "unknown"
+            tv = torch.__version__.split("+")[0]
+            self._path = cache_root() / "flops" / f"blocks-v{_COUNT_VERSION}-fvcore{fv}-torch{tv}.jsonl"
+        return self._path
+
+    def _load(self) -> dict[str, int]:
+        if self._data is None:
+            data: dict[str, int] = {}
+            try:
+                text = self.path.read_text(encoding="utf-8")
+            except OSError:
+                text = ""
+            for line in text.splitlines():
+                try:
+                    row = json.loads(line)
+                    key, value = row["key"], row["flops"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut by a crash, or foreign content: count again
+                if isinstance(key, str) and isinstance(value, int) and value >= 0:
+                    data[key] = value
+            self._data = data
+        return self._data
+
+    def get(self, key: str) -> int | None:
+        with self._lock:
+            return self._load().get(key)
+
+    def put(self, key: str, value: int) -> None:
+        with self._lock:
+            data = self._load()
+            if key in data:
+                return
+            data[key] = int(value)
+            line = (json.dumps({"key": key, "flops": int(value)}) + "\n").encode("utf-8")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, line)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._load())
+
+
+_DISK = FlopCache()
+
+
 @lru_cache(maxsize=65536)
 def _flops_by_key(spec: BlockSpec) -> int:
+    cached = _DISK.get(spec.key)
+    if cached is not None:
+        return cached
+    value = _trace_flops(spec)
+    _DISK.put(spec.key, value)
+    return value
+
+
+def _trace_flops(spec: BlockSpec) -> int:
+    """fvcore's count for one block, traced on the CPU (what :class:`FlopCache` stores)."""
     FlopCountAnalysis = _fvcore()
 
     # fvcore traces with torch.jit, which cannot trace convolutions on meta tensors:
