@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import optuna
 import pytest
@@ -34,11 +37,25 @@ def test_yaml_and_json_round_trip(tiny_space, tiny_video_space, tmp_path):
             assert Candidate.from_dict(json.loads(c.to_json())) == c
 
 
+#: pinned ids of ``sample(tiny.yaml, seed)``: a change to the hash (or to sampling) is a
+#: deliberate, visible one, since every study, table and trained model is filed under these ids.
+PINNED_IDS = {0: "f4b46b0be0f6", 5: "0bf07837ff64"}
+
+
 def test_id_is_stable_across_processes(tiny_space):
-    # The id is a content hash: pinned here so a change to it is a deliberate, visible one.
-    c = sample(tiny_space, 0)
-    assert c.id == Candidate.from_yaml(c.to_yaml()).id
-    assert len(c.id) == 12 and int(c.id, 16) >= 0
+    for seed, cid in PINNED_IDS.items():
+        c = sample(tiny_space, seed)
+        assert c.id == cid
+        assert Candidate.from_yaml(c.to_yaml()).id == cid
+    # a second interpreter, with another hash seed, computes the same ids
+    code = (
+        "import sys; from archsearch.spec import load_space; from archsearch.candidate import sample; "
+        "s = load_space(sys.argv[1]); print(' '.join(sample(s, k).id for k in (0, 5)))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_space.path)], capture_output=True,
+                         text=True, env=env, check=True, timeout=120)
+    assert out.stdout.split() == [PINNED_IDS[0], PINNED_IDS[5]]
 
 
 def test_edited_file_with_stale_id_is_rejected(tiny_space, tmp_path):
