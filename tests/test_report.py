@@ -424,3 +424,20 @@ def test_cli_errors_are_one_line(study: Path, cli, args, message) -> None:
     assert res.exit_code == 2
     assert res.stderr.strip() == message.format(r=reports)
     assert "Traceback" not in res.output
+
+
+def test_summary_never_prints_a_raw_none(study: Path) -> None:
+    _edit_meta(study, target=None, latency_table=None)
+    page = write_report(study).read_text(encoding="utf-8")
+    summary = page.split('<section id="summary">')[1].split("</section>")[0]
+    assert "None" not in summary and "not set / none" in summary
+
+
+def test_wide_parallel_coordinates_scroll_instead_of_squeezing(study: Path) -> None:
+    from archsearch.report import _figures as F
+
+    dims, _ = C.parcoords_dims(load_study(study))
+    fig = F.parcoords_figure(dims, dims[-1], "")
+    assert fig.layout.width >= F.PARCOORDS_AXIS_PX * len(dims)
+    page = write_report(study).read_text(encoding="utf-8")
+    assert '<div class="hscroll">' in page.split('<section id="choices">')[1].split("</section>")[0]

@@ -139,3 +139,29 @@ def test_write_store_without_a_folder_is_a_clear_error() -> None:
     st = optuna.create_study(directions=["minimize", "minimize"])
     with pytest.raises(ArchsearchError, match="no study folder recorded"):
         write_store(st)
+
+
+def test_latency_breakdown_adds_up_to_the_predicted_latency(tiny_space, tmp_path: Path) -> None:
+    """Each Pareto candidate's breakdown rows (blocks + the calibration overhead, which may be
+    negative) sum to the latency the trials table shows for it."""
+    from archsearch.cost.latency import load_table, predict
+
+    table_path = Path(__file__).resolve().parent.parent / "latency_tables" / "tiny-cpu-r16.csv"
+    table = load_table(table_path)
+    cands = sample_many(tiny_space, 4, seed=5)
+    lat = [float(x) for x in predict(cands, table)]
+    st = optuna.create_study(directions=["minimize"] * 3, study_name="bd")
+    st.set_user_attr("archsearch.objectives", OBJ)
+    st.set_user_attr("archsearch.study_dir", str(tmp_path / "bd"))
+    st.set_user_attr("archsearch.latency_table", str(table_path))
+    dist = {"x": IntDistribution(0, 10)}
+    for i, (c, ms) in enumerate(zip(cands, lat)):
+        q, p = 0.1 * (4 - i), 100 + i  # a front of all four
+        st.add_trial(create_trial(state=TrialState.COMPLETE, values=[q, ms, p], params={"x": i},
+                                  distributions=dist, user_attrs=_attrs(c, "complete", q, ms, p)))
+    write_store(st)
+    bd = pd.read_csv(tmp_path / "bd" / "latency_breakdown.csv", dtype={"candidate_id": str})
+    assert (bd["stage"] == "calibration").sum() == len(cands)
+    sums = bd.groupby("candidate_id")["ms"].sum()
+    for c, ms in zip(cands, lat):
+        assert sums[c.id] == pytest.approx(ms, rel=1e-9)

@@ -220,13 +220,20 @@ def parcoords_figure(dims: list[ParcoordsDim], colour: ParcoordsDim, title: str)
                 "colorbar": {"title": {"text": colour.label}},
             },
             dimensions=dimensions,
-            labelangle=-30 if len(dimensions) > 8 else 0,
+            labelangle=-30 if len(dimensions) > 6 else 0,
             labelside="top",
         )
     )
     fig = _layout(fig, title, height=600)
-    fig.update_layout(margin={"l": 60, "r": 60, "t": 170, "b": 40})
+    # every axis gets room for its tick labels: the figure widens with the number of axes
+    # (the page scrolls sideways) instead of squeezing them until labels run together
+    width = max(900, PARCOORDS_AXIS_PX * len(dimensions))
+    fig.update_layout(width=width, autosize=False, margin={"l": 80, "r": 80, "t": 190, "b": 40})
     return fig
+
+
+#: horizontal room per parallel-coordinates axis: tick labels such as "separable" fit
+PARCOORDS_AXIS_PX = 125
 
 
 def validation_figure(

@@ -89,16 +89,19 @@ class Page:
         """One figure as a div; plotly.js is NOT included (the page head has it once)."""
         self._n_figs += 1
         h = height or int(fig.layout.height or 500)
-        return pio.to_html(
+        fixed = fig.layout.width is not None and fig.layout.autosize is False
+        out = pio.to_html(
             fig,
             include_plotlyjs=False,
             full_html=False,
             div_id=div_id,
-            config=PLOT_CONFIG,
+            config={**PLOT_CONFIG, "responsive": False} if fixed else PLOT_CONFIG,
             post_script=post_script,
             default_height=f"{h}px",
-            default_width="100%",
+            default_width=f"{int(fig.layout.width)}px" if fixed else "100%",
         )
+        # a figure with a fixed width (wide parallel coordinates) scrolls sideways
+        return f'<div class="hscroll">{out}</div>' if fixed else out
 
     @staticmethod
     def table(

@@ -93,7 +93,7 @@ def _summary(study: StudyData, reference: np.ndarray | None, ref_origin: str, n_
         ("constraints", esc(", ".join(
             f"{k} = {v}" for k, v in study.constraints.items() if v is not None) or "none")),
         ("target / latency table",
-         esc(f"{meta.get('target', 'n/a')} / {meta.get('latency_table', 'n/a')}")),
+         esc(f"{meta.get('target') or 'not set'} / {meta.get('latency_table') or 'none'}")),
         ("sampler / seed", esc(f"{meta.get('sampler', 'n/a')} / {meta.get('seed', 'n/a')}")),
         ("Pareto candidates", str(n_front)),
     ]  # fmt: skip

@@ -11,7 +11,8 @@
 * ``pareto/<candidate_id>.yaml`` -- each Pareto-optimal candidate (``Candidate.to_yaml``), the
   input of full training;
 * ``latency_breakdown.csv`` -- candidate_id, stage, block_type, ms of the Pareto candidates
-  (the predictor's per-block rows, grouped).
+  (the predictor's per-block rows, grouped, and a ``calibration`` row holding the
+  calibrated overhead, so that each candidate's rows add up to its predicted latency).
 
 Every file is written atomically (temp file + ``os.replace``); ``meta.json`` is written last.
 """
@@ -151,6 +152,10 @@ class StoreSummary(dict):
     path: Path
 
 
+#: stage and block type of the calibration-overhead row in ``latency_breakdown.csv``
+CALIBRATION = "calibration"
+
+
 def _breakdown(df: pd.DataFrame, ids: list[str], table_path: str | None) -> pd.DataFrame | None:
     if not table_path or not ids or not Path(table_path).is_file():
         return None
@@ -165,7 +170,10 @@ def _breakdown(df: pd.DataFrame, ids: list[str], table_path: str | None) -> pd.D
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             bd = predict_breakdown(cand, table, allow_missing=True)
-        bd = bd[bd["stage"] != "overhead"].rename(columns={"type": "block_type"})
+        # the calibration overhead is its own segment (it may be negative), so a candidate's
+        # rows add up to its predicted latency, as the trials table shows it
+        bd = bd.rename(columns={"type": "block_type"})
+        bd.loc[bd["stage"] == "overhead", ["stage", "block_type"]] = CALIBRATION
         g = bd.groupby(["stage", "block_type"], sort=False, as_index=False)["ms"].sum()
         g.insert(0, "candidate_id", cid)
         parts.append(g)
