@@ -128,3 +128,16 @@ def test_wrong_input_rank_is_a_clear_error(tiny_video_space):
     model = build_model(c)
     with pytest.raises(ValueError, match="5-D for a video model"):
         model(torch.randn(1, 4, 8, 8), torch.tensor([1]), torch.randn(1, 8, 32))
+
+
+def test_a_truncated_weights_file_is_a_one_line_error_naming_it(tiny_space, tmp_path):
+    from archsearch.candidate import sample
+    from archsearch.errors import ArchsearchError
+    from archsearch.model import ArchUNet
+
+    build_model(sample(tiny_space, 0)).save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ArchsearchError, match=r"model\.safetensors: not a readable safetensors file") as e:
+        ArchUNet.from_pretrained(tmp_path / "m")
+    assert "\n" not in str(e.value)

@@ -153,8 +153,13 @@ class ArchUNet(nn.Module):
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise ArchsearchError(f"{weights}: not found (expected a folder written by save_pretrained)")
+        from safetensors import SafetensorError
+
         try:
             missing, unexpected = load_model(model, str(weights), strict=False, device=str(device or "cpu"))
+        except SafetensorError as exc:  # truncated or not a safetensors file
+            raise ArchsearchError(f"{weights}: not a readable safetensors file ({exc}); "
+                                  "it may be truncated: save the model again") from None
         except RuntimeError as exc:  # shape mismatches
             first = str(exc).strip().splitlines()[-1].strip()
             raise ArchsearchError(f"{weights}: weights do not match the config ({first})") from None
