@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     from scipy.stats import kendalltau, spearmanr
 
     from archsearch.candidate import sample_many
-    from archsearch.search._distill import ProxyConfig, TrialFailed, run_proxy
-    from archsearch.search._teacher import load_teacher, resolve_device
+    from archsearch.distill import ProxyConfig, TrialFailed, load_teacher, resolve_device
+    from archsearch.distill import distill as run_proxy
     from archsearch.spec import load_space
 
     console = Console()
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"device {device}, {torch.get_num_threads()} threads")
 
     t0 = time.perf_counter()
-    teacher = load_teacher(proxy, kind=space.kind, cache_dir=args.cache_dir, progress=True, device=device)
+    teacher = load_teacher(proxy, kind=space.kind, cache_dir=args.cache_dir, device=device)
     console.print(f"teacher {teacher.fingerprint} ({teacher.source}) ready in {time.perf_counter() - t0:.1f} s"
                   + (f"; trained in {teacher.info['train_s']:.0f} s" if teacher.info.get("train_s") else ""))
 

@@ -71,12 +71,12 @@ def _points(study: Any, n: int) -> np.ndarray:
 
 
 def sample_efficiency(tmp: Path, table: Path, n: int, seeds: int, samplers: list[str]) -> dict[str, Any]:
-    import archsearch.search._distill as distill
+    import archsearch.distill as distill
     from archsearch.search import run_search
     from archsearch.pareto import hypervolume, non_dominated
     from archsearch.spec import load_space
 
-    real = distill.run_proxy
+    real = distill.distill
     memo: dict[str, Any] = {}
     trained = {"n": 0, "s": 0.0}
 
@@ -88,7 +88,7 @@ def sample_efficiency(tmp: Path, table: Path, n: int, seeds: int, samplers: list
             trained["s"] += time.perf_counter() - t0
         return memo[candidate.id]
 
-    distill.run_proxy = memo_proxy
+    distill.distill = memo_proxy
     # one torch thread: on a 2-core machine shared with anything else, 2 threads of a tiny model
     # run several times slower than 1 (see the throughput part)
     space = load_space(_spec(tmp, "hv", PROXY_HV, table, threads=1))
@@ -104,7 +104,7 @@ def sample_efficiency(tmp: Path, table: Path, n: int, seeds: int, samplers: list
                 print(f"  seed {seed} {sampler:6s} {trials:3d} trials, {distinct:3d} distinct candidates  "
                       f"{time.perf_counter() - t0:6.1f} s  ({len(memo)} trained in all so far)", flush=True)
     finally:
-        distill.run_proxy = real
+        distill.distill = real
 
     directions = ["minimize"] * 3
     union = np.vstack([_points(st, len(st.trials)) for st in runs.values()])

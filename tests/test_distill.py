@@ -10,26 +10,24 @@ import pytest
 import torch
 from torch import nn
 
-from archsearch.errors import ArchsearchError, SpecError
-from archsearch.search._data import COLOURS, POSITIONS, SyntheticImageText, SyntheticVideoText
-from archsearch.search._distill import (
+from archsearch.distill import (
+    NoiseProcess,
     ProxyConfig,
+    SyntheticImageText,
+    SyntheticVideoText,
     TrialFailed,
     clear_caches,
+    distill,
     distill_loss,
+    load_teacher,
     pair_taps,
-    run_proxy,
 )
-from archsearch.search._teacher import NoiseProcess, load_teacher
+from archsearch.distill._data import COLOURS, POSITIONS
+from archsearch.errors import ArchsearchError, SpecError
+from tests.conftest import TINY_PROXY
 
-# a tiny built-in teacher: 8x8 latents, 30 training steps, 64 captions
-TINY_PROXY = {
-    "resolution": 8,
-    "steps": 12,
-    "batch": 4,
-    "holdout": 8,
-    "teacher": {"train_steps": 30, "width": 32, "data_size": 64},
-}
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY_SPACE = """\
 schema_version: 1
 name: tiny-test
@@ -53,18 +51,9 @@ proxy:
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run as fast on one thread, and one thread cannot oversubscribe a busy CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("archsearch-cache")
+def cache(teacher_cache):
+    return teacher_cache
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +64,8 @@ def space():
 
 
 @pytest.fixture(scope="module")
-def teacher(cache):
-    proxy = ProxyConfig.from_dict(TINY_PROXY)
-    return load_teacher(proxy, kind="image", cache_dir=cache, progress=False)
+def teacher(tiny_teacher):
+    return tiny_teacher
 
 
 def _candidates(space, n=2):
@@ -185,6 +173,21 @@ def test_proxy_errors_name_the_spec_line():
     assert "multiple of 2" in str(exc.value)
 
 
+def test_overrides_are_validated_and_errors_name_the_parameter(space):
+    from archsearch.distill import resolve_device
+
+    p = ProxyConfig.from_space(space, steps=5, batch=None, width_mult=1.0)
+    assert (p.steps, p.batch, p.width_mult, p.resolution) == (5, 4, 1.0, 8)  # None keeps the spec's
+    with pytest.raises(ArchsearchError) as exc:
+        ProxyConfig.from_space(space, steps=0)
+    assert str(exc.value) == "proxy.steps: bad value 0 (allowed: an integer >= 1)"  # no file: not from it
+    with pytest.raises(ArchsearchError, match=r"^proxy\.resolution: bad value 7 \(allowed: a multiple of 2 "):
+        ProxyConfig.from_space(space, resolution=7)  # the space has 2 stages
+    with pytest.raises(ArchsearchError, match=r"^device: bad value 'tpu' \(allowed: auto, cpu, cuda, cuda:N, mps\)$"):
+        resolve_device("tpu")
+    assert resolve_device("cpu").type == "cpu"
+
+
 # --------------------------------------------------------------------------- noise / losses
 
 
@@ -252,28 +255,37 @@ def test_quality_is_deterministic_and_tracks_training(space, teacher):
     cand = _candidates(space, 1)[0]
     proxy = ProxyConfig.from_space(space)
     clear_caches()
-    r1 = run_proxy(cand, teacher, proxy, device="cpu", threads=1)
+    r1 = distill(cand, teacher, proxy, device="cpu", threads=1)
     clear_caches()  # recompute everything (teacher outputs, held-out batch) from scratch
-    r2 = run_proxy(cand, teacher, proxy, device="cpu", threads=1)
+    r2 = distill(cand, teacher, proxy, device="cpu", threads=1)
     assert r1.quality == r2.quality and r1.loss_curve == r2.loss_curve  # exact, not approximate
-    r3 = run_proxy(cand, teacher, proxy, device="cpu", threads=1)  # teacher outputs from the cache
+    r3 = distill(cand, teacher, proxy, device="cpu", threads=1)  # teacher outputs from the cache
     assert r3.quality == r1.quality and r3.loss_curve == r1.loss_curve
     assert len(r1.loss_curve) == 12 and r1.steps == 12 and math.isfinite(r1.quality)
     assert r1.device == "cpu" and r1.params > 0 and r1.wall_time_s > 0
     assert r1.metrics["feature_pairs"], "stage outputs should pair up with the teacher's"
-    other_seed = run_proxy(cand, teacher, ProxyConfig.from_dict({**TINY_PROXY, "seed": 1}), threads=1)
+    other_seed = distill(cand, teacher, ProxyConfig.from_dict({**TINY_PROXY, "seed": 1}), threads=1)
     assert other_seed.quality != r1.quality
-    untrained = run_proxy(cand, teacher, ProxyConfig.from_dict({**TINY_PROXY, "steps": 1}), threads=1)
-    longer = run_proxy(cand, teacher, ProxyConfig.from_dict({**TINY_PROXY, "steps": 40}), threads=1)
+    untrained = distill(cand, teacher, ProxyConfig.from_dict({**TINY_PROXY, "steps": 1}), threads=1)
+    longer = distill(cand, teacher, ProxyConfig.from_dict({**TINY_PROXY, "steps": 40}), threads=1)
     assert longer.quality < untrained.quality
+
+
+def test_progress_is_a_callback(space, teacher):
+    calls = []
+    distill(_candidates(space, 1)[0], teacher, ProxyConfig.from_dict({**TINY_PROXY, "steps": 3}),
+            lambda *a: calls.append(a))
+    steps = [(done, total) for phase, _, done, total in calls if phase == "distill"]
+    assert steps == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    assert all(isinstance(desc, str) and "loss" in desc for _, desc, _, _ in calls)
 
 
 def test_student_params_are_at_proxy_scale(space, teacher):
     from archsearch.model import build_model
 
     cand = _candidates(space, 1)[0]
-    half = run_proxy(cand, teacher, ProxyConfig.from_dict({**TINY_PROXY, "steps": 1, "width_mult": 0.5}))
-    full = run_proxy(cand, teacher, ProxyConfig.from_dict({**TINY_PROXY, "steps": 1, "width_mult": 1.0}))
+    half = distill(cand, teacher, ProxyConfig.from_dict({**TINY_PROXY, "steps": 1, "width_mult": 0.5}))
+    full = distill(cand, teacher, ProxyConfig.from_dict({**TINY_PROXY, "steps": 1, "width_mult": 1.0}))
     small = cand.for_proxy(width_mult=0.5, resolution=8, context_dim=teacher.context_dim,
                            context_length=teacher.context_length, latent_channels=teacher.latent_channels)
     assert half.params == sum(p.numel() for p in build_model(small).parameters())
@@ -284,18 +296,20 @@ def test_nan_loss_fails_the_trial(space, teacher):
     cand = _candidates(space, 1)[0]
     proxy = ProxyConfig.from_dict({**TINY_PROXY, "lr": 1e6, "steps": 5})
     with pytest.raises(TrialFailed) as exc:
-        run_proxy(cand, teacher, proxy)
+        distill(cand, teacher, proxy)
     assert "loss is" in exc.value.reason or "score is" in exc.value.reason
 
 
 def test_prediction_must_match_the_teacher(space, teacher):
     cand = _candidates(space, 1)[0]
     with pytest.raises(ArchsearchError, match=r"proxy\.prediction: 'flow' does not match the teacher's \(allowed: epsilon\)"):
-        run_proxy(cand, teacher, ProxyConfig.from_dict({**TINY_PROXY, "prediction": "flow"}))
+        distill(cand, teacher, ProxyConfig.from_dict({**TINY_PROXY, "prediction": "flow"}))
 
 
-def test_builtin_teacher_is_cached_and_keyed(cache, teacher, monkeypatch):
-    import archsearch.search._teacher as tmod
+def test_builtin_teacher_is_cached_and_keyed(cache, teacher, monkeypatch, tmp_path):
+    import shutil
+
+    import archsearch.distill._teacher as tmod
 
     folder = cache / "teachers" / teacher.fingerprint
     assert (folder / "model.safetensors").is_file() and (folder / "teacher.json").is_file()
@@ -305,7 +319,7 @@ def test_builtin_teacher_is_cached_and_keyed(cache, teacher, monkeypatch):
         raise AssertionError("a cached teacher must not be retrained")
 
     monkeypatch.setattr(tmod, "_train_builtin", boom)
-    again = load_teacher(ProxyConfig.from_dict(TINY_PROXY), kind="image", cache_dir=cache, progress=False)
+    again = load_teacher(ProxyConfig.from_dict(TINY_PROXY), kind="image", cache_dir=cache)
     assert again.fingerprint == teacher.fingerprint
     for a, b in zip(again.module.state_dict().values(), teacher.module.state_dict().values()):
         assert torch.equal(a, b)
@@ -314,15 +328,18 @@ def test_builtin_teacher_is_cached_and_keyed(cache, teacher, monkeypatch):
     # another setting is another teacher: it would be trained (and is not found in the cache)
     other = ProxyConfig.from_dict({**TINY_PROXY, "teacher": {**TINY_PROXY["teacher"], "train_steps": 31}})
     with pytest.raises(AssertionError, match="must not be retrained"):
-        load_teacher(other, kind="image", cache_dir=cache, progress=False)
+        load_teacher(other, kind="image", cache_dir=cache)
     # the cache entry is an ordinary ArchUNet folder
     from archsearch.model import ArchUNet
 
     assert ArchUNet.from_pretrained(folder).candidate.id == teacher.info["candidate"]
-    # a damaged entry is trained again rather than crashing or loading garbage
-    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    # a damaged entry is trained again rather than crashing or loading garbage (damaged in a
+    # copy of the cache: the session's teacher stays cached for the other tests)
+    damaged = tmp_path / "cache"
+    shutil.copytree(folder, damaged / "teachers" / folder.name)
+    (damaged / "teachers" / folder.name / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(AssertionError, match="must not be retrained"):
-        load_teacher(ProxyConfig.from_dict(TINY_PROXY), kind="image", cache_dir=cache, progress=False)
+        load_teacher(ProxyConfig.from_dict(TINY_PROXY), kind="image", cache_dir=damaged)
 
 
 @pytest.mark.slow
@@ -338,11 +355,11 @@ def test_video_proxy_run_with_builtin_video_teacher(cache):
     sp = load_space_text(text, "video.yaml")
     proxy = ProxyConfig.from_space(sp)
     proxy.teacher["train_steps"] = 10
-    teacher = load_teacher(proxy, kind="video", cache_dir=cache, progress=False)
+    teacher = load_teacher(proxy, kind="video", cache_dir=cache)
     assert teacher.kind == "video"
     cand = sample(sp, 0)
-    r1 = run_proxy(cand, teacher, proxy)
-    r2 = run_proxy(cand, teacher, proxy)
+    r1 = distill(cand, teacher, proxy)
+    r2 = distill(cand, teacher, proxy)
     assert math.isfinite(r1.quality) and r1.quality == r2.quality
     assert len(r1.loss_curve) == 3
 
@@ -351,9 +368,9 @@ def test_flow_teacher_and_proxy(space, cache):
     """``prediction: flow`` trains a rectified-flow teacher and distils against it."""
     d = {**TINY_PROXY, "prediction": "flow", "steps": 3, "teacher": {**TINY_PROXY["teacher"], "train_steps": 10}}
     proxy = ProxyConfig.from_dict(d)
-    teacher = load_teacher(proxy, kind="image", cache_dir=cache, progress=False)
+    teacher = load_teacher(proxy, kind="image", cache_dir=cache)
     assert teacher.prediction == "flow"
-    eps = load_teacher(ProxyConfig.from_dict({**d, "prediction": "epsilon"}), cache_dir=cache, progress=False)
+    eps = load_teacher(ProxyConfig.from_dict({**d, "prediction": "epsilon"}), cache_dir=cache)
     assert eps.fingerprint != teacher.fingerprint  # the process is part of the teacher's identity
-    result = run_proxy(_candidates(space, 1)[0], teacher, proxy)
+    result = distill(_candidates(space, 1)[0], teacher, proxy)
     assert math.isfinite(result.quality) and len(result.loss_curve) == 3

@@ -79,16 +79,16 @@ def test_storage_forms(tmp_path: Path) -> None:
 
 def _trained_ids(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Spy on the proxy run: the ids of every candidate that was trained."""
-    import archsearch.search._distill as distill
+    import archsearch.distill as distill
 
-    real = distill.run_proxy
+    real = distill.distill
     seen: list[str] = []
 
     def spy(candidate, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         seen.append(candidate.id)
         return real(candidate, *args, **kwargs)
 
-    monkeypatch.setattr(distill, "run_proxy", spy)
+    monkeypatch.setattr(distill, "distill", spy)
     return seen
 
 
@@ -137,9 +137,9 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(
 ) -> None:
     import torch
 
-    import archsearch.search._distill as distill
+    import archsearch.distill as distill
 
-    real = distill.run_proxy
+    real = distill.distill
     calls = {"n": 0}
     faults = [
         torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
@@ -153,7 +153,7 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(
             raise faults[calls["n"] - 1]
         return real(candidate, *args, **kwargs)
 
-    monkeypatch.setattr(distill, "run_proxy", flaky)
+    monkeypatch.setattr(distill, "distill", flaky)
     spec = make_spec(tmp_path, tiny_table, search={"n_trials": 4, "sampler": "random"})
     run = run_search(load_space(spec), reports_dir=tmp_path / "reports", progress=False)
     assert run.counts["done"] == 4
@@ -216,10 +216,10 @@ def test_two_local_workers_share_the_study(tmp_path: Path, tiny_table: Path) -> 
 def test_ctrl_c_keeps_finished_trials_and_marks_the_running_one_interrupted(
     tmp_path: Path, tiny_table: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import archsearch.search._distill as distill
+    import archsearch.distill as distill
     from archsearch.cli.main import app
 
-    real = distill.run_proxy
+    real = distill.distill
     calls = {"n": 0}
 
     def interrupted_second(candidate, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
@@ -228,7 +228,7 @@ def test_ctrl_c_keeps_finished_trials_and_marks_the_running_one_interrupted(
             raise KeyboardInterrupt
         return real(candidate, *args, **kwargs)
 
-    monkeypatch.setattr(distill, "run_proxy", interrupted_second)
+    monkeypatch.setattr(distill, "distill", interrupted_second)
     spec = make_spec(tmp_path, tiny_table, search={"n_trials": 4, "sampler": "random"})
     reports = tmp_path / "reports"
     res = runner.invoke(app, ["run", str(spec), "--reports-dir", str(reports), "--no-progress", "--no-report"])

@@ -11,9 +11,10 @@ import shutil
 import pytest
 import torch
 
+from archsearch.distill import ProxyConfig, distill, load_teacher
 from archsearch.errors import ArchsearchError
-from archsearch.search._distill import ProxyConfig, run_proxy
-from archsearch.search._teacher import load_teacher
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPACE = """\
 schema_version: 1
@@ -30,15 +31,6 @@ stages:
   - {channels: 32, resnet_blocks: 1, attention: cross, transformer_depth: 1, ffn_ratio: 2}
 mid: {resnet_blocks: 1, attention: self_cross, transformer_depth: 1}
 """
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run as fast on one thread, and one thread cannot oversubscribe a busy CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _tiny_checkpoint(root, prediction="v_prediction", text_encoder=True, cross_dim=32):
@@ -89,7 +81,7 @@ def test_diffusers_teacher_loads_offline_with_its_parts(spec_file, checkpoint, m
     monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
     space = load_space(spec_file)
     proxy = ProxyConfig.from_space(space)
-    teacher = load_teacher(proxy, kind=space.kind, progress=False)
+    teacher = load_teacher(proxy, kind=space.kind)
     assert teacher.source == "diffusers"
     assert teacher.prediction == "v_prediction"  # from scheduler/scheduler_config.json
     assert teacher.process.config["beta_schedule"] == "scaled_linear"
@@ -104,7 +96,7 @@ def test_diffusers_teacher_loads_offline_with_its_parts(spec_file, checkpoint, m
     # the hooks see what the UNet computes: the prediction equals a plain diffusers call
     ref = teacher.module.unet(x, torch.tensor([10, 900]), encoder_hidden_states=ctx).sample
     assert torch.equal(pred, ref)
-    again = load_teacher(proxy, kind="image", progress=False)
+    again = load_teacher(proxy, kind="image")
     assert again.fingerprint == teacher.fingerprint
     # the teacher travels to workers (Ray's object store): it pickles, hooks included
     clone = pickle.loads(pickle.dumps(teacher))
@@ -119,10 +111,10 @@ def test_proxy_run_against_a_diffusers_teacher(spec_file, monkeypatch, tmp_path)
     monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
     space = load_space(spec_file)
     proxy = ProxyConfig.from_space(space)
-    teacher = load_teacher(proxy, kind="image", progress=False)
+    teacher = load_teacher(proxy, kind="image")
     cand = sample(space, 0)
-    r1 = run_proxy(cand, teacher, proxy)
-    r2 = run_proxy(cand, teacher, proxy)
+    r1 = distill(cand, teacher, proxy)
+    r2 = distill(cand, teacher, proxy)
     assert math.isfinite(r1.quality) and r1.quality == r2.quality
     assert len(r1.loss_curve) == 6
     # the student's stage outputs pair with the UNet's blocks of the same resolution
@@ -137,31 +129,31 @@ def test_diffusers_teacher_errors(tmp_path, checkpoint):
         return ProxyConfig.from_dict({"teacher": teacher, **kw}, source="s.yaml")
 
     with pytest.raises(ArchsearchError, match=r"^s\.yaml: proxy\.teacher\.diffusers: no diffusers UNet at"):
-        load_teacher(proxy({"diffusers": str(tmp_path / "missing")}), progress=False)
+        load_teacher(proxy({"diffusers": str(tmp_path / "missing")}))
     with pytest.raises(ArchsearchError, match=r"proxy\.prediction: 'epsilon' does not match the teacher's \(allowed: v_prediction\)"):
-        load_teacher(proxy({"diffusers": str(checkpoint)}, prediction="epsilon"), progress=False)
+        load_teacher(proxy({"diffusers": str(checkpoint)}, prediction="epsilon"))
     with pytest.raises(ArchsearchError, match=r"UNet2DConditionModel is a image teacher but the space is kind: video"):
-        load_teacher(proxy({"diffusers": str(checkpoint)}), kind="video", progress=False)
+        load_teacher(proxy({"diffusers": str(checkpoint)}), kind="video")
     # no text encoder in the folder: the built-in MiniLM (384-d) cannot feed a 32-d UNet
     bare = tmp_path / "bare"
     shutil.copytree(checkpoint / "unet", bare / "unet")
     with pytest.raises(ArchsearchError, match=r"cross_attention_dim is 32 but the text encoder gives 384"):
-        load_teacher(proxy({"diffusers": str(bare)}), progress=False)
+        load_teacher(proxy({"diffusers": str(bare)}))
     # SDXL-style conditioning needs both text encoders; other extra conditioning is refused
     cfg = json.loads((bare / "unet" / "config.json").read_text())
     cfg["addition_embed_type"] = "text_time"
     (bare / "unet" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ArchsearchError, match=r"addition_embed_type: text_time\) needs text_encoder/"):
-        load_teacher(proxy({"diffusers": str(bare)}), progress=False)
+        load_teacher(proxy({"diffusers": str(bare)}))
     cfg["addition_embed_type"] = "image"
     (bare / "unet" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ArchsearchError, match=r"addition_embed_type 'image'.*not supported"):
-        load_teacher(proxy({"diffusers": str(bare)}), progress=False)
+        load_teacher(proxy({"diffusers": str(bare)}))
 
 
 def test_diffusers_teacher_without_text_encoder_uses_minilm(tmp_path):
     ckpt = _tiny_checkpoint(tmp_path / "ckpt", prediction="epsilon", text_encoder=False, cross_dim=384)
-    teacher = load_teacher(ProxyConfig.from_dict({"teacher": {"diffusers": str(ckpt)}}), progress=False)
+    teacher = load_teacher(ProxyConfig.from_dict({"teacher": {"diffusers": str(ckpt)}}))
     assert teacher.text.name == "minilm-l6-v2" and teacher.context_dim == 384
     assert teacher.prediction == "epsilon"
 
@@ -187,9 +179,9 @@ def test_video_diffusers_teacher(tmp_path, monkeypatch):
             + f"        teacher: {{diffusers: {tmp_path / 't2v'}, data_size: 8}}}}\n")
     space = load_space_text(text, "video.yaml")
     proxy = ProxyConfig.from_space(space)
-    teacher = load_teacher(proxy, kind="video", progress=False)
+    teacher = load_teacher(proxy, kind="video")
     assert teacher.kind == "video" and teacher.text.name == "minilm-l6-v2"
-    result = run_proxy(sample(space, 0), teacher, proxy)
+    result = distill(sample(space, 0), teacher, proxy)
     assert math.isfinite(result.quality) and len(result.loss_curve) == 2
     assert result.metrics["feature_pairs"]
 
@@ -225,7 +217,7 @@ def test_sdxl_style_teacher_with_two_text_encoders(tmp_path, monkeypatch):
 
     proxy = ProxyConfig.from_dict({"resolution": 8, "steps": 2, "batch": 2, "holdout": 2,
                                    "teacher": {"diffusers": str(root), "data_size": 8}})
-    teacher = load_teacher(proxy, progress=False)
+    teacher = load_teacher(proxy)
     assert (teacher.context_dim, teacher.context_length) == (16 + 32, 10 + 1)  # + the pooled token
     ctx = teacher.text.encode(["a red circle", "a small blue square on the left"])
     assert ctx.shape == (2, 11, 48)
@@ -237,5 +229,5 @@ def test_sdxl_style_teacher_with_two_text_encoders(tmp_path, monkeypatch):
                               added_cond_kwargs={"text_embeds": ctx[:, -1, :24], "time_ids": time_ids}).sample
     assert torch.equal(pred, ref)
     space = load_space_text(SPACE, "s.yaml")
-    result = run_proxy(sample(space, 0), teacher, proxy)
+    result = distill(sample(space, 0), teacher, proxy)
     assert math.isfinite(result.quality)

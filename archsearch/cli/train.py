@@ -2,15 +2,67 @@
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
+from rich.markup import escape
 
 from archsearch.cli._common import console, user_errors
 from archsearch.errors import ArchsearchError
+
+#: The library's parameter names -> this command's flags (errors are reworded with them).
+FLAGS = {
+    "proxy.steps": "--steps",
+    "proxy.width_mult": "--width-mult",
+    "proxy.resolution": "--resolution",
+    "proxy.batch": "--batch",
+    "proxy.seed": "--seed",
+    "device": "--device",
+}
+
+
+@contextlib.contextmanager
+def _flag_errors() -> Iterator[None]:
+    """An error that starts with a parameter given by a flag (``proxy.steps: ...``) names the flag."""
+    try:
+        yield
+    except ArchsearchError as exc:
+        msg = str(exc)
+        param = msg.split(":", 1)[0]
+        if param in FLAGS:
+            raise type(exc)(FLAGS[param] + msg[len(param):]) from None
+        raise
+
+
+def _progress_bars():  # noqa: ANN202
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("[bold]{task.fields[phase]:<8}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
+                    console=console, transient=False)
+
+
+class _Bars:
+    """Adapts ``progress(phase, description, done, total)`` to one rich task per phase."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, phase: str, desc: str, done: int, total: int) -> None:
+        if phase not in self.tasks:
+            self.tasks[phase] = self.progress.add_task(escape(desc), total=max(total, 1), phase=phase)
+        self.progress.update(self.tasks[phase], completed=done, total=max(total, 1), description=escape(desc))
 
 
 def register(app: typer.Typer) -> None:
@@ -38,8 +90,7 @@ def register(app: typer.Typer) -> None:
         """
         from archsearch._util import atomic_write_text
         from archsearch.candidate import Candidate
-        from archsearch.search._distill import ProxyConfig, run_proxy
-        from archsearch.search._teacher import load_teacher
+        from archsearch.distill import ProxyConfig, distill, load_teacher
         from archsearch.spec import load_space
 
         cand = Candidate.from_yaml(candidate)
@@ -50,13 +101,13 @@ def register(app: typer.Typer) -> None:
                                       "pass --spec search_spaces/<space>.yaml")
             spec = guess
         space = load_space(spec)
-        proxy = ProxyConfig.from_space(space)
-        proxy = dataclasses.replace(
-            proxy, steps=steps, width_mult=width_mult, seed=seed,
-            resolution=resolution or proxy.resolution, batch=batch or proxy.batch,
-        )
-        teacher = load_teacher(proxy, kind=space.kind, progress=True, device=device)
-        result = run_proxy(cand, teacher, proxy, device=device, progress=True, keep_student=True)
+        with _flag_errors():
+            proxy = ProxyConfig.from_space(space, steps=steps, width_mult=width_mult, seed=seed,
+                                           resolution=resolution, batch=batch)
+            with _progress_bars() as bars:
+                progress = _Bars(bars)
+                teacher = load_teacher(proxy, kind=space.kind, progress=progress, device=device)
+                result = distill(cand, teacher, proxy, progress, device=device, keep_student=True)
         out = out or Path("trained") / cand.id
         result.student.cpu().save_pretrained(out)
         metrics = {"candidate": cand.id, "spec": str(spec), "teacher": teacher.fingerprint,

@@ -101,6 +101,24 @@ class _Shape:
     dx: float = 0.0  # displacement per frame (video)
     dy: float = 0.0
 
+    @property
+    def words(self) -> str:
+        """``"large red circle"``: what a caption says of it."""
+        return f"{self.size} {self.colour} {self.shape}"
+
+
+def _draw_shape(rng: np.random.Generator, x: float, y: float, dx: float = 0.0, dy: float = 0.0) -> _Shape:
+    """A shape, colour and size drawn from ``rng`` (in that order), placed at ``(x, y)``."""
+    return _Shape(
+        shape=SHAPES[int(rng.integers(len(SHAPES)))],
+        colour=list(COLOURS)[int(rng.integers(len(COLOURS)))],
+        size=list(SIZES)[int(rng.integers(len(SIZES)))],
+        x=x,
+        y=y,
+        dx=dx,
+        dy=dy,
+    )
+
 
 def _channel_matrix(latent_channels: int) -> torch.Tensor:
     """The fixed ``(latent_channels, 4)`` map from ``[R, G, B, mask]`` to the latent."""
@@ -203,12 +221,19 @@ class _SyntheticBase(Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {self.size} items")
         return np.random.default_rng([self.seed, _SPLITS[self.split], index, 0xA5C11])
 
-    def _scene(self, index: int) -> list[_Shape]:
+    def _scene_and_words(self, index: int) -> list[tuple]:
+        """The shapes of item ``index``, each with what its phrase needs: ``(shape, *words)``."""
         raise NotImplementedError
+
+    def _phrase(self, shape: _Shape, *words: str) -> str:
+        raise NotImplementedError
+
+    def _scene(self, index: int) -> list[_Shape]:
+        return [item[0] for item in self._scene_and_words(index)]
 
     def caption(self, index: int) -> str:
         """The caption of item ``index`` (cheap: nothing is rendered)."""
-        raise NotImplementedError
+        return " and ".join(self._phrase(*item) for item in self._scene_and_words(int(index)))
 
     def captions(self, indices: Sequence[int] | None = None) -> list[str]:
         """Captions of ``indices`` (all items when ``None``)."""
@@ -232,13 +257,18 @@ class _SyntheticBase(Dataset):
         base = F.avg_pool2d(base[None], self._ss)[0]  # anti-alias down to the latent grid
         return base * 2.0 - 1.0
 
+    def _render(self, index: int) -> torch.Tensor:
+        """``(4, T, H, W)`` base channels of item ``index``, every frame."""
+        shapes = self._scene(int(index))
+        return torch.stack([self._render_frame(shapes, f) for f in range(self.frames)], dim=1)
+
+    def _shaped(self, x: torch.Tensor) -> torch.Tensor:
+        """``(C, T, H, W)`` -> ``(C, H, W)`` for images; video stays as it is."""
+        return x[:, 0] if self.kind == "image" else x
+
     def latent(self, index: int) -> torch.Tensor:
         """The latent of item ``index``: ``(C, H, W)`` (image) or ``(C, T, H, W)`` (video)."""
-        shapes = self._scene(int(index))
-        frames = [self._render_frame(shapes, f) for f in range(self.frames)]
-        base = torch.stack(frames, dim=1)  # (4, T, H, W)
-        lat = torch.einsum("cb,bthw->cthw", self._w, base)
-        return lat[:, 0] if self.kind == "image" else lat
+        return self._shaped(torch.einsum("cb,bthw->cthw", self._w, self._render(index)))
 
     def latents(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """A batch of latents ``(B, C, H, W)`` / ``(B, C, T, H, W)`` in the order given."""
@@ -250,10 +280,7 @@ class _SyntheticBase(Dataset):
 
     def rgb(self, index: int) -> torch.Tensor:
         """The picture of item ``index`` as RGB in ``[0, 1]`` (``(3, H, W)`` or ``(3, T, H, W)``)."""
-        shapes = self._scene(int(index))
-        frames = [(self._render_frame(shapes, f)[:3] + 1) / 2 for f in range(self.frames)]
-        out = torch.stack(frames, dim=1)
-        return out[:, 0] if self.kind == "image" else out
+        return self._shaped((self._render(index)[:3] + 1) / 2)
 
 
 class SyntheticImageText(_SyntheticBase):
@@ -291,25 +318,11 @@ class SyntheticImageText(_SyntheticBase):
             pos = names[int(c)]
             x, y = POSITIONS[pos]
             jx, jy = rng.uniform(-_JITTER, _JITTER, size=2)
-            shape = _Shape(
-                shape=SHAPES[int(rng.integers(len(SHAPES)))],
-                colour=list(COLOURS)[int(rng.integers(len(COLOURS)))],
-                size=list(SIZES)[int(rng.integers(len(SIZES)))],
-                x=float(x + jx),
-                y=float(y + jy),
-            )
-            out.append((shape, pos))
+            out.append((_draw_shape(rng, float(x + jx), float(y + jy)), pos))
         return out
 
-    def _scene(self, index: int) -> list[_Shape]:
-        return [s for s, _ in self._scene_and_words(index)]
-
-    def caption(self, index: int) -> str:
-        parts = [
-            f"a {s.size} {s.colour} {s.shape} {_POSITION_PHRASE[pos]}"
-            for s, pos in self._scene_and_words(int(index))
-        ]
-        return " and ".join(parts)
+    def _phrase(self, shape: _Shape, pos: str) -> str:  # type: ignore[override]
+        return f"a {shape.words} {_POSITION_PHRASE[pos]}"
 
 
 class SyntheticVideoText(_SyntheticBase):
@@ -349,27 +362,11 @@ class SyntheticVideoText(_SyntheticBase):
             start = 0.5 - travel / 2 * (vx + vy)  # start on the side it leaves from
             start += float(rng.uniform(-_JITTER, _JITTER))
             x, y = (start, fixed) if vy == 0 else (fixed, start)
-            shape = _Shape(
-                shape=SHAPES[int(rng.integers(len(SHAPES)))],
-                colour=list(COLOURS)[int(rng.integers(len(COLOURS)))],
-                size=list(SIZES)[int(rng.integers(len(SIZES)))],
-                x=x,
-                y=y,
-                dx=vx * step,
-                dy=vy * step,
-            )
-            out.append((shape, direction, lane))
+            out.append((_draw_shape(rng, x, y, vx * step, vy * step), direction, lane))
         return out
 
-    def _scene(self, index: int) -> list[_Shape]:
-        return [s for s, _, _ in self._scene_and_words(index)]
-
-    def caption(self, index: int) -> str:
-        parts = [
-            f"a {s.size} {s.colour} {s.shape} moving {d} {lane}"
-            for s, d, lane in self._scene_and_words(int(index))
-        ]
-        return " and ".join(parts)
+    def _phrase(self, shape: _Shape, direction: str, lane: str) -> str:  # type: ignore[override]
+        return f"a {shape.words} moving {direction} {lane}"
 
 
 def synthetic_dataset(

@@ -1,12 +1,14 @@
-"""The teacher of the proxy distillation runs, and the noise process it was trained with.
+"""The teacher of the distillation runs.
 
 Two sources (the ``proxy.teacher`` entry of a spec):
 
 * ``{builtin: image|video, train_steps: N, width: W, ...}`` -- an archsearch UNet
   (:data:`TEACHER_IMAGE` / :data:`TEACHER_VIDEO`, built with :func:`archsearch.model.build_model`)
-  trained on the built-in synthetic data (:mod:`archsearch.search._data`) with the built-in MiniLM
-  text encoder the first time it is needed, then cached (``ArchUNet.save_pretrained``:
-  ``config.json`` + ``model.safetensors``; plus ``candidate.yaml`` and ``teacher.json``) under ``<cache>/teachers/<hash>/`` where ``<cache>`` is ``cache_dir``,
+  trained on the built-in synthetic data (:mod:`archsearch.distill._data`) with the built-in MiniLM
+  text encoder the first time it is needed -- through the distillation runs' own loop
+  (:func:`~archsearch.distill.train_loop`) with the KD weights at 0 -- then cached
+  (``ArchUNet.save_pretrained``: ``config.json`` + ``model.safetensors``; plus ``candidate.yaml``
+  and ``teacher.json``) under ``<cache>/teachers/<hash>/`` where ``<cache>`` is ``cache_dir``,
   ``$ARCHSEARCH_CACHE_DIR`` or ``~/.cache/archsearch``. The hash covers everything that defines
   the teacher (architecture, data, text encoder, noise process, training settings, code version).
 * ``{diffusers: PATH, subfolder: unet}`` -- a local diffusers checkpoint folder: its
@@ -15,50 +17,44 @@ Two sources (the ``proxy.teacher`` entry of a spec):
   UNet (``addition_embed_type: text_time``) both encoders (:class:`DualTextEncoder`). The
   synthetic latents are fed to it as they are (no VAE). Never downloads.
 
-:class:`NoiseProcess` is the forward process used for teacher training and distillation: DDPM
-(diffusers :class:`~diffusers.DDPMScheduler`, ``epsilon`` or ``v_prediction`` targets) or
-rectified flow (``flow``: ``x_t = (1 - s) x0 + s * noise``, target ``noise - x0``, model timestep
-``1000 * s``, SD3's convention and diffusers' ``FlowMatchEulerDiscreteScheduler``'s, with its
-``shift`` applied to ``s``).
+Its :class:`~archsearch.distill.NoiseProcess` (noise, v or flow) is the one the runs use.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from archsearch._util import atomic_write_text, canonical_json, short_hash
+from archsearch.distill._config import ProxyConfig
+from archsearch.distill._data import synthetic_dataset
+from archsearch.distill._device import resolve_device, seeded, torch_threads
+from archsearch.distill._loop import Progress, StepBatches, TrialFailed, train_loop
+from archsearch.distill._noise import NoiseProcess, check_prediction
+from archsearch.distill._text import BUILTIN_CONTEXT_LENGTH, DualTextEncoder, TextEncoder, cache_root
 from archsearch.errors import ArchsearchError
-from archsearch.search._data import synthetic_dataset
-from archsearch.search._text import BUILTIN_CONTEXT_LENGTH, DualTextEncoder, TextEncoder, cache_root
-
-if TYPE_CHECKING:  # pragma: no cover
-    from archsearch.search._distill import ProxyConfig
 
 __all__ = [
-    "PREDICTIONS",
     "TEACHER_IMAGE",
     "TEACHER_VIDEO",
-    "NoiseProcess",
+    "BuiltinTeacherConfig",
     "Teacher",
     "builtin_teacher_candidate",
     "load_teacher",
-    "resolve_device",
 ]
 
-PREDICTIONS = ("epsilon", "v_prediction", "flow")
-_TEACHER_VERSION = 1  # bump when the training recipe changes: invalidates cached teachers
+#: bump when the training recipe changes: invalidates cached teachers (2: trained through
+#: the shared loop, batches drawn per step from (seed, step))
+_TEACHER_VERSION = 2
 
 #: The built-in image teacher (``W`` = the ``width`` setting, default 32): two stages
 #: (W, 2W), a self+cross-attention transformer at the low-resolution stage and in the mid
@@ -95,125 +91,6 @@ TEACHER_VIDEO: dict[str, Any] = {
         {**TEACHER_IMAGE["up"][1], "temporal": {"type": "conv1d", "count": 1, "placement": "after_resnet"}},
     ],
 }
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``'cuda'`` when available, else ``'mps'``, else ``'cpu'``; an explicit name is checked."""
-    if device in (None, "", "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ArchsearchError(f"--device: bad value {device!r} (allowed: auto, cpu, cuda, cuda:N, mps)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ArchsearchError("--device: cuda is not available on this machine (allowed: auto, cpu)")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ArchsearchError("--device: mps is not available on this machine (allowed: auto, cpu)")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ArchsearchError(f"--device: bad value {device!r} (allowed: auto, cpu, cuda, cuda:N, mps)")
-    return dev
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; full precision elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-# --------------------------------------------------------------------------- noise process
-
-
-class NoiseProcess:
-    """Forward diffusion: timesteps, noisy inputs and training targets for one prediction type.
-
-    ``epsilon`` / ``v_prediction`` use a diffusers :class:`~diffusers.DDPMScheduler` (the
-    teacher's own for a diffusers checkpoint; ``squaredcos_cap_v2`` betas for the built-in
-    teacher): ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise`` with integer ``t`` in ``[0, T)``;
-    target ``noise`` or ``sqrt(a_t) noise - sqrt(1 - a_t) x0``.
-    ``flow`` (rectified flow): ``s`` uniform in ``(0, 1]``, shifted ``s' = k s / (1 + (k-1) s)``,
-    ``x_t = (1 - s') x0 + s' noise``, target ``noise - x0``, model timestep ``T * s'``.
-    """
-
-    def __init__(self, prediction: str, scheduler_config: dict[str, Any] | None = None) -> None:
-        if prediction not in PREDICTIONS:
-            raise ArchsearchError(f"prediction: bad value {prediction!r} (allowed: {', '.join(PREDICTIONS)})")
-        self.prediction = prediction
-        cfg = dict(scheduler_config or {})
-        self.num_train_timesteps = int(cfg.get("num_train_timesteps", 1000))
-        self.shift = float(cfg.get("shift", 1.0) or 1.0)
-        self._scheduler: Any = None
-        if prediction != "flow":
-            from diffusers import DDPMScheduler
-
-            keep = {
-                k: cfg[k]
-                for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-                          "rescale_betas_zero_snr")
-                if k in cfg
-            }
-            keep.setdefault("beta_schedule", "squaredcos_cap_v2")
-            self._scheduler = DDPMScheduler(**keep, prediction_type=prediction)
-            self._alphas = self._scheduler.alphas_cumprod.to(torch.float32)
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """What defines the process (part of fingerprints)."""
-        if self.prediction == "flow":
-            return {"prediction": "flow", "num_train_timesteps": self.num_train_timesteps, "shift": self.shift}
-        c = self._scheduler.config
-        return {
-            "prediction": self.prediction,
-            "num_train_timesteps": int(c.num_train_timesteps),
-            "beta_schedule": c.beta_schedule,
-            "beta_start": float(c.beta_start),
-            "beta_end": float(c.beta_end),
-            "rescale_betas_zero_snr": bool(c.rescale_betas_zero_snr),
-        }
-
-    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``n`` random training timesteps (CPU): ints (DDPM) or floats in ``(0, T]`` (flow)."""
-        if self.prediction == "flow":
-            s = 1.0 - torch.rand(n, generator=generator)  # (0, 1]
-            return self._shifted(s) * self.num_train_timesteps
-        return torch.randint(0, self.num_train_timesteps, (n,), generator=generator)
-
-    def even_timesteps(self, n: int) -> torch.Tensor:
-        """``n`` timesteps spread evenly over the range (the fixed held-out batch)."""
-        u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-        if self.prediction == "flow":
-            return (self._shifted(u) * self.num_train_timesteps).float()
-        return (u * self.num_train_timesteps).long().clamp_(0, self.num_train_timesteps - 1)
-
-    def _shifted(self, s: torch.Tensor) -> torch.Tensor:
-        k = self.shift
-        return k * s / (1 + (k - 1) * s) if k != 1.0 else s
-
-    def _coef(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        if self.prediction == "flow":
-            s = (t.to(torch.float32) / self.num_train_timesteps).to(x.device).view(shape)
-            return 1 - s, s
-        a = self._alphas.to(x.device)[t.to(x.device).long()].view(shape)
-        return a.sqrt(), (1 - a).sqrt()
-
-    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The noisy input ``x_t``."""
-        a, b = self._coef(t, x0)
-        return a * x0 + b * noise
-
-    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """What the network is trained to predict at ``x_t``."""
-        if self.prediction == "epsilon":
-            return noise
-        if self.prediction == "flow":
-            return noise - x0
-        a, b = self._coef(t, x0)
-        return a * noise - b * x0
 
 
 # --------------------------------------------------------------------------- the teacher
@@ -548,65 +425,27 @@ def _train_builtin(
     data: Any,
     emb: torch.Tensor,
     device: torch.device,
-    progress: bool,
+    progress: Progress | None,
 ) -> dict[str, Any]:
-    """Train the built-in teacher on the synthetic data (task loss only); returns a log."""
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    warmup = max(1, min(100, cfg.train_steps // 10))
+    """Train the built-in teacher on the synthetic data; returns a log.
 
-    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10 %
-        if step < warmup:
-            return (step + 1) / warmup
-        p = (step - warmup) / max(1, cfg.train_steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    emb_dev = emb.to(device)
-    curve: list[float] = []
-    t0 = time.perf_counter()
-    bar_ctx: Any = contextlib.nullcontext()
-    if progress:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        bar_ctx = Progress(
-            TextColumn("[bold]Training the built-in {task.fields[kind]} teacher (first run only)"),
-            BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
-        )
-    model.train()
-    with bar_ctx as bar:
-        task = bar.add_task("teacher", total=cfg.train_steps, kind=cfg.kind, loss=float("nan")) if progress else None
-        ema = None
-        for step in range(cfg.train_steps):
-            idx = torch.randint(0, len(data), (cfg.batch,), generator=g)
-            x0 = data.latents(idx).to(device)
-            noise = torch.randn(x0.shape, generator=g).to(device)
-            t = process.sample_timesteps(cfg.batch, g)
-            ctx = emb_dev[idx.to(device)].float()
-            xt = process.add_noise(x0, noise, t)
-            with autocast(device):
-                pred = model(xt, t.to(device), ctx)
-            loss = torch.mean((pred.float() - process.target(x0, noise, t)) ** 2)
-            if not torch.isfinite(loss):
-                raise ArchsearchError(f"the built-in teacher's training diverged at step {step} (loss {loss.item()}); "
-                                      "lower proxy.teacher.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            v = float(loss.detach())
-            curve.append(v)
-            ema = v if ema is None else 0.98 * ema + 0.02 * v
-            if bar is not None:
-                bar.update(task, advance=1, loss=ema)
-    model.eval()
-    return {"loss_curve": curve, "train_s": time.perf_counter() - t0, "device": str(device)}
+    The distillation runs' loop with the KD weights at 0 (the task loss alone), AdamW with a
+    linear warm-up and cosine decay to 10 %, step ``k``'s batch drawn from ``(seed, k)``.
+    """
+    config = ProxyConfig(steps=cfg.train_steps, batch=cfg.batch, lr=cfg.lr, weight_decay=0.01, seed=cfg.seed,
+                         kd_output=0.0, kd_feature=0.0)
+    batches = StepBatches(data, emb, process, cfg.batch, cfg.seed, device)
+    try:
+        log = train_loop(model, batches, config, device=device, schedule="cosine", progress=progress,
+                         phase="teacher", label=f"built-in {cfg.kind} teacher (first run only) ")
+    except TrialFailed as exc:
+        raise ArchsearchError(f"the built-in teacher's training diverged ({exc.reason}); "
+                              "lower proxy.teacher.lr") from None
+    return {"loss_curve": log.loss_curve, "train_s": log.train_s, "device": str(device)}
 
 
-def _load_builtin(spec: dict[str, Any], proxy: "ProxyConfig", kind: str, cache_dir: Path | None,
-                  device: torch.device, progress: bool) -> Teacher:
+def _load_builtin(spec: dict[str, Any], proxy: ProxyConfig, kind: str, cache_dir: Path | None,
+                  device: torch.device, progress: Progress | None) -> Teacher:
     from archsearch.model import build_model
 
     cfg = BuiltinTeacherConfig(
@@ -633,8 +472,7 @@ def _load_builtin(spec: dict[str, Any], proxy: "ProxyConfig", kind: str, cache_d
 
     def make(model: nn.Module | None = None) -> Teacher:
         if model is None:
-            with torch.random.fork_rng(devices=[]):  # seeded init, the caller's RNG untouched
-                torch.manual_seed(cfg.seed)
+            with seeded(cfg.seed):  # seeded init, the caller's RNG untouched
                 model = build_model(cand)
         return Teacher(
             module=model, process=process, text=text, kind=kind, latent_channels=cfg.latent_channels,
@@ -673,8 +511,7 @@ def _load_builtin(spec: dict[str, Any], proxy: "ProxyConfig", kind: str, cache_d
         emb = text.encode_dataset(data.captions(), cache_dir=(cache_dir or cache_root()) / "text", progress=progress)
         teacher = make()
         teacher.module.to(device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed + 2)
+        with seeded(cfg.seed + 2, device):
             log = _train_builtin(teacher.module, cfg, process, data, emb, device, progress)
         teacher.module.eval().requires_grad_(False)
         _save_builtin(folder, teacher, key, log, cand)
@@ -716,26 +553,27 @@ def _save_builtin(folder: Path, teacher: Teacher, key: dict, log: dict, teacher_
 
 
 def load_teacher(
-    proxy: "ProxyConfig",
+    config: ProxyConfig,
     kind: str = "image",
     cache_dir: str | os.PathLike | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
     device: str | torch.device | None = "cpu",
     threads: int | None = None,
 ) -> Teacher:
-    """The teacher named by ``proxy.teacher``, ready on ``device`` (frozen, eval mode).
+    """The teacher named by ``config.teacher``, ready on ``device`` (frozen, eval mode).
 
-    Built-in: trained on first use (rich progress bar) and cached under
-    ``<cache_dir or $ARCHSEARCH_CACHE_DIR or ~/.cache/archsearch>/teachers/<fingerprint>/``.
-    Diffusers: loaded from the local folder; never downloads. Raises
+    Built-in: trained on first use and cached under
+    ``<cache_dir or $ARCHSEARCH_CACHE_DIR or ~/.cache/archsearch>/teachers/<fingerprint>/``;
+    ``progress(phase, description, done, total)`` follows it (phases ``captions``,
+    ``teacher``). Diffusers: loaded from the local folder; never downloads. Raises
     :class:`~archsearch.errors.ArchsearchError` (naming the spec and key) when the teacher's
-    prediction type differs from ``proxy.prediction``. ``threads`` sets torch's intra-op threads
+    prediction type differs from ``config.prediction``. ``threads`` sets torch's intra-op threads
     while the built-in teacher trains (restored afterwards; ``None`` leaves them as they are).
     """
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
-    spec = dict(proxy.teacher or {})
+    dev = resolve_device(device)
+    spec = dict(config.teacher or {})
     root = Path(cache_dir).expanduser() if cache_dir is not None else None
-    source = proxy.source
+    source = config.source
     if "diffusers" in spec:
         teacher = _load_diffusers(spec, kind, source, dev)
     else:
@@ -743,17 +581,7 @@ def load_teacher(
         if b != kind:
             raise ArchsearchError(f"{source}: proxy.teacher.builtin: {b!r} does not match the space's kind "
                                   f"(allowed: {kind})")
-        old_threads = torch.get_num_threads()
-        if threads:
-            torch.set_num_threads(int(threads))
-        try:
-            teacher = _load_builtin(spec, proxy, kind, root, dev, progress)
-        finally:
-            if threads:
-                torch.set_num_threads(old_threads)
-    if proxy.prediction is not None and proxy.prediction != teacher.prediction:
-        raise ArchsearchError(
-            f"{source}: proxy.prediction: {proxy.prediction!r} does not match the teacher's "
-            f"(allowed: {teacher.prediction})"
-        )
+        with torch_threads(threads):
+            teacher = _load_builtin(spec, config, kind, root, dev, progress)
+    check_prediction(config.prediction, teacher.prediction, source)
     return teacher

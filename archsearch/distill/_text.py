@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -203,12 +203,13 @@ class TextEncoder:
         self,
         captions: Sequence[str],
         cache_dir: str | os.PathLike | None = None,
-        progress: bool = False,
+        progress: Callable[[str, str, int, int], None] | None = None,
     ) -> torch.Tensor:
         """Embeddings of ``captions`` (float16, ``(N, L, D)``), cached on disk by content.
 
         The cache key hashes the captions themselves and :attr:`fingerprint`, so a changed
-        dataset or encoder never reads stale embeddings.
+        dataset or encoder never reads stale embeddings. ``progress("captions", description,
+        done, total)`` follows the encoding (not called on a cache hit).
         """
         from safetensors.torch import load_file, save
 
@@ -220,15 +221,13 @@ class TextEncoder:
                 return load_file(str(path))["embeddings"]
             except Exception:  # a corrupt cache file: recompute and replace it
                 pass
-        if progress:
-            from rich.progress import Progress
-
+        if progress is not None:
+            desc = f"encoding {len(captions)} captions"
             chunks = []
-            with Progress(transient=True) as bar:
-                task = bar.add_task(f"Encoding {len(captions)} captions", total=len(captions))
-                for i in range(0, len(captions), 256):
-                    chunks.append(self.encode(captions[i : i + 256]))
-                    bar.advance(task, len(chunks[-1]))
+            progress("captions", desc, 0, len(captions))
+            for i in range(0, len(captions), 256):
+                chunks.append(self.encode(captions[i : i + 256]))
+                progress("captions", desc, min(i + 256, len(captions)), len(captions))
             emb = torch.cat(chunks) if chunks else self.encode([])
         else:
             emb = self.encode(captions)

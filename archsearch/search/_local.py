@@ -143,7 +143,7 @@ def _worker_main(job: WorkerJob) -> None:
     import torch
 
     torch.set_num_threads(job.threads)
-    from archsearch.search._teacher import load_teacher
+    from archsearch.distill import load_teacher
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     table = None
@@ -151,7 +151,7 @@ def _worker_main(job: WorkerJob) -> None:
         from archsearch.cost.latency import load_table
 
         table = load_table(job.table_path)
-    teacher = load_teacher(job.proxy, kind=job.space.kind, progress=False, device=job.device)
+    teacher = load_teacher(job.proxy, kind=job.space.kind, device=job.device)
     ctx = TrialContext(job.space, job.settings, job.proxy, teacher, table, job.device, job.threads)
     storage = open_storage(job.storage_url)
     sampler = make_sampler(job.settings, seed=worker_seed(job.settings.seed, job.index, job.n_existing))

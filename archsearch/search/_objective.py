@@ -1,10 +1,11 @@
-"""One trial of ``archsearch run``: candidate -> costs -> constraint check -> proxy run.
+"""One trial of ``archsearch run``: candidate -> costs -> constraint check -> distillation run.
 
 The steps are split so that both backends share them:
 
 * :func:`resolve_candidate` asks the Optuna trial (define-by-run) for a candidate;
 * :func:`evaluate` (no Optuna) computes params, FLOPs and predicted latency, rejects a
-  candidate that breaks a constraint *before any training*, else runs the proxy distillation;
+  candidate that breaks a constraint *before any training*, else runs the distillation
+  (:func:`archsearch.distill.distill`);
   every exception of the proxy run (NaN loss, out of memory, any error) becomes a failed
   record with its one-line reason;
 * :func:`record` writes the result onto the trial (user attrs, ``set_constraint``) and tells
@@ -187,7 +188,7 @@ def evaluate(candidate: Candidate, ctx: TrialContext) -> TrialRecord:
     """
     import torch
 
-    from archsearch.search._distill import TrialFailed, run_proxy
+    from archsearch import distill as stage  # looked up at call time: a test may wrap stage.distill
 
     t0 = time.perf_counter()
     rec = TrialRecord(candidate=candidate, state="failed")
@@ -206,8 +207,8 @@ def evaluate(candidate: Candidate, ctx: TrialContext) -> TrialRecord:
         rec.wall_time_s = time.perf_counter() - t0
         return rec
     try:
-        result = run_proxy(candidate, ctx.teacher, ctx.proxy, device=ctx.device, threads=ctx.threads)
-    except TrialFailed as exc:
+        result = stage.distill(candidate, ctx.teacher, ctx.proxy, device=ctx.device, threads=ctx.threads)
+    except stage.TrialFailed as exc:
         rec.fail_reason = exc.reason
     except MemoryError:
         rec.fail_reason = "out of memory (host)"

@@ -94,7 +94,7 @@ def _default_device(device: str | None) -> str | None:
         return None
     allowed = ("auto", "cpu", "cuda", "mps")
     if device.split(":")[0] not in allowed:
-        raise ArchsearchError(f"--device {device!r}: unknown (allowed: {', '.join(allowed)}, cuda:N)")
+        raise ArchsearchError(f"device: bad value {device!r} (allowed: {', '.join(allowed)}, cuda:N)")
     return device
 
 
@@ -123,8 +123,7 @@ def run_search(
     seconds. The store (``reports/<study>/trials.csv`` ...) is written by
     :func:`archsearch.store.write_store` afterwards.
     """
-    from archsearch.search._distill import ProxyConfig
-    from archsearch.search._teacher import load_teacher
+    from archsearch.distill import ProxyConfig, load_teacher
 
     console = console or Console(stderr=True)
     if backend not in BACKENDS:
@@ -146,7 +145,8 @@ def run_search(
     study_dir = Path(reports_dir) / settings.study
     url = storage_url(settings.storage, study_dir)
 
-    teacher = load_teacher(proxy, kind=space.kind, progress=progress, device=dev)
+    with _PhaseBars(console, enabled=progress) as bars:  # the built-in teacher trains on first use
+        teacher = load_teacher(proxy, kind=space.kind, progress=bars, device=dev)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = open_storage(url)
     study_obj, resumed = open_study(
@@ -202,6 +202,39 @@ def run_search(
     run.elapsed_s = time.time() - t0
     run.counts = count_trials(study_obj)
     return run
+
+
+class _PhaseBars:
+    """``progress(phase, description, done, total)`` drawn as one rich bar per phase.
+
+    The display starts with the first call, so a teacher found in the cache prints nothing.
+    """
+
+    def __init__(self, console: Console, enabled: bool = True) -> None:
+        self.console = console
+        self.enabled = enabled
+        self._bars: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> "_PhaseBars | None":
+        return self if self.enabled else None
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bars is not None:
+            self._bars.stop()
+
+    def __call__(self, phase: str, description: str, done: int, total: int) -> None:
+        from rich.markup import escape
+
+        if self._bars is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bars = Progress(TextColumn("[bold]{task.fields[phase]:<8}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), TextColumn("{task.description}"), console=self.console)
+            self._bars.start()
+        if phase not in self._tasks:
+            self._tasks[phase] = self._bars.add_task(escape(description), total=max(total, 1), phase=phase)
+        self._bars.update(self._tasks[phase], completed=done, total=max(total, 1), description=escape(description))
 
 
 def _with_table(settings: SearchSettings, path: Path) -> SearchSettings:
