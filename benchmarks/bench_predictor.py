@@ -44,24 +44,22 @@ def bench_build(space, resolution: int, threads: int, out: Path, statistic: str)
 def bench_throughput(space, table, resolution: int, n: int) -> None:
     import numpy as np
 
-    from archsearch.cost.latency import predict
-    from archsearch.cost.latency._predictor import _candidate_keys
-    from archsearch.cost.latency._profile import sample_candidates
+    from archsearch.cost.latency import LatencyPredictor, candidate_blocks, sample_candidates
     from archsearch.model._walker import _walk_cached
 
     t0 = time.perf_counter()
     cands = sample_candidates(space, n, seed=123, resolution=resolution)
     t_sample = time.perf_counter() - t0
-    _candidate_keys.cache_clear()
+    candidate_blocks.cache_clear()
     _walk_cached.cache_clear()
-    table.__dict__.pop("_pred_cache", None)
+    predictor = LatencyPredictor(table)  # a fresh predictor: empty caches
     t0 = time.perf_counter()
-    cold = predict(cands, table, allow_missing=True)
+    cold = predictor.predict(cands, allow_missing=True)
     t_cold = time.perf_counter() - t0
     reps = max(1, 200_000 // len(cands))
     batch = cands * reps
     t0 = time.perf_counter()
-    warm = predict(batch, table, allow_missing=True)
+    warm = predictor.predict(batch, allow_missing=True)
     t_warm = time.perf_counter() - t0
     assert np.allclose(warm[: len(cands)], cold)
     print(f"throughput: sampling {len(cands)} candidates took {t_sample:.1f} s "
@@ -89,8 +87,7 @@ def bench_accuracy(space, table, n: int, seed: int, html: Path | None) -> None:
 
 
 def bench_anchors() -> None:
-    from archsearch.cost.latency import available_devices, load_device
-    from archsearch.cost.latency._devices import check_published
+    from archsearch.cost.latency import available_devices, check_published, load_device
 
     for name in available_devices():
         for r in check_published(load_device(name), ROOT):

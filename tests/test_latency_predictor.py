@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 from archsearch.candidate import sample_many
-from archsearch.cost.latency import InterpolationWarning, LatencyTable, predict, predict_breakdown
+from archsearch.cost.latency import (
+    InterpolationWarning,
+    LatencyPredictor,
+    LatencyTable,
+    MissingBlocksError,
+    load_predictor,
+    predict,
+    predict_breakdown,
+    predictor_for,
+)
 from archsearch.errors import MissingBlockError
 from archsearch.model import walk
 
@@ -74,7 +83,52 @@ def test_missing_block_error_names_the_key_and_the_command(tiny_space):
     msg = str(err.value)
     assert missing.key in msg and missing.name in msg
     assert "archsearch profile search_spaces/tiny.yaml --target cpu --out t.csv" in msg
-    assert "--allow-missing" in msg and "\n" not in msg
+    assert "allow_missing=True" in msg and "\n" not in msg
+    assert "--" not in msg.replace("--target cpu --out", "")  # the library names parameters, not flags
+    e = err.value
+    assert isinstance(e, MissingBlocksError)
+    first = next(c for c in cands if missing.key in {s.key for s in walk(c)})  # the first candidate that needs it
+    assert (e.key, e.candidate_id, e.target) == (missing.key, first.id, "cpu")
+    assert str(e.table_path) == "latency_tables/tiny-cpu-r16.csv" and e.n_missing >= 1
+
+
+def test_cli_predict_words_a_missing_block_with_its_flags(tiny_space, tmp_path):
+    from typer.testing import CliRunner
+
+    from archsearch.cli.main import app
+
+    cands = sample_many(tiny_space, 2, seed=6)
+    missing = walk(cands[1])[2]
+    table, _ = _hand_table(cands, drop={missing.key})
+    del table.meta["command"]  # a table built from Python: the CLI composes the command
+    path = table.save(tmp_path / "t.csv")
+    cand = cands[1].save(tmp_path / "cand.yaml")
+    res = CliRunner().invoke(app, ["predict", str(cand), "--table", str(path)])
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"block {missing.key} ({missing.name}) of candidate {cands[1].id} is not in latency table" in flat
+    assert f"measure it with: archsearch profile SPEC --target cpu --out {path}" in flat
+    assert "(or pass --allow-missing to interpolate)" in flat
+    res = CliRunner().invoke(app, ["predict", str(cand), "--table", str(path), "--allow-missing"])
+    assert res.exit_code == 0, res.output
+    assert "interpolated" in res.output
+
+
+def test_a_predictor_owns_its_table_and_caches(tiny_space, tmp_path):
+    cands = sample_many(tiny_space, 5, seed=10)
+    table, ms = _hand_table(cands, scale=1.1, overhead=0.3)
+    pred = LatencyPredictor(table)
+    np.testing.assert_allclose(pred.predict(cands), predict(cands, table), rtol=1e-12)
+    assert pred.breakdown(cands[0])["ms"].sum() == pytest.approx(pred.predict(cands[0])[0])
+    assert not any(k.startswith("_pred") or k.startswith("_interp") for k in vars(table))  # caches live in the predictor
+    assert predictor_for(table) is predictor_for(table) and predictor_for(pred) is pred
+    assert predict(cands, pred).shape == (5,)  # the functions take a predictor too
+    loaded = load_predictor(table.save(tmp_path / "t.csv"))
+    np.testing.assert_allclose(loaded.predict(cands), pred.predict(cands), rtol=1e-6)
+    key = walk(cands[0])[0].key
+    table.add_rows([{"key": key, "ms": ms[key] + 2.0, "source": "measured"}])  # the predictor follows its table
+    n_uses = sum(s.key == key for s in walk(cands[0]))
+    assert pred.predict(cands[0])[0] == pytest.approx(1.1 * (sum(ms[s.key] for s in walk(cands[0])) + 2.0 * n_uses) + 0.3)
 
 
 def test_missing_block_at_another_resolution_says_so(tiny_space):
@@ -85,7 +139,7 @@ def test_missing_block_at_another_resolution_says_so(tiny_space):
 
 
 def test_allow_missing_interpolates_and_warns_how_many(tiny_space):
-    from archsearch.cost.latency._profile import _census
+    from archsearch.cost.latency import block_census
 
     cands = sample_many(tiny_space, 40, seed=8)
     specs = {s.key: s for c in cands for s in walk(c)}
@@ -93,7 +147,7 @@ def test_allow_missing_interpolates_and_warns_how_many(tiny_space):
     truth = {}
     rows = []
     for k, s in specs.items():
-        macs = _census(s, 1, 4)[0]
+        macs = block_census(s, 1, 4).macs
         truth[k] = {"resnet": 0.05, "transformer": 0.08}.get(s.type, 0.01) + 2e-8 * macs
         rows.append({"key": k, "type": s.type, "params": json.dumps(s.hparams, sort_keys=True),
                      "in_shape": "x".join(map(str, s.in_shape)), "ms": truth[k], "macs": macs, "source": "measured"})

@@ -13,15 +13,19 @@ from typer.testing import CliRunner
 from archsearch.candidate import sample_many
 from archsearch.cli.main import app
 from archsearch.cost.latency import (
+    BlockSet,
     MeasureSettings,
+    ParameterError,
+    block_census,
     enumerate_blocks,
     import_table,
     load_device,
     load_table,
+    plan_profile,
     predict,
     profile_space,
 )
-from archsearch.cost.latency import _profile
+from archsearch.cost.latency import _backends
 from archsearch.cost.latency._measure import Timing
 from archsearch.errors import ArchsearchError
 from archsearch.model import walk
@@ -50,8 +54,9 @@ def test_enumeration_at_another_resolution_changes_shapes_only(tiny_space):
     b8 = enumerate_blocks(tiny_space, resolution=8)
     assert len(b8) == len(b16)
     assert all(s.in_shape[-1] in (1, 4, 8) or s.type == "time_embed" for s in b8.specs.values())
-    with pytest.raises(ArchsearchError, match=r"--resolution 7: .* \(allowed: a multiple of 2\)"):
+    with pytest.raises(ParameterError, match=r"^resolution 7: .* \(allowed: a multiple of 2\)") as err:
         enumerate_blocks(tiny_space, resolution=7)
+    assert err.value.param == "resolution"  # the CLI words it as --resolution
 
 
 class _FakeClock:
@@ -74,16 +79,21 @@ def test_resume_after_an_interrupted_profile(tiny_space, tmp_path, monkeypatch):
     cands = sample_many(tiny_space, 6, seed=12)
     blocks = enumerate_blocks(cands)
     out = tmp_path / "t.csv"
+    plan = plan_profile(cands, "cpu", out, threads=1, calibrate=0, blocks=blocks)
+    assert len(plan.todo) == len(plan.new) == len(blocks) and plan.existing == 0  # what a dry run prints
+    assert not out.exists()  # planning writes nothing
     first = _FakeClock(fail_after=7)
-    monkeypatch.setattr(_profile, "time_module", first)
+    monkeypatch.setattr(_backends, "time_module", first)
     with pytest.raises(KeyboardInterrupt):
         profile_space(cands, "cpu", out, threads=1, calibrate=0, blocks=blocks)
     kept = load_table(out)  # the file is complete and readable after the kill
     assert len(kept) == 7
     kept_ms = {k: kept.ms(k) for k in kept.keys()}
 
+    plan = plan_profile(cands, "cpu", out, threads=1, calibrate=2, blocks=blocks)
+    assert (plan.existing, len(plan.todo), len(plan.calibration)) == (7, len(blocks) - 7, 2)
     second = _FakeClock()
-    monkeypatch.setattr(_profile, "time_module", second)
+    monkeypatch.setattr(_backends, "time_module", second)
     table = profile_space(cands, "cpu", out, threads=1, calibrate=2, blocks=blocks)
     assert len(second.calls) == len(blocks) - 7 + 2  # the rest of the blocks + 2 whole models
     assert set(table.keys()) == set(blocks.specs)  # no row lost
@@ -103,7 +113,7 @@ def test_real_timing_of_a_few_blocks(tiny_space, tmp_path):
     assert (df["ms"] > 0).all() and (df["runs"] >= 3).all() and (df["source"] == "measured").all()
     assert (df["macs"] > 0).sum() >= len(df) - 1  # every block but the time embedding computes
     meta = load_table(tmp_path / "t.csv").meta
-    for k in ("device", "threads", "dtype", "batch", "versions", "created", "command"):
+    for k in ("device", "threads", "dtype", "batch", "versions", "created", "measure"):
         assert k in meta
     assert meta["versions"]["torch"]
     assert meta["calibration"]["method"].startswith("median offset")
@@ -113,7 +123,7 @@ def test_census_counts_the_same_macs_as_fvcore(tiny_space):
     from archsearch.cost import block_flops
 
     for s in {s.key: s for c in sample_many(tiny_space, 2, seed=14) for s in walk(c)}.values():
-        macs = _profile._census(s, 1, 4)[0]
+        macs = block_census(s, 1, 4).macs
         fv = block_flops(s)
         if s.type in ("conv_in", "downsample", "time_embed"):
             assert macs == fv, s.key
@@ -157,7 +167,7 @@ def test_import_a_device_csv(tiny_space, tmp_path):
 def test_ane_estimate_path_converts_blocks_with_coremltools(tiny_space, tmp_path):
     cand = next(c for c in sample_many(tiny_space, 20, seed=16) if any(s.type == "transformer" for s in walk(c)))
     specs = [next(s for s in walk(cand) if s.type == t) for t in ("conv_in", "transformer")]
-    blocks = _profile.BlockSet({s.key: s for s in specs}, 1, "candidates", 1, None, None, [cand])
+    blocks = BlockSet({s.key: s for s in specs}, 1, "candidates", 1, None, None, [cand])
     if platform.system() == "Darwin":
         pytest.skip("on macOS the ane target measures instead of estimating")
     quick = profile_space([cand], "ane", tmp_path / "ane.csv", calibrate=0, blocks=blocks, convert=False)
@@ -237,6 +247,24 @@ def test_cli_errors_are_one_line(tmp_path):
     assert res.exit_code == 2 and "none.csv: latency table not found" in res.output
 
 
+def test_cli_records_the_command_that_rebuilds_the_table(tiny_space, tmp_path):
+    cand = sample_many(tiny_space, 1, seed=17)[0].save(tmp_path / "cand.yaml")
+    out = tmp_path / "t.csv"
+    res = runner.invoke(app, ["profile", str(cand), "--target", "ane", "--no-convert", "--calibrate", "0",
+                              "--resolution", "8", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert load_table(out).meta["command"] == f"archsearch profile {cand} --target ane --resolution 8 --out {out}"
+    # an unknown device profile is a parameter error, worded with its flag
+    res = runner.invoke(app, ["profile", str(cand), "--target", "ane", "--device-profile", "pixel-9", "--dry-run"])
+    assert res.exit_code == 2 and "error: --device-profile pixel-9: unknown device profile (allowed: " in _flat(res.output)
+    bad = tmp_path / "bad.csv"
+    bad.write_text('key,ms\n"resnet(nope)@1x1",1\n')
+    res = runner.invoke(app, ["profile", str(cand), "--target", "ane", "--import", str(bad), "--out", str(out)])
+    assert res.exit_code == 2
+    assert ("key 'resnet(nope)@1x1' is not a block of these candidates at resolution 16 (1 unknown key(s); list "
+            "the allowed keys with `archsearch profile SPEC --target ane --dry-run --keys-out keys.csv`)") in _flat(res.output)
+
+
 @pytest.mark.slow
 def test_cli_profile_validate_and_predict_on_the_tiny_space(tmp_path):
     out = tmp_path / "tiny-cpu.csv"
@@ -256,6 +284,8 @@ def test_cli_profile_validate_and_predict_on_the_tiny_space(tmp_path):
     assert val["n"] == 6 and 0.0 <= val["lut"]["within_10"] <= 1.0 and np.isfinite(val["lut"]["mape"])
     assert val["repeat_measurement"]["n"] == 6
     assert set(table.keys()) >= set(enumerate_blocks(_tiny(), resolution=8).specs)
+    assert table.meta["command"].startswith(f"archsearch profile {SPACES / 'tiny.yaml'} --target cpu --resolution 8 "
+                                            "--threads 1 --min-time 0.003 --max-time 0.03 --threshold 0.5")
 
     # a second run resumes: nothing left to measure
     res = runner.invoke(app, [*args, "--calibrate", "0"])

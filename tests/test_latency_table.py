@@ -86,6 +86,8 @@ def test_a_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
         ("key,runs\nresnet@1,2\n", r"missing column ms"),
         ("key,ms,source\nresnet@1,2,guess\n", r"column source: bad value 'guess' \(allowed: measured, estimate, imported\)"),
         ("# format: other/v9\nkey,ms\nresnet@1,2\n", r"format: unsupported 'other/v9'"),
+        ("# target: cpu\n# device: [unclosed\nkey,ms\nresnet@1,2\n", r"^\S*t\.csv:\d+: invalid YAML: "),
+        ("# - a\n# - b\nkey,ms\nresnet@1,2\n", r"'#' metadata lines must be a YAML mapping"),
     ],
 )
 def test_bad_table_files_give_one_line_errors(tmp_path, body, message):

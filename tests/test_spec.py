@@ -73,20 +73,12 @@ def test_shipped_spaces_validate():
 
 def test_space_size_is_exact_count_of_distinct_candidates(tiny_space, tiny_video_space):
     """Enumerate every assignment of every dimension; the distinct ids must equal size()."""
-    from archsearch.candidate import resolve
-    from archsearch.spec._space import _PathChooser
+    from archsearch.candidate import enumerate_candidates
 
     for space in (tiny_space, tiny_video_space):
-        ids = set()
-        stack = [[]]
-        while stack:  # full define-by-run enumeration of the whole space
-            prefix = stack.pop()
-            ch = _PathChooser(prefix)
-            ids.add(resolve(space, ch).id)
-            for depth in range(len(prefix), len(ch.arity)):
-                for k in range(1, ch.arity[depth]):
-                    stack.append([*prefix, *([0] * (depth - len(prefix))), k])
-        assert len(ids) == space.size()
+        cands = list(enumerate_candidates(space))  # full define-by-run enumeration of the whole space
+        assert len({c.id for c in cands}) == len(cands) == space.size()
+        assert [c.id for c in enumerate_candidates(space, limit=5)] == [c.id for c in cands[:5]]
 
 
 def test_dimensions_list_choices_with_lines(tiny_space):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -23,6 +24,7 @@ from archsearch.spec import (
     TEMPORAL_PLACEMENTS,
     TEMPORAL_TYPES,
     SearchSpace,
+    enumerate_assignments,
     load_yaml,
     load_yaml_text,
 )
@@ -34,6 +36,7 @@ __all__ = [
     "RandomChooser",
     "StageConfig",
     "TemporalConfig",
+    "enumerate_candidates",
     "resolve",
     "sample",
     "sample_many",
@@ -438,3 +441,16 @@ def sample_many(space: SearchSpace, n: int, seed: int = 0, unique: bool = True) 
         seen.add(c.id)
         out.append(c)
     return out
+
+
+def enumerate_candidates(space: SearchSpace, limit: int | None = None) -> Iterator[Candidate]:
+    """Every candidate of ``space``, each once, depth first over its define-by-run choices.
+
+    The same enumeration :meth:`SearchSpace.size` counts, so a whole small space yields
+    exactly ``space.size()`` distinct candidates (check the size before enumerating a large
+    one). ``limit``: stop after this many.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit {limit}: bad value (allowed: None or an integer >= 0)")
+    it = enumerate_assignments(lambda ch: resolve(space, ch))
+    return it if limit is None else itertools.islice(it, limit)

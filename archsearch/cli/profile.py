@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from archsearch.cli._common import console, user_errors
-from archsearch.errors import ArchsearchError
+from archsearch.errors import ArchsearchError, MissingBlockError
 
 __all__ = ["register"]
 
@@ -74,6 +74,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("profile")
     @user_errors
+    @_flag_errors
     def profile(
         source: SourceArg = None,
         target: Annotated[str, typer.Option("--target", "-t", help="cpu, cuda, mps, coreml or ane.")] = ...,
@@ -120,104 +121,68 @@ def register(app: typer.Typer) -> None:
           archsearch profile --target ane            (Linux: Core ML conversion + roofline estimate)
           archsearch profile --import iphone.csv --target ane --out latency_tables/unet_mobile-ane-r128.csv
         """
-        from archsearch.cost.latency import (
-            TARGETS,
-            MeasureSettings,
-            enumerate_blocks,
-            import_table,
-            profile_space,
-        )
-        from archsearch.cost.latency._profile import default_table_path, make_backend
+        from archsearch.cost.latency import MeasureSettings, import_table, plan_profile, run_profile
 
-        if target not in TARGETS:
-            raise ArchsearchError(f"--target {target}: unknown target (allowed: {', '.join(TARGETS)})")
         if max_time < min_time:
             raise ArchsearchError(f"--max-time {max_time} is below --min-time {min_time} (allowed: max >= min)")
         if keys_out is not None and not dry_run:
             raise ArchsearchError("--keys-out works with --dry-run only")
         path = source or DEFAULT_SPEC
         space, cand = _load_source(path)
-        settings = MeasureSettings(min_time, max_time, threshold, statistic,
-                                   None if flush_mb is None else int(flush_mb * (1 << 20)))
-        with console.status(f"enumerating the blocks of {escape(str(path))} ..."):
-            blocks = enumerate_blocks(space if space is not None else [cand], resolution)
-        res = resolution or (int(space.data.get("resolution", 64)) if space is not None else cand.resolution)
         name = space.name if space is not None else f"candidate-{cand.id}"
+        src = space if space is not None else [cand]
 
         if import_csv is not None:
-            if target not in ("coreml", "ane", "cpu", "cuda", "mps"):
-                raise ArchsearchError(f"--target {target}: unknown target (allowed: {', '.join(TARGETS)})")
-            out_path = out or Path("latency_tables") / f"{name}-{target}-r{res}.csv"
-            table, n_rows, not_covered = import_table(import_csv, blocks, target, out_path, device)
-            console.print(f"imported {n_rows} rows from {escape(str(import_csv))} into {escape(str(out_path))} "
+            with console.status(f"enumerating the blocks of {escape(str(path))} ..."):
+                table, n_rows, not_covered = import_table(import_csv, src, target, out, device,
+                                                          resolution=resolution, name=name)
+            console.print(f"imported {n_rows} rows from {escape(str(import_csv))} into {escape(str(table.path))} "
                           f"(source: imported); table: {len(table)} blocks, source {table.source}")
             if not_covered:
                 console.print(f"[yellow]{not_covered} block(s) of the space are not in the CSV[/yellow] "
                               "(they keep their previous rows, if any)")
             return
 
-        backend = make_backend(target, dtype=dtype, batch=batch, threads=threads, settings=settings,
-                               device_profile=device_profile, convert=not no_convert, export_dir=export_coreml)
-        out_path = out or default_table_path(name, target, res, backend)
-        existing = unconverted = 0
-        if out_path.exists():
-            from archsearch.cost.latency import load_table
-
-            old = load_table(out_path)
-            existing = sum(1 for k in blocks.specs if k in old)
-            if backend.source == "estimate" and backend.convert:
-                odf = old.df
-                unconverted = int(((odf["coreml"] == "") & (odf["source"] == "estimate")).sum())
-        info = blocks.info()
-        how = ("every candidate" if info["method"] == "exhaustive" else
-               f"{info['samples']:,} samples, last new block at sample {info['last_new_block_at']:,}")
-        todo = len(blocks) - existing
-        per_block = backend.seconds_per_block()
-        eta = (todo + unconverted) * per_block + (calibrate if backend.source == "measured" else 0) * 3.0
-        console.print(f"{len(blocks)} unique blocks in {escape(str(path))} at resolution {res} ({how}); "
-                      f"{existing} already in {escape(str(out_path))}, {todo} to "
-                      f"{'measure' if backend.source == 'measured' else 'estimate'}"
-                      + (f", {unconverted} estimated earlier to convert to Core ML" if unconverted else ""))
-        if backend.source == "estimate":
-            prof = backend.profile
-            console.print(f"[yellow]source: estimate[/yellow] — there is no Neural Engine here: latencies come "
-                          f"from the roofline model {escape(prof.name)} ({escape(prof.path)}), not from a "
-                          "measurement; every row says source: estimate. "
-                          + ("Each block is converted to Core ML to prove it converts and to flag "
-                             "ANE-hostile ops. " if backend.convert else "")
-                          + "Real numbers: run this on a Mac, or --import a device CSV.")
+        settings = MeasureSettings(min_time, max_time, threshold, statistic,
+                                   None if flush_mb is None else int(flush_mb * (1 << 20)))
+        with console.status(f"enumerating the blocks of {escape(str(path))} ..."):
+            plan = plan_profile(src, target, out, resolution=resolution, batch=batch, dtype=dtype, threads=threads,
+                                settings=settings, calibrate=calibrate, device_profile=device_profile,
+                                convert=not no_convert, export_dir=export_coreml, name=name)
+        _print_plan(plan, path)
         if dry_run:
             from collections import Counter
 
-            counts = Counter(s.type for s in blocks.specs.values())
+            counts = Counter(s.type for s in plan.blocks.specs.values())
             console.print("blocks by type: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-            console.print(f"estimated time: about {_fmt_s(eta)} "
-                          f"({per_block:.2f} s a block{', plus whole-model calibration' if calibrate else ''})")
+            console.print(f"estimated time: about {_fmt_s(plan.eta_seconds)} ({plan.seconds_per_block:.2f} s a "
+                          f"block{', plus whole-model calibration' if plan.calibration else ''})")
             if keys_out is not None:
-                _write_keys(blocks, keys_out)
+                from archsearch.cost.latency import write_import_template
+
+                write_import_template(plan.blocks, keys_out, "Fill in ms (milliseconds per call, batch 1) for "
+                                      "each block, then:\narchsearch profile SPEC --import THIS.csv --target ane")
                 console.print(f"wrote the block list to {escape(str(keys_out))} (fill in ms and --import it)")
             return
 
+        n_new = len(plan.new)
         with _progress_bar() as bar:
-            table = profile_space(blocks.space if space is not None else [cand], target, out_path,
-                                  resolution=resolution, batch=batch, dtype=dtype, threads=threads,
-                                  settings=settings, calibrate=calibrate, device_profile=device_profile,
-                                  convert=not no_convert, export_dir=export_coreml, blocks=blocks,
-                                  progress=_Bar(bar), source_label=str(path))
-        console.print(f"[green]wrote[/green] {escape(str(out_path))}: {len(table)} blocks "
-                      f"({todo} {'measured' if backend.source == 'measured' else 'estimated'} now, "
-                      f"{existing} kept), source {table.source}, device {escape(str(table.meta.get('device')))}")
+            table = run_profile(plan, _Bar(bar), command=_command(str(path), plan.arguments))
+        console.print(f"[green]wrote[/green] {escape(str(plan.out))}: {len(table)} blocks "
+                      f"({n_new} {'measured' if plan.source == 'measured' else 'estimated'} now, "
+                      f"{plan.existing} kept), source {table.source}, device {escape(str(table.meta.get('device')))}")
         cal = table.meta.get("calibration") or {}
         if cal:
             console.print(f"calibration: ms = {cal['scale']:.4f} x sum(blocks) + {cal['overhead_ms']:.4f} "
                           f"({escape(cal.get('method', ''))})")
-        if target in ("coreml", "ane"):
+        if plan.target in ("coreml", "ane"):
             _print_coreml_summary(table)
         if validate:
-            _run_validation(table, space, validate, seed, resolution, plot, out_path, repeat)
+            _run_validation(table, space, validate, seed, resolution, plot, plan.out, repeat)
 
     @app.command("predict")
     @user_errors
+    @_flag_errors
     def predict_cmd(
         source: Annotated[Path, typer.Argument(help="Candidate YAML, or a search space (then -n samples).")],
         table_path: Annotated[Path, typer.Option("--table", help="Latency table CSV (from archsearch profile).")],
@@ -235,10 +200,10 @@ def register(app: typer.Typer) -> None:
           archsearch predict candidates/1a2b3c4d5e6f.yaml --table latency_tables/tiny-cpu-r16.csv
           archsearch predict search_spaces/tiny.yaml --table latency_tables/tiny-cpu-r16.csv -n 5
         """
-        from archsearch.cost.latency import InterpolationWarning, load_table, predict, predict_breakdown
-        from archsearch.cost.latency._profile import at_resolution, sample_candidates
+        from archsearch.cost.latency import InterpolationWarning, at_resolution, load_predictor, sample_candidates
 
-        table = load_table(table_path)
+        predictor = load_predictor(table_path)
+        table = predictor.table
         space, cand = _load_source(source)
         if space is not None:
             res = resolution or table.meta.get("resolution")
@@ -249,8 +214,8 @@ def register(app: typer.Typer) -> None:
                       f"{escape(str(table.meta.get('device', '?')))}, {len(table)} blocks, source {table.source}")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", InterpolationWarning)
-            totals = predict(cands, table, allow_missing=allow_missing)
-            breakdowns = [predict_breakdown(c, table, allow_missing=allow_missing) for c in cands]
+            totals = predictor.predict(cands, allow_missing=allow_missing)
+            breakdowns = [predictor.breakdown(c, allow_missing=allow_missing) for c in cands]
         if len(cands) == 1:
             df = breakdowns[0]
             per_stage = df.groupby("stage", sort=False).agg(blocks=("name", "size"), ms=("ms", "sum"))
@@ -292,18 +257,71 @@ def register(app: typer.Typer) -> None:
                 break
 
 
-def _write_keys(blocks: Any, path: Path) -> None:
-    import json
+#: library parameters -> the flags of ``profile`` / ``predict``
+_FLAGS = {
+    "target": "--target", "resolution": "--resolution", "batch": "--batch", "dtype": "--dtype",
+    "threads": "--threads", "min_run_time": "--min-time", "max_run_time": "--max-time",
+    "threshold": "--threshold", "statistic": "--statistic", "flush_bytes": "--flush-mb",
+    "device_profile": "--device-profile", "out": "--out", "n": "--validate", "seed": "--seed",
+}
 
-    import pandas as pd
 
-    from archsearch._util import atomic_write_text
+def _command(spec_path: str, arguments: dict[str, Any]) -> str:
+    """The ``archsearch profile`` command that rebuilds (or extends) a table, from the
+    plan's arguments (the non-default parameters of the run)."""
+    parts = ["archsearch", "profile", spec_path]
+    for param, value in arguments.items():
+        if param == "flush_bytes":
+            value = value / (1 << 20)
+        parts += [_FLAGS[param], f"{value:g}" if isinstance(value, float) else str(value)]
+    return " ".join(parts)
 
-    rows = [{"key": k, "ms": "", "type": s.type, "params": json.dumps(s.hparams, sort_keys=True),
-             "in_shape": "x".join(map(str, s.in_shape)), "example": s.name} for k, s in blocks.specs.items()]
-    header = ("# Fill in ms (milliseconds per call, batch 1) for each block, then:\n"
-              "# archsearch profile SPEC --import THIS.csv --target ane\n")
-    atomic_write_text(path, header + pd.DataFrame(rows).to_csv(index=False, lineterminator="\n"))
+
+def _flag_errors(fn: Any) -> Any:
+    """Library errors in CLI words: parameters become flags; next steps become commands."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from archsearch.cost.latency import MissingBlocksError, ParameterError, UnknownBlockKeyError
+
+        try:
+            return fn(*args, **kwargs)
+        except ParameterError as exc:
+            if exc.param not in _FLAGS:
+                raise
+            raise ArchsearchError(f"{_FLAGS[exc.param]} {exc.detail}") from None
+        except MissingBlocksError as exc:
+            measure = exc.command or (f"archsearch profile SPEC --target {exc.target or 'cpu'}"
+                                      + (f" --out {exc.table_path}" if exc.table_path else ""))
+            raise MissingBlockError(exc.message(measure=measure, allow_missing="--allow-missing")) from None
+        except UnknownBlockKeyError as exc:
+            raise ArchsearchError(
+                f"{exc.path}: key {exc.key!r} is not a block of {exc.source} at resolution {exc.resolution} "
+                f"({exc.n_unknown} unknown key(s); list the allowed keys with "
+                f"`archsearch profile SPEC --target {exc.target} --dry-run --keys-out keys.csv`)") from None
+
+    return wrapper
+
+
+def _print_plan(plan: Any, path: Path) -> None:
+    info = plan.blocks.info()
+    how = ("every candidate" if info["method"] == "exhaustive" else
+           f"{info['samples']:,} samples, last new block at sample {info['last_new_block_at']:,}")
+    recheck = len(plan.recheck)
+    console.print(f"{len(plan.blocks)} unique blocks in {escape(str(path))} at resolution {plan.resolution} ({how}); "
+                  f"{plan.existing} already in {escape(str(plan.out))}, {len(plan.new)} to "
+                  f"{'measure' if plan.source == 'measured' else 'estimate'}"
+                  + (f", {recheck} estimated earlier to convert to Core ML" if recheck else ""))
+    if plan.source == "estimate":
+        backend = plan.backend
+        prof = backend.profile
+        console.print(f"[yellow]source: estimate[/yellow] — there is no Neural Engine here: latencies come "
+                      f"from the roofline model {escape(prof.name)} ({escape(prof.path)}), not from a "
+                      "measurement; every row says source: estimate. "
+                      + ("Each block is converted to Core ML to prove it converts and to flag "
+                         "ANE-hostile ops. " if backend.convert else "")
+                      + "Real numbers: run this on a Mac, or --import a device CSV.")
 
 
 def _print_coreml_summary(table: Any) -> None:

@@ -3,6 +3,7 @@
 from archsearch.cost._params_flops import (
     FlopCache,
     FlopReport,
+    PositionalCall,
     block_flops,
     block_params,
     count_params,
@@ -14,6 +15,7 @@ from archsearch.cost._params_flops import (
 __all__ = [
     "FlopCache",
     "FlopReport",
+    "PositionalCall",
     "block_flops",
     "block_params",
     "count_params",

@@ -30,7 +30,7 @@ from archsearch._util import cache_root
 from archsearch.candidate import Candidate
 from archsearch.model import BlockSpec, build_block, build_model, example_inputs, walk
 
-__all__ = ["FlopCache", "FlopReport", "block_flops", "block_params", "count_params", "flops", "sdpa_flop_handle"]
+__all__ = ["FlopCache", "FlopReport", "PositionalCall", "block_flops", "block_params", "count_params", "flops", "sdpa_flop_handle"]
 
 
 def sdpa_flop_handle(inputs: list[Any], outputs: list[Any]) -> int:
@@ -176,7 +176,7 @@ def _trace_flops(spec: BlockSpec) -> int:
     inputs = example_inputs(spec, batch=1, device="cpu", generator=torch.Generator().manual_seed(0))
     # fvcore traces positional inputs; None entries are fine for jit.trace only as absent args.
     args = tuple(a for a in inputs if a is not None)
-    wrapper = _Positional(block, [a is not None for a in inputs])
+    wrapper = PositionalCall(block, [a is not None for a in inputs])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("fvcore").setLevel(logging.ERROR)
@@ -188,7 +188,7 @@ def _trace_flops(spec: BlockSpec) -> int:
             return int(fa.total())
 
 
-class _Positional(nn.Module):
+class PositionalCall(nn.Module):
     """Calls ``block(x, temb, context)`` from only the non-None inputs (for jit tracing)."""
 
     def __init__(self, block: nn.Module, present: list[bool]) -> None:

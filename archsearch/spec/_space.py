@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 from archsearch._util import short_hash
 from archsearch.errors import SpecError
@@ -26,7 +26,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "Chooser",
     "Dimension",
+    "PathChooser",
     "SearchSpace",
+    "enumerate_assignments",
     "load_space",
     "load_space_text",
 ]
@@ -627,11 +629,16 @@ class SearchSpace:
 # --------------------------------------------------------------------------- exact counting
 
 
-class _PathChooser:
-    """Follows a prefix of option indices, then takes option 0; records branching."""
+class PathChooser:
+    """A chooser that replays one path of the define-by-run decision tree.
 
-    def __init__(self, prefix: list[int]) -> None:
-        self.prefix = prefix
+    It takes option ``prefix[i]`` at the i-th choice point it is asked (option 0 past the
+    prefix) and records how many options every choice point had (``arity``), which is
+    what :func:`enumerate_assignments` needs to branch on the siblings.
+    """
+
+    def __init__(self, prefix: list[int] | tuple[int, ...] = ()) -> None:
+        self.prefix = list(prefix)
         self.pos = 0
         self.arity: list[int] = []
 
@@ -648,21 +655,36 @@ class _PathChooser:
         return self._take(list(range(low, high + 1, step)))
 
 
-def _count_paths(fn: Callable[[Chooser], Any], limit: int = 2_000_000) -> int:
-    """Count the leaves of a define-by-run decision tree by depth-first enumeration."""
-    count = 0
+T = TypeVar("T")
+
+
+def enumerate_assignments(fn: Callable[[Chooser], T]) -> Iterator[T]:
+    """``fn(chooser)`` for every distinct define-by-run assignment, depth first.
+
+    ``fn`` asks a :class:`PathChooser` its choices (e.g. ``space.resolve_dict``); every leaf
+    of the decision tree is visited exactly once, so a dimension that is not asked on a
+    path (the head size of a stage without attention) does not multiply the count. This is
+    the enumeration behind :meth:`SearchSpace.size`; ``archsearch.candidate.
+    enumerate_candidates`` builds on it.
+    """
     stack: list[list[int]] = [[]]
     while stack:
         prefix = stack.pop()
-        ch = _PathChooser(prefix)
-        fn(ch)
-        count += 1
-        if count > limit:
-            raise SpecError(f"search space group too large to enumerate (> {limit} assignments)")
+        ch = PathChooser(prefix)
+        yield fn(ch)
         # Branch on every choice point past the prefix: siblings 1..arity-1.
         for depth in range(len(prefix), len(ch.arity)):
             for k in range(1, ch.arity[depth]):
-                stack.append([*(prefix), *([0] * (depth - len(prefix))), k])
+                stack.append([*prefix, *([0] * (depth - len(prefix))), k])
+
+
+def _count_paths(fn: Callable[[Chooser], Any], limit: int = 2_000_000) -> int:
+    """Count the leaves of a define-by-run decision tree by depth-first enumeration."""
+    count = 0
+    for _ in enumerate_assignments(fn):
+        count += 1
+        if count > limit:
+            raise SpecError(f"search space group too large to enumerate (> {limit} assignments)")
     return count
 
 

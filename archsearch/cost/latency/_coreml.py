@@ -149,11 +149,11 @@ def convert_module(module: torch.nn.Module, inputs: tuple, compute_units: str = 
 
     Never raises for a conversion failure: the result says ``ok=False`` and why.
     """
-    from archsearch.cost._params_flops import _Positional  # calls block(x, temb, ctx) from the non-None inputs
+    from archsearch.cost import PositionalCall  # calls block(x, temb, ctx) from the non-None inputs
 
     ct = import_coremltools()
     t0 = time.perf_counter()
-    wrapped = _Positional(module.eval(), [a is not None for a in inputs]).eval()
+    wrapped = PositionalCall(module.eval(), [a is not None for a in inputs]).eval()
     args = tuple(a for a in inputs if a is not None)
     try:
         with _quiet(), torch.no_grad():

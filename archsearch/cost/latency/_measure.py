@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from archsearch.errors import ArchsearchError
+from archsearch.cost.latency._errors import ParameterError
 
 __all__ = [
     "DTYPES",
@@ -66,7 +66,7 @@ class MeasureSettings:
 
     def __post_init__(self) -> None:
         if self.statistic not in STATISTICS:
-            raise ArchsearchError(f"--statistic {self.statistic}: unknown (allowed: {', '.join(STATISTICS)})")
+            raise ParameterError("statistic", f"{self.statistic}: unknown (allowed: {', '.join(STATISTICS)})")
         if self.flush_bytes is None:
             object.__setattr__(self, "flush_bytes", 2 * last_level_cache_bytes())
 
@@ -108,14 +108,14 @@ def resolve_device(target: str) -> torch.device:
         return torch.device("cpu")
     if target == "cuda":
         if not torch.cuda.is_available():
-            raise ArchsearchError("--target cuda: no CUDA device is visible here "
-                                  f"(torch {torch.__version__}; allowed here: cpu)")
+            raise ParameterError("target", "cuda: no CUDA device is visible here "
+                                 f"(torch {torch.__version__}; allowed here: cpu)")
         return torch.device("cuda")
     if target == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ArchsearchError("--target mps: the Metal backend is not available here (needs macOS on Apple silicon)")
+            raise ParameterError("target", "mps: the Metal backend is not available here (needs macOS on Apple silicon)")
         return torch.device("mps")
-    raise ArchsearchError(f"--target {target}: not a torch target (allowed: {', '.join(TORCH_TARGETS)})")
+    raise ParameterError("target", f"{target}: not a torch target (allowed: {', '.join(TORCH_TARGETS)})")
 
 
 def cpu_name() -> str:

@@ -1,11 +1,14 @@
-"""Build a latency table: enumerate the distinct blocks of a space, measure (or estimate)
-each once, then fit the whole-model calibration on a few full candidates.
+"""Build a latency table: plan the run (which blocks, which backend, which file), then
+measure (or estimate) each block once and fit the whole-model calibration on a few
+full candidates.
 
-Backends are looked up by target name: ``cpu``/``cuda``/``mps`` time torch modules;
-``coreml``/``ane`` convert each block with coremltools and, on macOS, time
-``MLModel.predict``; elsewhere they fill latency from a device profile's roofline model
-(rows say ``source: estimate``). The table is saved after every block, atomically, so an
-interrupted run resumes where it stopped.
+    plan = plan_profile(space, "cpu", "latency_tables/tiny-cpu-r16.csv")   # counts, checks, writes nothing
+    print(len(plan.todo), plan.eta_seconds)                                 # what a dry run shows
+    table = run_profile(plan)                                               # does it
+
+The table is written after every block, atomically, so an interrupted run resumes where it
+stopped; a resumed table must have been made with the same settings. Rows measured on a
+device elsewhere come in with :func:`import_table`.
 """
 
 from __future__ import annotations
@@ -13,40 +16,32 @@ from __future__ import annotations
 import json
 import os
 import platform
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
-import torch
+import pandas as pd
 
-from archsearch.errors import ArchsearchError, CandidateError
-from archsearch.cost.latency._devices import DeviceProfile, count_ops, load_device
-from archsearch.cost.latency._measure import (
-    DTYPES,
-    TORCH_TARGETS,
-    MeasureSettings,
-    device_name,
-    model_inputs,
-    resolve_device,
-    time_module,
-)
+from archsearch.cost.latency._backends import DEFAULT_DEVICE_PROFILE, TARGETS, Backend, ImportBackend, make_backend
+from archsearch.cost.latency._blocks import BlockSet, block_census, enumerate_blocks, resolution_of, sample_candidates
+from archsearch.cost.latency._errors import ParameterError, UnknownBlockKeyError
+from archsearch.cost.latency._measure import MeasureSettings
 from archsearch.cost.latency._table import LatencyTable, load_table, read_import_csv
+from archsearch.errors import ArchsearchError
 
 __all__ = [
-    "TARGETS",
-    "BlockSet",
     "CALIBRATION_SEED",
-    "DEFAULT_DEVICE_PROFILE",
-    "enumerate_blocks",
+    "ProfilePlan",
+    "default_table_path",
+    "fit_calibration",
     "import_table",
-    "make_backend",
+    "plan_profile",
     "profile_space",
+    "run_profile",
+    "write_import_template",
 ]
 
-TARGETS = ("cpu", "cuda", "mps", "coreml", "ane")
-DEFAULT_DEVICE_PROFILE = "apple-a18-pro-ane"
 #: Seed of the calibration candidates; validation draws with other seeds and skips these ids.
 CALIBRATION_SEED = 7_000_003
 _COMPAT_KEYS = ("target", "device", "device_profile", "dtype", "batch", "threads")
@@ -56,313 +51,31 @@ _VOLATILE_KEYS = ("versions", "command", "enumeration", "measure", "platform")
 Progress = Callable[[str, str, int, int], None]
 
 
-# ----------------------------------------------------------------------------- enumeration
-
-
-@dataclass
-class BlockSet:
-    """The distinct blocks of a space (or of some candidates), by key, in first-seen order."""
-
-    specs: dict[str, Any]
-    samples: int
-    method: str
-    last_new: int = 0
-    resolution: int | None = None
-    space: Any = None
-    candidates: list[Any] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.specs)
-
-    def info(self) -> dict[str, Any]:
-        return {"method": self.method, "samples": self.samples, "last_new_block_at": self.last_new,
-                "unique_blocks": len(self.specs)}
-
-
-def at_resolution(candidate: Any, resolution: int | None) -> Any:
-    """``candidate`` at another latent resolution (same blocks otherwise)."""
-    if resolution is None or resolution == candidate.resolution:
-        return candidate
-    try:
-        return candidate.for_proxy(resolution=resolution)
-    except CandidateError as exc:
-        n = len(candidate.stages)
-        raise ArchsearchError(f"--resolution {resolution}: {exc} (allowed: a multiple of {2 ** (n - 1)})") from None
-
-
-def sample_candidates(space: Any, n: int, seed: int, resolution: int | None,
-                      exclude: Iterable[str] = ()) -> list[Any]:
-    """``n`` distinct candidates (seeded), at ``resolution``, skipping ids in ``exclude``."""
-    from archsearch.candidate import sample_many
-
-    skip = set(exclude)
-    drawn = (at_resolution(c, resolution) for c in sample_many(space, n + len(skip), seed))
-    return [c for c in drawn if c.id not in skip][:n]
-
-
-def enumerate_blocks(source: Any, resolution: int | None = None, *, seed: int = 0,
-                     exhaustive_limit: int = 5000, patience: int = 3000, max_samples: int = 50000) -> BlockSet:
-    """Every distinct block a space can produce, via the builder's own :func:`walk`.
-
-    ``source`` is a :class:`SearchSpace` or candidates. A space of at most
-    ``exhaustive_limit`` candidates is enumerated completely; a larger one is sampled until
-    ``patience`` draws in a row add no new block (and at least twice as many draws as the
-    last new block needed), up to ``max_samples``.
-    """
-    from archsearch.model import walk
-    from archsearch.spec import SearchSpace
-
-    specs: dict[str, Any] = {}
-    if not isinstance(source, SearchSpace):
-        cands = [at_resolution(c, resolution) for c in source]
-        for c in cands:
-            for s in walk(c):
-                specs.setdefault(s.key, s)
-        return BlockSet(specs, len(cands), "candidates", len(cands), resolution, None, cands)
-    space = source
-    size = space.size()
-    n = 0
-    last = 0
-    if size <= exhaustive_limit:
-        for c in _all_candidates(space):
-            c = at_resolution(c, resolution)
-            n += 1
-            before = len(specs)
-            for s in walk(c):
-                specs.setdefault(s.key, s)
-            if len(specs) > before:
-                last = n
-        return BlockSet(specs, n, "exhaustive", last, resolution, space)
-    from archsearch.candidate import RandomChooser, resolve
-
-    rng = random.Random(seed)
-    while n < max_samples and (n - last < patience or n < 2 * last):
-        c = at_resolution(resolve(space, RandomChooser(rng)), resolution)
-        n += 1
-        before = len(specs)
-        for s in walk(c):
-            specs.setdefault(s.key, s)
-        if len(specs) > before:
-            last = n
-    return BlockSet(specs, n, "sampled", last, resolution, space)
-
-
-def _all_candidates(space: Any) -> Iterable[Any]:
-    """Every candidate of a (small) space, by depth-first search over its choices."""
-    from archsearch.candidate import resolve
-    from archsearch.spec._space import _PathChooser  # the chooser the exact size count uses
-
-    stack: list[list[int]] = [[]]
-    while stack:
-        prefix = stack.pop()
-        ch = _PathChooser(prefix)
-        yield resolve(space, ch)
-        for depth in range(len(prefix), len(ch.arity)):
-            for k in range(1, ch.arity[depth]):
-                stack.append([*prefix, *([0] * (depth - len(prefix))), k])
-
-
-# ----------------------------------------------------------------------------- backends
-
-
-def _census(spec: Any, batch: int, elem_bytes: int) -> tuple[int, int, list[Any]]:
-    from archsearch.model import build_block, example_inputs
-
-    block = build_block(spec, device="meta")
-    ops = count_ops(block, example_inputs(spec, batch, device="meta"), elem_bytes)
-    return sum(o.macs for o in ops), sum(o.bytes for o in ops), ops
-
-
-class TorchBackend:
-    """Times blocks and whole models with torch on cpu, cuda or mps."""
-
-    source = "measured"
-
-    def __init__(self, target: str, dtype: str, batch: int, threads: int, settings: MeasureSettings) -> None:
-        self.target = target
-        self.device = resolve_device(target)
-        self.dtype_name = dtype
-        self.dtype = DTYPES[dtype]
-        self.batch = batch
-        self.threads = threads
-        self.settings = settings
-
-    def describe(self) -> dict[str, Any]:
-        return {"device": device_name(self.target), "threads": self.threads}
-
-    def block_row(self, spec: Any, ops: list[Any]) -> dict[str, Any]:
-        from archsearch.model import build_block, example_inputs
-
-        block = build_block(spec, device=self.device, dtype=self.dtype).eval()
-        inputs = example_inputs(spec, self.batch, device=self.device, dtype=self.dtype,
-                                generator=torch.Generator(device=self.device).manual_seed(0)
-                                if self.device.type == "cpu" else None)
-        t = time_module(block, inputs, self.threads, self.settings)
-        return {"ms": t.ms, "ms_iqr": t.iqr_ms, "runs": t.runs}
-
-    def model_ms(self, candidate: Any) -> float:
-        from dataclasses import replace
-
-        from archsearch.model import build_model
-
-        model = build_model(candidate, device=self.device, dtype=self.dtype).eval()
-        inputs = model_inputs(candidate, self.batch, self.device, self.dtype)
-        # whole models are few and slow: five times a block's time budget each
-        settings = replace(self.settings, min_run_time=5 * self.settings.min_run_time,
-                           max_run_time=max(self.settings.max_run_time, 5 * self.settings.min_run_time))
-        return time_module(model, inputs, self.threads, settings).ms
-
-    def seconds_per_block(self) -> float:
-        return self.settings.min_run_time * 1.3 + 0.1
-
-
-class CoreMLBackend:
-    """Converts each block with coremltools; times it on macOS, estimates it elsewhere."""
-
-    def __init__(self, target: str, batch: int, settings: MeasureSettings, profile: DeviceProfile | None,
-                 convert: bool = True, export_dir: Path | None = None) -> None:
-        from archsearch.cost.latency._coreml import is_macos
-
-        self.target = target
-        self.batch = batch
-        self.settings = settings
-        self.measure = is_macos()
-        self.profile = profile
-        self.convert = convert or self.measure
-        self.export_dir = export_dir
-        self.compute_units = "CPU_AND_NE" if target == "ane" else "ALL"
-        self.source = "measured" if self.measure else "estimate"
-        self.threads = 0
-
-    def describe(self) -> dict[str, Any]:
-        from archsearch.cost.latency._coreml import coreml_version
-
-        d: dict[str, Any] = {"compute_units": self.compute_units}
-        if self.measure:
-            d["device"] = f"{platform.machine()} Mac ({self.compute_units})"
-        else:
-            assert self.profile is not None
-            d["device"] = f"{self.profile.name} (roofline estimate: {self.profile.description})"
-            d["device_profile"] = self.profile.name
-        return d
-
-    def block_row(self, spec: Any, ops: list[Any]) -> dict[str, Any]:
-        from archsearch.cost.latency._coreml import convert_module, save_mlmodel, time_mlmodel
-        from archsearch.model import build_block, example_inputs
-
-        row: dict[str, Any] = {}
-        result = None
-        if self.convert:
-            block = build_block(spec, device="cpu").eval()
-            inputs = example_inputs(spec, self.batch, device="cpu")
-            result = convert_module(block, inputs, self.compute_units,
-                                    keep_model=self.measure or self.export_dir is not None)
-            row["coreml"] = result.status
-            row["ane_flags"] = result.flags_text
-            if result.ok and self.export_dir is not None:
-                from archsearch._util import short_hash
-
-                name = f"{spec.type}-{short_hash(spec.key, 10)}.mlpackage"
-                save_mlmodel(result.mlmodel, self.export_dir / name)
-                row["note"] = f"mlpackage: {name}"
-        if self.measure:
-            if result is None or not result.ok:
-                raise ArchsearchError(f"block {spec.key} does not convert to Core ML: {result.error if result else ''}")
-            med, iqr, runs = time_mlmodel(result.mlmodel, inputs, min_run_time=self.settings.min_run_time,
-                                          max_run_time=self.settings.max_run_time, threshold=self.settings.threshold,
-                                          statistic=self.settings.statistic)
-            row.update(ms=med, ms_iqr=iqr, runs=runs)
-        else:
-            assert self.profile is not None
-            row.update(ms=self.profile.estimate_ms(ops), ms_iqr=float("nan"), runs=0)
-        return row
-
-    def model_ms(self, candidate: Any) -> float:
-        from archsearch.model import build_model
-
-        if self.measure:
-            from archsearch.cost.latency._coreml import convert_module, time_mlmodel
-
-            model = build_model(candidate, device="cpu").eval()
-            inputs = model_inputs(candidate, self.batch)
-            res = convert_module(model, inputs, self.compute_units, keep_model=True)
-            if not res.ok:
-                raise ArchsearchError(f"candidate {candidate.id} does not convert to Core ML: {res.error}")
-            return time_mlmodel(res.mlmodel, inputs, min_run_time=self.settings.min_run_time,
-                                max_run_time=self.settings.max_run_time, threshold=self.settings.threshold,
-                                statistic=self.settings.statistic)[0]
-        assert self.profile is not None
-        model = build_model(candidate, device="meta")
-        ops = count_ops(model, model_inputs(candidate, self.batch, device="meta"), 2)
-        return self.profile.estimate_ms(ops)
-
-    def seconds_per_block(self) -> float:
-        return (1.0 if self.convert else 0.0) + (self.settings.min_run_time * 1.5 if self.measure else 0.01)
-
-
-def make_backend(target: str, *, dtype: str = "float32", batch: int = 1, threads: int | None = None,
-                 settings: MeasureSettings = MeasureSettings(), device_profile: str | None = None,
-                 convert: bool = True, export_dir: str | os.PathLike | None = None) -> Any:
-    """The measuring (or estimating) backend of a target name."""
-    if target not in TARGETS:
-        raise ArchsearchError(f"--target {target}: unknown target (allowed: {', '.join(TARGETS)})")
-    if dtype not in DTYPES:
-        raise ArchsearchError(f"--dtype {dtype}: unknown dtype (allowed: {', '.join(DTYPES)})")
-    if batch < 1:
-        raise ArchsearchError(f"--batch {batch}: bad value (allowed: an integer >= 1)")
-    if target in TORCH_TARGETS:
-        n = threads if threads is not None else torch.get_num_threads()
-        if n < 1:
-            raise ArchsearchError(f"--threads {n}: bad value (allowed: an integer >= 1)")
-        return TorchBackend(target, dtype, batch, n, settings)
-    from archsearch.cost.latency._coreml import is_macos
-
-    profile = None if is_macos() else load_device(device_profile or DEFAULT_DEVICE_PROFILE)
-    return CoreMLBackend(target, batch, settings, profile, convert,
-                         Path(export_dir) if export_dir is not None else None)
-
-
-# ----------------------------------------------------------------------------- the profile run
-
-
 def _versions() -> dict[str, str]:
+    import torch
+
     from archsearch import __version__
 
     return {"archsearch": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version()}
 
 
-def _command(spec_path: str, target: str, out: Path, resolution: int | None, backend: Any,
-             batch: int, dtype: str, settings: MeasureSettings) -> str:
-    """The ``archsearch profile`` command that rebuilds (or extends) this table."""
-    parts = ["archsearch", "profile", spec_path, "--target", target]
-    if resolution:
-        parts += ["--resolution", str(resolution)]
-    if batch != 1:
-        parts += ["--batch", str(batch)]
-    if dtype != "float32":
-        parts += ["--dtype", dtype]
-    if getattr(backend, "threads", 0):
-        parts += ["--threads", str(backend.threads)]
-    if backend.source == "measured":
-        default = MeasureSettings()
-        for flag, value, base in (("--min-time", settings.min_run_time, default.min_run_time),
-                                  ("--max-time", settings.max_run_time, default.max_run_time),
-                                  ("--threshold", settings.threshold, default.threshold),
-                                  ("--statistic", settings.statistic, default.statistic),
-                                  ("--flush-mb", settings.flush_bytes / (1 << 20), default.flush_bytes / (1 << 20))):
-            if value != base:
-                parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-    if getattr(backend, "profile", None) is not None and backend.profile.name != DEFAULT_DEVICE_PROFILE:
-        parts += ["--device-profile", backend.profile.name]
-    parts += ["--out", str(out)]
-    return " ".join(parts)
+def default_table_path(name: str, target: str, resolution: int | None, backend: Any = None) -> Path:
+    """``latency_tables/<space>-<target>-r<res>.csv`` (``-estimate`` for roofline tables)."""
+    suffix = "-estimate" if getattr(backend, "source", "") == "estimate" else ""
+    res = f"-r{resolution}" if resolution else ""
+    return Path("latency_tables") / f"{name}-{target}{res}{suffix}.csv"
+
+
+def _row_identity(spec: Any) -> dict[str, Any]:
+    return {"key": spec.key, "type": spec.type, "params": json.dumps(spec.hparams, sort_keys=True, separators=(",", ":")),
+            "in_shape": "x".join(map(str, spec.in_shape)), "example": spec.name}
 
 
 def _open_table(out: Path, meta: dict[str, Any], whole_space: bool) -> LatencyTable:
     """The existing table at ``out`` (to resume) or a new one; refuses incompatible settings.
 
-    Resuming on a whole space refreshes the run's description (command, versions, ...);
+    Resuming on a whole space refreshes the run's description (versions, enumeration, ...);
     adding some candidates' blocks to a table keeps the table's own.
     """
     if not out.exists():
@@ -371,23 +84,84 @@ def _open_table(out: Path, meta: dict[str, Any], whole_space: bool) -> LatencyTa
     old_stat = (table.meta.get("measure") or {}).get("statistic")
     new_stat = (meta.get("measure") or {}).get("statistic")
     if old_stat and new_stat and old_stat != new_stat:
-        raise ArchsearchError(f"{out}: was profiled with --statistic {old_stat}, this run asks {new_stat} "
-                              "(resume with the same settings, or write to another --out)")
+        raise ArchsearchError(f"{out}: was profiled with statistic {old_stat}, this run asks statistic {new_stat} "
+                              "(resume with the same settings, or write the table to another path)")
     for k in _COMPAT_KEYS:
         old, new = table.meta.get(k), meta.get(k)
         if old is not None and new is not None and str(old) != str(new):
             raise ArchsearchError(
                 f"{out}: was profiled with {k}={old}, this run asks {k}={new} "
-                f"(resume with the same settings, or write to another --out)")
+                f"(resume with the same settings, or write the table to another path)")
     for k, v in meta.items():
         if (whole_space and k in _VOLATILE_KEYS) or k not in table.meta:
             table.meta[k] = v
     return table
 
 
-def profile_space(
+@dataclass
+class ProfilePlan:
+    """One profile run, worked out and checked, nothing measured or written yet.
+
+    ``blocks``: the distinct blocks of the source; ``calibration``: the whole candidates
+    to measure for the calibration (their blocks are measured too); ``table``: the table
+    as it will be resumed (or a new one), ``out`` its file; ``todo``: the blocks the
+    backend fills now, in order (new ones, and rows it redoes: ``recheck``);
+    ``existing``: how many of ``blocks`` the table has already.
+    """
+
+    backend: Backend
+    blocks: BlockSet
+    table: LatencyTable
+    out: Path
+    resolution: int | None
+    calibration: list[Any]
+    todo: list[Any]
+    existing: int
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return self.backend.target
+
+    @property
+    def source(self) -> str:
+        """What the rows filled now will be: measured, estimate or imported."""
+        return self.backend.source
+
+    @property
+    def space(self) -> Any:
+        return self.blocks.space
+
+    @property
+    def new(self) -> list[Any]:
+        """Blocks of ``todo`` the table has no row for yet."""
+        return [s for s in self.todo if s.key not in self.table]
+
+    @property
+    def recheck(self) -> list[Any]:
+        """Blocks of ``todo`` whose existing rows the backend redoes (e.g. a Core ML check)."""
+        return [s for s in self.todo if s.key in self.table]
+
+    @property
+    def calibration_todo(self) -> list[Any]:
+        """Calibration candidates not measured yet (an interrupted run keeps its points)."""
+        done = {p["id"] for p in (self.table.meta.get("calibration") or {}).get("points", [])}
+        return [c for c in self.calibration if c.id not in done]
+
+    @property
+    def seconds_per_block(self) -> float:
+        return self.backend.seconds_per_block()
+
+    @property
+    def eta_seconds(self) -> float:
+        """About how long the run takes (blocks, then whole models)."""
+        models = len(self.calibration_todo) if self.backend.source == "measured" else 0
+        return len(self.todo) * self.seconds_per_block + models * 3.0
+
+
+def plan_profile(
     source: Any,
-    target: str = "cpu",
+    target: str | Backend = "cpu",
     out: str | os.PathLike | None = None,
     *,
     resolution: int | None = None,
@@ -400,111 +174,133 @@ def profile_space(
     convert: bool = True,
     export_dir: str | os.PathLike | None = None,
     blocks: BlockSet | None = None,
-    progress: Progress | None = None,
-    source_label: str | None = None,
-) -> LatencyTable:
-    """Measure (or estimate) every distinct block of ``source`` into the table at ``out``.
+    name: str | None = None,
+) -> ProfilePlan:
+    """Work out a profile run of ``source`` on ``target``; measures and writes nothing.
 
-    ``source``: a :class:`SearchSpace`, or candidates. Rows already in ``out`` are kept and
-    not measured again; the file is rewritten atomically after every block. Then
-    ``calibrate`` whole candidates (seeded, not used by validation) are measured end to end
-    and ``ms = scale * sum(blocks) + overhead_ms`` is fitted and stored in the metadata.
+    ``source``: a :class:`SearchSpace`, or candidates (``blocks``: their :class:`BlockSet`,
+    if enumerated already). ``target``: a target name (see :func:`make_backend`) or a
+    :class:`Backend`. ``out``: the table file (default :func:`default_table_path` of
+    ``name``: the space's name, or 'candidates'). An existing table there is resumed; one
+    made with other settings (target, device, dtype, batch, threads, device profile,
+    statistic) is refused. ``calibrate`` whole candidates (seeded, never drawn by
+    validation) are measured at the end to fit ``ms = scale * sum(blocks) + overhead_ms``.
     """
     backend = make_backend(target, dtype=dtype, batch=batch, threads=threads, settings=settings,
                            device_profile=device_profile, convert=convert, export_dir=export_dir)
     if blocks is None:
         blocks = enumerate_blocks(source, resolution)
     space = blocks.space
-    label = source_label or (space.path if space is not None else "CANDIDATE.yaml")
+    res = resolution or resolution_of(blocks)
     if out is None:
-        out = default_table_path(space.name if space is not None else "candidates", target,
-                                 resolution or _resolution_of(blocks), backend)
+        out = default_table_path(name or (space.name if space is not None else "candidates"), backend.target,
+                                 res, backend)
     out = Path(out)
+    measured = backend.settings is not None and backend.source == "measured"
     meta: dict[str, Any] = {
-        "target": target,
+        "target": backend.target,
         **backend.describe(),
         "source": backend.source,
-        "dtype": dtype if target in TORCH_TARGETS else "float16",
-        "batch": batch,
-        "resolution": resolution or _resolution_of(blocks),
+        "dtype": backend.dtype,
+        "batch": backend.batch,
+        "resolution": res,
         "space": ({"name": space.name, "path": str(space.path), "hash": space.hash} if space is not None
                   else {"name": "candidates", "ids": [c.id for c in blocks.candidates]}),
         "enumeration": blocks.info(),
         "versions": _versions(),
         "platform": f"{platform.system()} {platform.machine()}",
-        "measure": settings.as_dict() if backend.source == "measured" else {},
-        "command": _command(label, target, out, resolution, backend, batch, dtype, settings),
+        "measure": backend.settings.as_dict() if measured else {},
     }
     table = _open_table(out, meta, whole_space=space is not None)
-    if getattr(backend, "convert", False):
-        from archsearch.cost.latency._coreml import coreml_version
-
-        table.meta.setdefault("versions", {})["coremltools"] = coreml_version()
-    if hasattr(os, "getloadavg"):
-        table.meta["loadavg_start"] = round(os.getloadavg()[0], 2)
+    if backend.versions():
+        table.meta.setdefault("versions", {}).update(backend.versions())
 
     # Calibration candidates' blocks go in the table too.
     calib: list[Any] = []
-    if calibrate > 0 and space is not None:
+    if calibrate > 0 and backend.calibrates and space is not None:
         calib = sample_candidates(space, calibrate, CALIBRATION_SEED, resolution)
-    elif calibrate > 0 and not table.meta.get("calibration"):
+    elif calibrate > 0 and backend.calibrates and not table.meta.get("calibration"):
         # candidates added to a table keep its calibration; a table of candidates alone
         # is calibrated on them
         calib = blocks.candidates[:calibrate]
     specs = dict(blocks.specs)
-    from archsearch.model import walk
+    from archsearch.cost.latency._keys import candidate_blocks
 
     for c in calib:
-        for s in walk(c):
+        for s in candidate_blocks(c).specs:
             specs.setdefault(s.key, s)
-    todo = [s for k, s in specs.items() if k not in table]
-    if backend.source == "estimate" and getattr(backend, "convert", False):
-        # estimate rows written with --no-convert get their Core ML check now (the estimate
-        # itself is deterministic, so recomputing it changes nothing)
-        df = table.df
-        unchecked = set(df.loc[(df["coreml"] == "") & (df["source"] == "estimate"), "key"])
-        todo += [s for k, s in specs.items() if k in unchecked]
-    elem = 2 if dtype in ("float16", "bfloat16") or target not in TORCH_TARGETS else 4
-    old_threads = torch.get_num_threads()
-    if getattr(backend, "threads", 0):
-        torch.set_num_threads(backend.threads)
-    try:
-        for i, spec in enumerate(todo):
-            if progress:
-                progress("blocks", f"{spec.type} {spec.name}", i, len(todo))
-            macs, nbytes, ops = _census(spec, batch, elem)
-            row = {"key": spec.key, "type": spec.type,
-                   "params": json.dumps(spec.hparams, sort_keys=True, separators=(",", ":")),
-                   "in_shape": "x".join(map(str, spec.in_shape)), "source": backend.source,
-                   "macs": macs, "bytes": nbytes, "example": spec.name, "coreml": "", "ane_flags": "", "note": ""}
-            row.update(backend.block_row(spec, ops))
-            table.add_rows([row])
-            table.save(out)
+
+    arguments: dict[str, Any] = {"target": backend.target}
+    if resolution:
+        arguments["resolution"] = resolution
+    if backend.batch != 1:
+        arguments["batch"] = backend.batch
+    if backend.dtype != "float32" and backend.target in ("cpu", "cuda", "mps"):
+        arguments["dtype"] = backend.dtype
+    if backend.threads:
+        arguments["threads"] = backend.threads
+    if measured:
+        default = MeasureSettings()
+        for k, v in backend.settings.as_dict().items():
+            if v != getattr(default, k):
+                arguments[k] = v
+    prof = getattr(backend, "profile", None)
+    if prof is not None and prof.name != DEFAULT_DEVICE_PROFILE:
+        arguments["device_profile"] = prof.name
+    arguments["out"] = str(out)
+    return ProfilePlan(backend=backend, blocks=blocks, table=table, out=out, resolution=res, calibration=calib,
+                       todo=backend.select(specs, table), existing=sum(1 for k in blocks.specs if k in table),
+                       arguments=arguments)
+
+
+def _fill(table: LatencyTable, todo: list[Any], backend: Backend, out: Path, progress: Progress | None,
+          save_every_row: bool = True) -> None:
+    """One row per block of ``todo`` from ``backend``; the table is written after each."""
+    for i, spec in enumerate(todo):
         if progress:
-            progress("blocks", "done", len(todo), len(todo))
-        if calib:
-            _calibrate(table, backend, calib, out, progress)
-    finally:
-        torch.set_num_threads(old_threads)
+            progress("blocks", f"{spec.type} {spec.name}", i, len(todo))
+        census = block_census(spec, backend.batch, backend.elem_bytes)
+        existing = table.row(spec.key) if spec.key in table else None
+        row = {**_row_identity(spec), "source": backend.source, "macs": census.macs, "bytes": census.bytes,
+               "coreml": "", "ane_flags": "", "note": ""}
+        row.update(backend.block_row(spec, census, existing))
+        table.add_rows([row])
+        if save_every_row:
+            table.save(out)
+    if progress:
+        progress("blocks", "done", len(todo), len(todo))
+
+
+def run_profile(plan: ProfilePlan, progress: Progress | None = None, *, command: str | None = None) -> LatencyTable:
+    """Do what ``plan`` says: fill its blocks, then calibrate; returns the table (saved).
+
+    ``command``: how this run is repeated (the CLI gives its command line), recorded in the
+    table's metadata and quoted by errors about blocks missing from it.
+    """
+    table, backend, out = plan.table, plan.backend, plan.out
+    if command is not None and (plan.space is not None or not table.meta.get("command")):
+        table.meta["command"] = command
+    if hasattr(os, "getloadavg"):
+        table.meta["loadavg_start"] = round(os.getloadavg()[0], 2)
+    with backend.session():
+        _fill(table, plan.todo, backend, out, progress)
+        if plan.calibration:
+            _calibrate(table, backend, plan.calibration, out, progress)
     if hasattr(os, "getloadavg"):
         table.meta["loadavg_end"] = round(os.getloadavg()[0], 2)
     table.save(out)
     return table
 
 
-def _resolution_of(blocks: BlockSet) -> int | None:
-    if blocks.resolution:
-        return blocks.resolution
-    if blocks.space is not None:
-        return int(blocks.space.data.get("resolution", 64))
-    return blocks.candidates[0].resolution if blocks.candidates else None
+def profile_space(source: Any, target: str | Backend = "cpu", out: str | os.PathLike | None = None, *,
+                  progress: Progress | None = None, command: str | None = None, **options: Any) -> LatencyTable:
+    """Measure (or estimate) every distinct block of ``source`` into the table at ``out``.
 
-
-def default_table_path(name: str, target: str, resolution: int | None, backend: Any = None) -> Path:
-    """``latency_tables/<space>-<target>-r<res>.csv`` (``-estimate`` for roofline tables)."""
-    suffix = "-estimate" if getattr(backend, "source", "") == "estimate" else ""
-    res = f"-r{resolution}" if resolution else ""
-    return Path("latency_tables") / f"{name}-{target}{res}{suffix}.csv"
+    ``run_profile(plan_profile(source, target, out, **options), progress, command=command)``:
+    rows already in ``out`` are kept and not measured again; the file is rewritten
+    atomically after every block; then the calibration is fitted (see :func:`plan_profile`).
+    """
+    return run_profile(plan_profile(source, target, out, **options), progress, command=command)
 
 
 def fit_calibration(sums: np.ndarray, measured: np.ndarray) -> tuple[float, float, str]:
@@ -528,8 +324,8 @@ def fit_calibration(sums: np.ndarray, measured: np.ndarray) -> tuple[float, floa
     return 1.0, 0.0, "none"
 
 
-def _calibrate(table: LatencyTable, backend: Any, calib: list[Any], out: Path, progress: Progress | None) -> None:
-    from archsearch.cost.latency._predictor import block_sums
+def _calibrate(table: LatencyTable, backend: Backend, calib: list[Any], out: Path, progress: Progress | None) -> None:
+    from archsearch.cost.latency._predictor import LatencyPredictor
 
     cal = table.meta.get("calibration") or {}
     points = {p["id"]: p for p in cal.get("points", [])}
@@ -548,7 +344,7 @@ def _calibrate(table: LatencyTable, backend: Any, calib: list[Any], out: Path, p
         progress("calibrate", "done", len(todo), len(todo))
     ids = [c.id for c in calib if c.id in points]
     by_id = {c.id: c for c in calib}
-    sums = block_sums([by_id[i] for i in ids], table)
+    sums = LatencyPredictor(table).block_sums([by_id[i] for i in ids])
     measured = np.array([points[i]["measured_ms"] for i in ids])
     scale, over, method = fit_calibration(sums, measured)
     pts = [{"id": i, "measured_ms": points[i]["measured_ms"], "blocks_ms": round(float(s), 6)}
@@ -559,53 +355,50 @@ def _calibrate(table: LatencyTable, backend: Any, calib: list[Any], out: Path, p
 # ----------------------------------------------------------------------------- import
 
 
-def import_table(csv_path: str | os.PathLike, blocks: BlockSet, target: str, out: str | os.PathLike,
-                 device: str | None = None) -> tuple[LatencyTable, int, int]:
+def import_table(csv_path: str | os.PathLike, blocks: BlockSet | Any, target: str,
+                 out: str | os.PathLike | None = None, device: str | None = None, *,
+                 resolution: int | None = None, name: str | None = None) -> tuple[LatencyTable, int, int]:
     """Merge a device CSV (key, ms[, ms_iqr, runs, note]) into the table at ``out``.
 
-    Every key must be a block of ``blocks`` (the space the table describes). Imported rows
-    replace estimates; rows the CSV does not cover keep their source. Returns (table,
-    imported rows, table rows not covered by the CSV).
+    ``blocks``: the :class:`BlockSet` the table describes, or a space / candidates to
+    enumerate (at ``resolution``). Every key of the CSV must be one of its blocks. Imported
+    rows replace estimates; rows the CSV does not cover keep their source. ``out``
+    defaults to :func:`default_table_path` of ``name`` (the space's name). Returns (table,
+    imported rows, blocks not covered by the CSV).
     """
+    if target not in TARGETS:
+        raise ParameterError("target", f"{target}: unknown target (allowed: {', '.join(TARGETS)})")
+    if not isinstance(blocks, BlockSet):
+        blocks = enumerate_blocks(blocks, resolution)
     csv_path = Path(csv_path)
     meta, rows = read_import_csv(csv_path)
+    res = resolution_of(blocks)
     unknown = [k for k in rows["key"] if k not in blocks.specs]
     if unknown:
-        raise ArchsearchError(
-            f"{csv_path}: key {unknown[0]!r} is not a block of {blocks.space.path if blocks.space is not None else 'these candidates'}"
-            f" at resolution {_resolution_of(blocks)} ({len(unknown)} unknown key(s); list the allowed keys with "
-            f"`archsearch profile SPEC --target {target} --dry-run --keys-out keys.csv`)")
-    out = Path(out)
+        raise UnknownBlockKeyError(
+            path=csv_path, key=unknown[0], n_unknown=len(unknown), resolution=res, target=target,
+            source=str(blocks.space.path) if blocks.space is not None else "these candidates")
     space = blocks.space
+    if out is None:
+        out = default_table_path(name or (space.name if space is not None else "candidates"), target, res)
+    out = Path(out)
     if out.exists():
         table = load_table(out)
         if table.meta.get("target") not in (None, target):
-            raise ArchsearchError(f"{out}: is a table for target {table.meta.get('target')}, "
-                                  f"not {target} (allowed: a new --out, or --target {table.meta.get('target')})")
+            old = table.meta.get("target")
+            raise ArchsearchError(f"{out}: is a table for target {old}, not {target} "
+                                  f"(allowed: another table path, or target {old})")
     else:
-        table = LatencyTable(meta={"target": target, "dtype": "float16", "batch": 1,
-                                   "resolution": _resolution_of(blocks)}, path=out)
-    table.meta["device"] = device or meta.get("device") or table.meta.get("device") or "unknown device (imported)"
+        table = LatencyTable(meta={"target": target, "dtype": "float16", "batch": 1, "resolution": res}, path=out)
+    backend = ImportBackend(target, rows, device or meta.get("device") or table.meta.get("device")
+                            or "unknown device (imported)")
+    table.meta.update(backend.describe())
     table.meta.setdefault("space", {"name": space.name, "path": str(space.path), "hash": space.hash}
                           if space is not None else {})
     table.meta["imported"] = {"file": str(csv_path), "rows": int(len(rows)),
                               "metadata": {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))}}
-    new_rows = []
-    existing = table.df.set_index("key") if len(table) else None
-    for r in rows.itertuples(index=False):
-        spec = blocks.specs[r.key]
-        base: dict[str, Any] = {}
-        if existing is not None and r.key in existing.index:
-            base = existing.loc[r.key].to_dict()
-        if "macs" not in base or not base.get("macs") == base.get("macs"):
-            macs, nbytes, _ = _census(spec, 1, 2)
-            base.update(macs=macs, bytes=nbytes)
-        base.update(key=r.key, type=spec.type, params=json.dumps(spec.hparams, sort_keys=True, separators=(",", ":")),
-                    in_shape="x".join(map(str, spec.in_shape)), example=base.get("example") or spec.name,
-                    ms=float(r.ms), ms_iqr=r.ms_iqr, runs=r.runs, source="imported",
-                    note=str(r.note or base.get("note") or ""))
-        new_rows.append(base)
-    table.add_rows(new_rows)
+    todo = backend.select(blocks.specs, table)
+    _fill(table, todo, backend, out, None, save_every_row=False)
     if "overhead_ms" in meta or "scale" in meta:
         vals = {}
         for k, default in (("scale", 1.0), ("overhead_ms", 0.0)):
@@ -616,6 +409,16 @@ def import_table(csv_path: str | os.PathLike, blocks: BlockSet, target: str, out
             vals[k] = float(v)
         table.set_calibration(vals["scale"], vals["overhead_ms"], [], f"given in {csv_path.name}")
     table.save(out)
-    not_covered = sum(1 for k in blocks.specs if k not in set(rows["key"]))
-    return table, len(new_rows), not_covered
+    covered = set(rows["key"])
+    return table, len(todo), sum(1 for k in blocks.specs if k not in covered)
 
+
+def write_import_template(blocks: BlockSet, path: str | os.PathLike, comment: str = "") -> Path:
+    """The blocks as a CSV to fill in on a device (key, ms, type, params, in_shape, example)
+    and give back to :func:`import_table`; ``comment`` lines go above it as ``#`` lines."""
+    from archsearch._util import atomic_write_text
+
+    rows = [{"key": k, "ms": "", "type": s.type, "params": json.dumps(s.hparams, sort_keys=True),
+             "in_shape": "x".join(map(str, s.in_shape)), "example": s.name} for k, s in blocks.specs.items()]
+    header = "".join(f"# {line}\n" for line in comment.splitlines())
+    return atomic_write_text(path, header + pd.DataFrame(rows).to_csv(index=False, lineterminator="\n"))

@@ -22,7 +22,9 @@ import pandas as pd
 import yaml
 
 from archsearch._util import atomic_write_text
+from archsearch.cost.latency._keys import candidate_blocks
 from archsearch.errors import ArchsearchError
+from archsearch.spec import load_yaml_text
 
 __all__ = [
     "COLUMNS",
@@ -66,12 +68,17 @@ def _now() -> str:
 
 
 def _split_header(text: str) -> tuple[str, str]:
-    """Split ``# yaml`` header lines from the CSV body."""
+    """Split ``# yaml`` header lines from the CSV body.
+
+    The header keeps one line per file line (blank lines stay blank), so a YAML error's
+    line number is the file's.
+    """
     lines = text.splitlines(keepends=True)
     i = 0
     while i < len(lines) and (lines[i].startswith("#") or not lines[i].strip()):
         i += 1
-    header = "".join(ln[2:] if ln.startswith("# ") else ln[1:] for ln in lines[:i] if ln.startswith("#"))
+    header = "".join((ln[2:] if ln.startswith("# ") else ln[1:]) if ln.startswith("#") else "\n"
+                     for ln in lines[:i])
     return header, "".join(lines[i:])
 
 
@@ -88,10 +95,7 @@ def _read_csv_file(path: Path, what: str) -> tuple[dict[str, Any], pd.DataFrame]
     header, body = _split_header(text)
     meta: dict[str, Any] = {}
     if header.strip():
-        try:
-            loaded = yaml.safe_load(header)
-        except yaml.YAMLError as exc:
-            raise ArchsearchError(f"{path}: the '#' metadata lines are not valid YAML ({str(exc).splitlines()[0]})") from None
+        loaded = load_yaml_text(header, str(path)).data  # yaml.safe_load; FILE:LINE: one-line errors
         if loaded is not None and not isinstance(loaded, dict):
             raise ArchsearchError(f"{path}: the '#' metadata lines must be a YAML mapping (key: value)")
         meta = loaded or {}
@@ -161,7 +165,8 @@ class LatencyTable:
             self._df = self._df[~dup].reset_index(drop=True)
         self._index: dict[str, int] = {k: i for i, k in enumerate(self._df["key"].tolist())}
         self._ms = self._df["ms"].to_numpy(dtype=float)
-        self.version = getattr(self, "version", 0) + 1  # predictor caches check this
+        #: bumped by every change: a :class:`LatencyPredictor` drops its caches when it moves
+        self.version = getattr(self, "version", 0) + 1
 
     @property
     def df(self) -> pd.DataFrame:
@@ -271,17 +276,15 @@ class LatencyTable:
         self.path = target
         return target
 
-    # ----------------------------------------------------------------- predictor helpers
+    # ----------------------------------------------------------------- per candidate
     def source_for(self, candidate: Any) -> str:
         """'measured' | 'estimate' | 'imported' | 'mixed' for the rows ``candidate`` uses.
 
         A block missing from the table would be interpolated, so it counts as 'estimate'.
         """
-        from archsearch.cost.latency._predictor import _candidate_keys
-
         found: set[str] = set()
         src = self._df["source"].to_numpy()
-        for key in _candidate_keys(candidate)[0]:
+        for key in candidate_blocks(candidate).keys:
             i = self._index.get(key)
             found.add(src[i] if i is not None and src[i] else "estimate")
         if not found:

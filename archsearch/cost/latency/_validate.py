@@ -17,6 +17,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from archsearch.cost.latency._errors import ParameterError
+from archsearch.cost.latency._keys import candidate_blocks
 from archsearch.errors import ArchsearchError
 
 __all__ = ["Accuracy", "ValidationResult", "accuracy", "flops_linear_fit", "validate_table", "write_scatter"]
@@ -90,12 +92,10 @@ class ValidationResult:
 
 
 def _table_macs(table: Any, candidates: list[Any]) -> np.ndarray:
-    from archsearch.cost.latency._predictor import _candidate_keys
-
     macs = table.df.set_index("key")["macs"]
     out = []
     for c in candidates:
-        keys = _candidate_keys(c)[0]
+        keys = candidate_blocks(c).keys
         vals = macs.reindex(list(keys)).to_numpy(dtype=float)
         if np.isnan(vals).any():
             from archsearch.cost import flops
@@ -125,31 +125,27 @@ def validate_table(
     measures every candidate a second time and scores it against the first, as if it were
     a predictor: no predictor can be more accurate than the machine is repeatable.
     """
+    from archsearch.cost.latency._backends import make_backend
+    from archsearch.cost.latency._blocks import enumerate_blocks, sample_candidates
     from archsearch.cost.latency._measure import MeasureSettings
-    from archsearch.cost.latency._predictor import predict
-    from archsearch.cost.latency._profile import (
-        CALIBRATION_SEED,
-        enumerate_blocks,
-        make_backend,
-        profile_space,
-        sample_candidates,
-    )
+    from archsearch.cost.latency._predictor import predictor_for
+    from archsearch.cost.latency._profile import CALIBRATION_SEED, profile_space
 
     meta = table.meta
     if table.source != "measured":
         raise ArchsearchError(
-            f"{table.path}: --validate needs a measured table (this one is source: {table.source}; "
+            f"{table.path}: validation needs a measured table (this one is source: {table.source}; "
             "there is nothing to measure it against on this machine)")
     if n < 2:
-        raise ArchsearchError(f"--validate {n}: bad value (allowed: an integer >= 2)")
+        raise ParameterError("n", f"{n}: bad value (allowed: an integer >= 2)")
     resolution = resolution or meta.get("resolution")
     calib_ids = {p["id"] for p in (meta.get("calibration") or {}).get("points", [])}
     if seed == CALIBRATION_SEED:
-        raise ArchsearchError(f"--seed {seed}: reserved for the calibration candidates (allowed: any other integer)")
+        raise ParameterError("seed", f"{seed}: reserved for the calibration candidates (allowed: any other integer)")
     cands = sample_candidates(space, n, seed, resolution, exclude=calib_ids)
     settings = MeasureSettings(**(meta.get("measure") or {}))
     before = len(table)
-    missing = [c for c in cands if any(k not in table for k in _cand_keys(c))]
+    missing = [c for c in cands if any(k not in table for k in candidate_blocks(c).keys)]
     if missing:
         # same settings as the table: resume it on these candidates' blocks
         table = profile_space(missing, meta["target"], table.path, resolution=resolution,
@@ -159,13 +155,9 @@ def validate_table(
     added = len(table) - before
     backend = make_backend(meta["target"], dtype=str(meta.get("dtype", "float32")), batch=int(meta.get("batch", 1)),
                            threads=int(meta.get("threads", 1)), settings=settings)
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(backend.threads)
     measured = []
     again = []
-    try:
+    with backend.session():
         for i, c in enumerate(cands):
             if progress:
                 progress("validate", f"whole model {c.id}", i, len(cands))
@@ -177,10 +169,8 @@ def validate_table(
                 again.append(backend.model_ms(c))
         if progress:
             progress("validate", "done", len(cands), len(cands))
-    finally:
-        torch.set_num_threads(old)
     measured_arr = np.asarray(measured)
-    lut = predict(cands, table)
+    lut = predictor_for(table).predict(cands)
     macs = _table_macs(table, cands)
     fl_pred, a, b = flops_linear_fit(macs, measured_arr)
     df = pd.DataFrame({"id": [c.id for c in cands], "measured_ms": measured_arr, "lut_ms": lut,
@@ -196,12 +186,6 @@ def validate_table(
     if table.path is not None:
         table.save()
     return result
-
-
-def _cand_keys(c: Any) -> tuple[str, ...]:
-    from archsearch.cost.latency._predictor import _candidate_keys
-
-    return _candidate_keys(c)[0]
 
 
 def write_scatter(result: ValidationResult, path: str | os.PathLike, title: str = "",

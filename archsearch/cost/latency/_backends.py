@@ -1,0 +1,392 @@
+"""Backends: where the latency of a table's rows comes from.
+
+One small interface, :class:`Backend`, with one implementation per way of getting a number:
+
+* :class:`TorchBackend` times torch modules on ``cpu``, ``cuda`` or ``mps``;
+* :class:`CoreMLBackend` converts each block with coremltools and times ``MLModel.predict``
+  (``coreml``/``ane`` on macOS);
+* :class:`RooflineBackend` estimates each block from a device profile's roofline model,
+  after proving it converts to Core ML (``coreml``/``ane`` elsewhere: rows say ``estimate``);
+* :class:`ImportBackend` takes rows measured on a device elsewhere (a CSV).
+
+:func:`make_backend` picks one by target name (or passes an instance through).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import os
+import platform
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import torch
+
+from archsearch.cost.latency._blocks import BlockCensus
+from archsearch.cost.latency._devices import DeviceProfile, count_ops, load_device
+from archsearch.cost.latency._errors import ParameterError
+from archsearch.cost.latency._measure import (
+    DTYPES,
+    TORCH_TARGETS,
+    MeasureSettings,
+    device_name,
+    model_inputs,
+    resolve_device,
+    time_module,
+)
+from archsearch.errors import ArchsearchError
+
+__all__ = [
+    "DEFAULT_DEVICE_PROFILE",
+    "TARGETS",
+    "Backend",
+    "CoreMLBackend",
+    "ImportBackend",
+    "RooflineBackend",
+    "TorchBackend",
+    "make_backend",
+]
+
+TARGETS = ("cpu", "cuda", "mps", "coreml", "ane")
+DEFAULT_DEVICE_PROFILE = "apple-a18-pro-ane"
+
+
+class Backend(abc.ABC):
+    """Fills a latency table's rows for one target: measures, estimates or imports them.
+
+    A profile run (:func:`~archsearch.cost.latency.run_profile`) uses a backend so:
+
+    1. :meth:`describe` and :meth:`versions`, once, when the run is planned: metadata kept
+       in the table's header (a resumed table must agree on target, device, dtype, batch,
+       threads and device profile);
+    2. :meth:`select`, once: which of the blocks the run needs get a row now;
+    3. :meth:`session` around everything below (e.g. pins the CPU thread count);
+    4. :meth:`block_row` for each selected block, in order; the table is written after
+       every row, so an interrupted run resumes at the next block;
+    5. :meth:`model_ms` for each whole calibration candidate, if :attr:`calibrates`.
+
+    :meth:`seconds_per_block` is only asked to estimate how long a run takes.
+    """
+
+    #: the target name (``cpu``, ``ane``...), stored in the table
+    target: str
+    #: what the rows are: ``measured``, ``estimate`` or ``imported``
+    source: str = "measured"
+    #: the dtype blocks run in (recorded in the table)
+    dtype: str = "float16"
+    batch: int = 1
+    #: CPU threads the measurement uses (0: not a CPU-thread measurement)
+    threads: int = 0
+    #: bytes per tensor element in the memory-traffic census (``bytes`` column)
+    elem_bytes: int = 2
+    #: timing settings of a measuring backend (None: nothing is timed)
+    settings: MeasureSettings | None = None
+    #: whether whole candidates can be run to fit the table's calibration
+    calibrates: bool = True
+
+    def describe(self) -> dict[str, Any]:
+        """Table metadata about the device: at least ``device``."""
+        return {}
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the tools this backend runs (added to the table's ``versions``)."""
+        return {}
+
+    def select(self, specs: dict[str, Any], table: Any) -> list[Any]:
+        """The blocks (of ``specs``, by key) to fill now; default: those not in ``table``."""
+        return [s for k, s in specs.items() if k not in table]
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Context around all the measuring of one run (default: nothing to set up)."""
+        yield
+
+    @abc.abstractmethod
+    def block_row(self, spec: Any, census: BlockCensus, existing: dict[str, Any] | None) -> dict[str, Any]:
+        """Columns of ``spec``'s row: at least ``ms``; also ``ms_iqr``, ``runs``, ``coreml``,
+        ``ane_flags``, ``note``... ``census`` is the block's op count; ``existing`` the
+        table's current row for this key, if there is one."""
+
+    @abc.abstractmethod
+    def model_ms(self, candidate: Any) -> float:
+        """Latency (ms) of ``candidate``'s whole model, one call."""
+
+    def seconds_per_block(self) -> float:
+        """About how long :meth:`block_row` takes (for the dry run's time estimate)."""
+        return 0.0
+
+
+# ----------------------------------------------------------------------------- torch
+
+
+class TorchBackend(Backend):
+    """Times blocks and whole models with torch on cpu, cuda or mps."""
+
+    source = "measured"
+
+    def __init__(self, target: str, dtype: str = "float32", batch: int = 1, threads: int | None = None,
+                 settings: MeasureSettings = MeasureSettings()) -> None:
+        if target not in TORCH_TARGETS:
+            raise ParameterError("target", f"{target}: not a torch target (allowed: {', '.join(TORCH_TARGETS)})")
+        if dtype not in DTYPES:
+            raise ParameterError("dtype", f"{dtype}: unknown dtype (allowed: {', '.join(DTYPES)})")
+        n = threads if threads is not None else torch.get_num_threads()
+        if n < 1:
+            raise ParameterError("threads", f"{n}: bad value (allowed: an integer >= 1)")
+        self.target = target
+        self.device = resolve_device(target)
+        self.dtype = dtype
+        self.torch_dtype = DTYPES[dtype]
+        self.batch = batch
+        self.threads = n
+        self.settings = settings
+        self.elem_bytes = 2 if dtype in ("float16", "bfloat16") else 4
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": device_name(self.target), "threads": self.threads}
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        old = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+
+    def block_row(self, spec: Any, census: BlockCensus, existing: dict[str, Any] | None) -> dict[str, Any]:
+        from archsearch.model import build_block, example_inputs
+
+        block = build_block(spec, device=self.device, dtype=self.torch_dtype).eval()
+        inputs = example_inputs(spec, self.batch, device=self.device, dtype=self.torch_dtype,
+                                generator=torch.Generator(device=self.device).manual_seed(0)
+                                if self.device.type == "cpu" else None)
+        t = time_module(block, inputs, self.threads, self.settings)
+        return {"ms": t.ms, "ms_iqr": t.iqr_ms, "runs": t.runs}
+
+    def model_ms(self, candidate: Any) -> float:
+        from archsearch.model import build_model
+
+        model = build_model(candidate, device=self.device, dtype=self.torch_dtype).eval()
+        inputs = model_inputs(candidate, self.batch, self.device, self.torch_dtype)
+        # whole models are few and slow: five times a block's time budget each
+        s = self.settings
+        settings = replace(s, min_run_time=5 * s.min_run_time, max_run_time=max(s.max_run_time, 5 * s.min_run_time))
+        return time_module(model, inputs, self.threads, settings).ms
+
+    def seconds_per_block(self) -> float:
+        return self.settings.min_run_time * 1.3 + 0.1
+
+
+# ----------------------------------------------------------------------------- Core ML
+
+
+class _CoreMLConversion:
+    """Converting each block to Core ML: the table's ``coreml``/``ane_flags`` columns."""
+
+    target: str
+    batch: int
+    compute_units: str
+    export_dir: Path | None
+
+    def _convert_block(self, spec: Any, keep: bool) -> tuple[dict[str, Any], Any, tuple]:
+        from archsearch.cost.latency._coreml import convert_module, save_mlmodel
+        from archsearch.model import build_block, example_inputs
+
+        block = build_block(spec, device="cpu").eval()
+        inputs = example_inputs(spec, self.batch, device="cpu")
+        result = convert_module(block, inputs, self.compute_units, keep_model=keep or self.export_dir is not None)
+        row = {"coreml": result.status, "ane_flags": result.flags_text}
+        if result.ok and self.export_dir is not None:
+            from archsearch._util import short_hash
+
+            name = f"{spec.type}-{short_hash(spec.key, 10)}.mlpackage"
+            save_mlmodel(result.mlmodel, self.export_dir / name)
+            row["note"] = f"mlpackage: {name}"
+        return row, result, inputs
+
+    def versions(self) -> dict[str, str]:
+        from archsearch.cost.latency._coreml import coreml_version
+
+        return {"coremltools": coreml_version()}
+
+
+def _compute_units(target: str) -> str:
+    return "CPU_AND_NE" if target == "ane" else "ALL"
+
+
+class CoreMLBackend(_CoreMLConversion, Backend):
+    """macOS: converts each block with coremltools and times ``MLModel.predict``."""
+
+    source = "measured"
+
+    def __init__(self, target: str, batch: int = 1, settings: MeasureSettings = MeasureSettings(),
+                 export_dir: str | os.PathLike | None = None) -> None:
+        self.target = target
+        self.batch = batch
+        self.settings = settings
+        self.compute_units = _compute_units(target)
+        self.export_dir = Path(export_dir) if export_dir is not None else None
+
+    def describe(self) -> dict[str, Any]:
+        return {"compute_units": self.compute_units, "device": f"{platform.machine()} Mac ({self.compute_units})"}
+
+    def _time(self, mlmodel: Any, inputs: tuple) -> tuple[float, float, int]:
+        from archsearch.cost.latency._coreml import time_mlmodel
+
+        s = self.settings
+        return time_mlmodel(mlmodel, inputs, min_run_time=s.min_run_time, max_run_time=s.max_run_time,
+                            threshold=s.threshold, statistic=s.statistic)
+
+    def block_row(self, spec: Any, census: BlockCensus, existing: dict[str, Any] | None) -> dict[str, Any]:
+        row, result, inputs = self._convert_block(spec, keep=True)
+        if not result.ok:
+            raise ArchsearchError(f"block {spec.key} does not convert to Core ML: {result.error}")
+        med, iqr, runs = self._time(result.mlmodel, inputs)
+        return {**row, "ms": med, "ms_iqr": iqr, "runs": runs}
+
+    def model_ms(self, candidate: Any) -> float:
+        from archsearch.cost.latency._coreml import convert_module
+        from archsearch.model import build_model
+
+        model = build_model(candidate, device="cpu").eval()
+        inputs = model_inputs(candidate, self.batch)
+        res = convert_module(model, inputs, self.compute_units, keep_model=True)
+        if not res.ok:
+            raise ArchsearchError(f"candidate {candidate.id} does not convert to Core ML: {res.error}")
+        return self._time(res.mlmodel, inputs)[0]
+
+    def seconds_per_block(self) -> float:
+        return 1.0 + self.settings.min_run_time * 1.5
+
+
+class RooflineBackend(_CoreMLConversion, Backend):
+    """Estimates each block with a device profile's roofline model (``source: estimate``).
+
+    The Neural Engine cannot be timed off macOS; with ``convert`` each block is still
+    converted to Core ML, to prove it converts and to flag ANE-hostile ops. A run with
+    ``convert`` also checks the estimate rows an earlier run without it left unchecked.
+    """
+
+    source = "estimate"
+
+    def __init__(self, target: str, profile: DeviceProfile, batch: int = 1, convert: bool = True,
+                 export_dir: str | os.PathLike | None = None) -> None:
+        self.target = target
+        self.profile = profile
+        self.batch = batch
+        self.convert = convert
+        self.compute_units = _compute_units(target)
+        self.export_dir = Path(export_dir) if export_dir is not None else None
+
+    def describe(self) -> dict[str, Any]:
+        return {"compute_units": self.compute_units,
+                "device": f"{self.profile.name} (roofline estimate: {self.profile.description})",
+                "device_profile": self.profile.name}
+
+    def versions(self) -> dict[str, str]:
+        return super().versions() if self.convert else {}
+
+    def unchecked(self, table: Any) -> set[str]:
+        """Keys of ``table``'s estimate rows never converted to Core ML."""
+        if not self.convert or not len(table):
+            return set()
+        df = table.df
+        return set(df.loc[(df["coreml"] == "") & (df["source"] == "estimate"), "key"])
+
+    def select(self, specs: dict[str, Any], table: Any) -> list[Any]:
+        # the estimate is deterministic: recomputing a row to check its conversion changes nothing
+        todo = super().select(specs, table)
+        unchecked = self.unchecked(table)
+        return todo + [s for k, s in specs.items() if k in unchecked]
+
+    def block_row(self, spec: Any, census: BlockCensus, existing: dict[str, Any] | None) -> dict[str, Any]:
+        row = self._convert_block(spec, keep=False)[0] if self.convert else {}
+        return {**row, "ms": self.profile.estimate_ms(census.ops), "ms_iqr": float("nan"), "runs": 0}
+
+    def model_ms(self, candidate: Any) -> float:
+        from archsearch.model import build_model
+
+        model = build_model(candidate, device="meta")
+        ops = count_ops(model, model_inputs(candidate, self.batch, device="meta"), 2)
+        return self.profile.estimate_ms(ops)
+
+    def seconds_per_block(self) -> float:
+        return (1.0 if self.convert else 0.0) + 0.01
+
+
+# ----------------------------------------------------------------------------- import
+
+
+class ImportBackend(Backend):
+    """Rows measured on a device elsewhere: a CSV of ``key, ms[, ms_iqr, runs, note]``.
+
+    Every block the CSV names is filled (an imported row replaces an estimate or an older
+    import); the other columns an existing row has (MACs, Core ML checks) are kept. Whole
+    models cannot be run: the calibration comes with the CSV's metadata, if at all.
+    """
+
+    source = "imported"
+    calibrates = False
+
+    def __init__(self, target: str, rows: pd.DataFrame, device: str = "unknown device (imported)") -> None:
+        self.target = target
+        self.rows = rows.set_index("key")
+        self.device = device
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": self.device}
+
+    def select(self, specs: dict[str, Any], table: Any) -> list[Any]:
+        return [specs[k] for k in self.rows.index]
+
+    def block_row(self, spec: Any, census: BlockCensus, existing: dict[str, Any] | None) -> dict[str, Any]:
+        r = self.rows.loc[spec.key]
+        base = {k: v for k, v in (existing or {}).items()
+                if k in ("macs", "bytes", "coreml", "ane_flags", "example") and v == v and v != ""}
+        return {**base, "ms": float(r["ms"]), "ms_iqr": r["ms_iqr"], "runs": r["runs"],
+                "note": str(r["note"] or (existing or {}).get("note") or "")}
+
+    def model_ms(self, candidate: Any) -> float:
+        raise ArchsearchError(f"an imported table cannot run candidate {candidate.id}: give its calibration "
+                              "(scale, overhead_ms) in the CSV's metadata")
+
+
+# ----------------------------------------------------------------------------- by name
+
+
+def make_backend(target: str | Backend, *, dtype: str = "float32", batch: int = 1, threads: int | None = None,
+                 settings: MeasureSettings = MeasureSettings(), device_profile: str | None = None,
+                 convert: bool = True, export_dir: str | os.PathLike | None = None) -> Backend:
+    """The backend of a target name (a :class:`Backend` instance is returned as is).
+
+    ``cpu``/``cuda``/``mps``: :class:`TorchBackend`; ``coreml``/``ane``: :class:`CoreMLBackend`
+    on macOS, else :class:`RooflineBackend` on ``device_profile`` (default
+    :data:`DEFAULT_DEVICE_PROFILE`).
+    """
+    if isinstance(target, Backend):
+        return target
+    if target not in TARGETS:
+        raise ParameterError("target", f"{target}: unknown target (allowed: {', '.join(TARGETS)})")
+    if dtype not in DTYPES:
+        raise ParameterError("dtype", f"{dtype}: unknown dtype (allowed: {', '.join(DTYPES)})")
+    if batch < 1:
+        raise ParameterError("batch", f"{batch}: bad value (allowed: an integer >= 1)")
+    if target in TORCH_TARGETS:
+        return TorchBackend(target, dtype, batch, threads, settings)
+    from archsearch.cost.latency._coreml import is_macos
+
+    if is_macos():
+        return CoreMLBackend(target, batch, settings, export_dir)
+    try:
+        profile = load_device(device_profile or DEFAULT_DEVICE_PROFILE)
+    except ArchsearchError as exc:
+        text = str(exc)
+        if device_profile is not None and text.startswith("unknown device profile"):
+            reason = text.replace(f" {str(device_profile)!r}", "", 1)
+            raise ParameterError("device_profile", f"{device_profile}: {reason}") from None
+        raise
+    return RooflineBackend(target, profile, batch, convert, export_dir)
