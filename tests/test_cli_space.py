@@ -57,13 +57,58 @@ def test_sample_writes_candidates_then_build(tmp_path):
     assert (tmp_path / "model" / "model.safetensors").is_file()
 
 
-def test_build_of_a_space_file_explains_what_to_do():
-    r = runner.invoke(app, ["build", str(SPACES / "tiny.yaml")])
-    assert r.exit_code == 2
-    assert "this is a search space, not a candidate" in r.output
-
 
 def test_missing_file():
     r = runner.invoke(app, ["show", "nope.yaml"])
     assert r.exit_code == 2
     assert "nope.yaml: file not found" in r.output
+
+
+def test_validate_checks_the_search_and_proxy_sections_with_their_lines(tmp_path):
+    base = (SPACES / "tiny.yaml").read_text()
+    cases = {
+        "proxy:\n  steps: -5\n": r"proxy\.steps: bad value -5",
+        "proxy:\n  bogus: 1\n": r"proxy\.bogus: unknown key",
+        "search:\n  sampler: foo\n": r"search\.sampler: bad value 'foo' \(allowed: .*nsga2",
+        "search:\n  target: tpu\n": r"search\.target: bad value 'tpu' \(allowed: cpu, cuda, mps, coreml, ane\)",
+        "proxy:\n  teacher: {diffusers: /nonexistent/sd15}\n": r"proxy\.teacher\.diffusers: no diffusers UNet at",
+    }
+    import re
+
+    for extra, pattern in cases.items():
+        spec = tmp_path / "s.yaml"
+        text = re.sub(r"(?ms)^(proxy|search):.*?(?=^\S|\Z)", "", base)  # drop the shipped section
+        spec.write_text(text.rstrip() + "\n" + extra)
+        r = runner.invoke(app, ["validate", str(spec)])
+        assert r.exit_code == 2, (extra, r.output)
+        line = r.output.strip().splitlines()[-1]
+        assert line.startswith(f"error: {spec}:"), line
+        assert re.search(pattern, line), (pattern, line)
+
+
+def test_build_and_show_take_a_one_assignment_space():
+    ref = SPACES / "reference" / "sd15_unet.yaml"
+    r = runner.invoke(app, ["build", str(ref)])
+    assert r.exit_code == 0, r.output
+    assert "859,520,964" in r.output
+    r = runner.invoke(app, ["show", str(ref), "-n", "1"])
+    assert r.exit_code == 0, r.output
+    assert "space size: 1 distinct" in r.output.replace("\n", " ")
+
+
+def test_build_of_a_many_candidate_space_names_its_size():
+    r = runner.invoke(app, ["build", str(SPACES / "tiny.yaml")])
+    assert r.exit_code == 2
+    assert "search space with 2,112 candidates, not one candidate" in r.output
+
+
+def test_sample_more_than_exist_draws_all_and_show_refuses_negative(tmp_path):
+    spec = tmp_path / "two.yaml"
+    spec.write_text("schema_version: 1\nname: two\nstages:\n  - channels: {choice: [32, 64]}\n    attention: none\n"
+                    "  - channels: 64\n    attention: none\nmid: none\n")
+    r = runner.invoke(app, ["sample", str(spec), "-n", "100000", "-o", str(tmp_path / "all")])
+    assert r.exit_code == 0, r.output
+    assert "only 2 distinct candidates" in r.output
+    assert len(list((tmp_path / "all").glob("*.yaml"))) == 2
+    r = runner.invoke(app, ["show", str(spec), "-n", "-1"])
+    assert r.exit_code == 2

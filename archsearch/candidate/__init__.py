@@ -7,10 +7,12 @@ from archsearch.candidate._candidate import (
     RandomChooser,
     StageConfig,
     TemporalConfig,
+    enumerate_candidates,
     resolve,
     sample,
     sample_many,
 )
+from archsearch.candidate._load import load_candidate
 
 __all__ = [
     "CANDIDATE_FORMAT",
@@ -19,6 +21,8 @@ __all__ = [
     "RandomChooser",
     "StageConfig",
     "TemporalConfig",
+    "enumerate_candidates",
+    "load_candidate",
     "resolve",
     "sample",
     "sample_many",

@@ -62,19 +62,26 @@ def register(app: typer.Typer) -> None:
     def validate(spec: SpecArg) -> None:
         """Check a search-space file: "ok" and its size, or the first problem on one line (exit 2).
 
+        Every section is checked (the architecture, search:, proxy: with its teacher,
+        constraints:), with the same checks a run makes before any work.
+
         Example: archsearch validate search_spaces/unet_mobile.yaml
         """
+        from archsearch.search import check_space
         from archsearch.spec import load_space
 
         space = load_space(spec)
+        checked = check_space(space)  # search:, proxy: (teacher), constraints:, as a run checks them
         typer.echo(f"ok {spec}: space {space.name!r} ({space.kind}), "
                    f"{space.n_stages} stages, {space.size():,} candidates")
+        for note in checked.notes:
+            typer.echo(f"note: {note}", err=True)
 
     @app.command()
     @user_errors
     def show(
         spec: SpecArg,
-        samples: Annotated[int, typer.Option("--samples", "-n", help="Candidates to sample and cost.")] = 3,
+        samples: Annotated[int, typer.Option("--samples", "-n", help="Candidates to sample and cost.", min=0)] = 3,
         seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     ) -> None:
         """Dimensions, choices and exact size of a space, and the cost of a few samples.
@@ -126,13 +133,16 @@ def register(app: typer.Typer) -> None:
 
         Example: archsearch sample search_spaces/tiny.yaml -n 4 --seed 1 -o candidates/
         """
-        from archsearch.candidate import sample_many
+        from archsearch.candidate import enumerate_candidates, sample_many
         from archsearch.spec import load_space
 
         space = load_space(spec)
-        cands = sample_many(space, n, seed)
-        if len(cands) < n:
-            console.print(f"[yellow]the space has only {len(cands)} distinct candidates[/yellow]")
+        size = space.size()
+        if n > size:  # checked first: drawing more distinct candidates than exist never ends well
+            console.print(f"[yellow]the space has only {size:,} distinct candidates: drawing all of them[/yellow]")
+            n = size
+        # all of a space: enumerate it (random draws would have to collect every coupon)
+        cands = list(enumerate_candidates(space)) if n == size else sample_many(space, n, seed)
         if out is None:
             for c in cands:
                 typer.echo(f"# candidate {c.id}\n---")
@@ -148,17 +158,19 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
     def build(
-        candidate: Annotated[Path, typer.Argument(help="Candidate YAML (from `archsearch sample -o`).")],
+        candidate: Annotated[Path, typer.Argument(help="Candidate YAML (from `archsearch sample -o`), or a "
+                                                  "space with one assignment (a reference backbone).")],
         save: Annotated[Optional[Path], typer.Option(help="Also save the initialised model here "
                                                      "(config.json + model.safetensors).")] = None,
     ) -> None:
         """Build a candidate: parameters, FLOPs and a per-stage table.
 
-        Example: archsearch build candidates/1a2b3c4d5e6f.yaml
+        Examples: archsearch build candidates/1a2b3c4d5e6f.yaml
+                  archsearch build search_spaces/reference/sd15_unet.yaml
         """
-        from archsearch.candidate import Candidate
+        from archsearch.candidate import load_candidate
 
-        cand = Candidate.from_yaml(candidate)
+        cand = load_candidate(candidate)
         console.print(_stage_table(cand, f"candidate {cand.id} ({cand.kind}, latent {cand.resolution}px)"))
         if save is not None:
             from archsearch.model import build_model

@@ -34,6 +34,7 @@ from archsearch.distill._teacher import (
     BuiltinTeacherConfig,
     Teacher,
     builtin_teacher_candidate,
+    check_teacher,
     load_teacher,
 )
 from archsearch.distill._text import DualTextEncoder, TextEncoder, cache_root
@@ -60,6 +61,7 @@ __all__ = [
     "TrialFailed",
     "autocast",
     "builtin_teacher_candidate",
+    "check_teacher",
     "cache_root",
     "check_prediction",
     "clear_caches",

@@ -49,6 +49,7 @@ __all__ = [
     "BuiltinTeacherConfig",
     "Teacher",
     "builtin_teacher_candidate",
+    "check_teacher",
     "load_teacher",
 ]
 
@@ -215,7 +216,11 @@ class _Tap:
 _UNET_CLASSES = {"UNet2DConditionModel": "image", "UNet3DConditionModel": "video"}
 
 
-def _load_diffusers(spec: dict[str, Any], kind: str, source: str, device: torch.device) -> Teacher:
+def _check_diffusers(spec: dict[str, Any], kind: str, source: str) -> tuple[Path, Path, dict[str, Any], str]:
+    """What can be checked of a diffusers teacher without loading weights: the folder, the
+    UNet config, its class and conditioning, the text encoders it needs.
+
+    Returns ``(root, unet_dir, unet_config, where)``."""
     root = Path(str(spec["diffusers"])).expanduser()
     where = f"{source}: proxy.teacher.diffusers"
     if not root.is_absolute() and source and Path(source).exists():
@@ -247,6 +252,13 @@ def _load_diffusers(spec: dict[str, Any], kind: str, source: str, device: torch.
             if not (root / d).exists():
                 raise ArchsearchError(f"{where}: an SDXL-style UNet (addition_embed_type: text_time) needs "
                                       f"{d}/ in {root} (allowed: text_encoder, tokenizer, text_encoder_2, tokenizer_2)")
+    return root, unet_dir, cfg, where
+
+
+def _load_diffusers(spec: dict[str, Any], kind: str, source: str, device: torch.device) -> Teacher:
+    root, unet_dir, cfg, where = _check_diffusers(spec, kind, source)
+    cls_name = cfg.get("_class_name", "UNet2DConditionModel")
+    added = cfg.get("addition_embed_type")
 
     import diffusers
     from diffusers.utils import logging as dlog
@@ -552,6 +564,21 @@ def _save_builtin(folder: Path, teacher: Teacher, key: dict, log: dict, teacher_
 # --------------------------------------------------------------------------- entry point
 
 
+def check_teacher(config: ProxyConfig, kind: str = "image") -> None:
+    """Check the spec's teacher without loading or training it (what ``archsearch validate``
+    runs): a diffusers folder must hold a supported UNet config (and the text encoders it
+    needs); a built-in teacher must match the space's kind. Raises a one-line
+    :class:`~archsearch.errors.ArchsearchError` naming the spec and key."""
+    spec = dict(config.teacher or {})
+    if "diffusers" in spec:
+        _check_diffusers(spec, kind, config.source)
+    else:
+        b = spec.get("builtin", kind)
+        if b != kind:
+            raise ArchsearchError(f"{config.source}: proxy.teacher.builtin: {b!r} does not match the space's kind "
+                                  f"(allowed: {kind})")
+
+
 def load_teacher(
     config: ProxyConfig,
     kind: str = "image",
@@ -574,13 +601,10 @@ def load_teacher(
     spec = dict(config.teacher or {})
     root = Path(cache_dir).expanduser() if cache_dir is not None else None
     source = config.source
+    check_teacher(config, kind)
     if "diffusers" in spec:
         teacher = _load_diffusers(spec, kind, source, dev)
     else:
-        b = spec.get("builtin", kind)
-        if b != kind:
-            raise ArchsearchError(f"{source}: proxy.teacher.builtin: {b!r} does not match the space's kind "
-                                  f"(allowed: {kind})")
         with torch_threads(threads):
             teacher = _load_builtin(spec, config, kind, root, dev, progress)
     check_prediction(config.prediction, teacher.prediction, source)

@@ -6,6 +6,7 @@
 * :class:`SearchSettings`, :func:`make_sampler` (``nsga2`` default, ``tpe``, ``gp``, ``random``),
   :func:`storage_url` / :func:`open_storage`, :func:`count_trials`, :func:`trial_state`,
   :func:`study_attrs` -- the study.
+* :func:`check_space` -- every section of a spec checked before any work (``validate``).
 * :func:`evaluate`, :class:`TrialRecord`, :class:`TrialContext` -- one trial.
 
 How a candidate is trained and scored lives in :mod:`archsearch.distill`.
@@ -13,6 +14,7 @@ How a candidate is trained and scored lives in :mod:`archsearch.distill`.
 
 from __future__ import annotations
 
+from archsearch.search._check import SpaceCheck, check_space
 from archsearch.search._local import threads_per_worker
 from archsearch.search._objective import TrialContext, TrialRecord, evaluate
 from archsearch.search._progress import StudyProgress
@@ -45,9 +47,11 @@ __all__ = [
     "SEARCH_KEYS",
     "SearchRun",
     "SearchSettings",
+    "SpaceCheck",
     "StudyProgress",
     "TrialContext",
     "TrialRecord",
+    "check_space",
     "count_trials",
     "evaluate",
     "make_sampler",

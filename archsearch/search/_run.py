@@ -123,7 +123,7 @@ def run_search(
     seconds. The store (``reports/<study>/trials.csv`` ...) is written by
     :func:`archsearch.store.write_store` afterwards.
     """
-    from archsearch.distill import ProxyConfig, load_teacher
+    from archsearch.distill import load_teacher
 
     console = console or Console(stderr=True)
     if backend not in BACKENDS:
@@ -131,11 +131,14 @@ def run_search(
     if address is not None and backend != "ray":
         raise ArchsearchError("--address needs --backend ray")
     dev = _default_device(device)
-    settings = SearchSettings.from_space(space).with_overrides(
+    from archsearch.search._check import check_space
+
+    checked = check_space(space, need_table=True)  # the same checks as `archsearch validate`
+    settings = checked.settings.with_overrides(
         trials=trials, timeout=timeout, seed=seed, storage=storage, study=study, workers=workers,
         sampler=sampler)
-    proxy = ProxyConfig.from_space(space)
-    table_path = resolve_latency_table(settings, space)
+    proxy = checked.proxy
+    table_path = checked.latency_table
     table = None
     if table_path is not None:
         from archsearch.cost.latency import load_table

@@ -1,0 +1,57 @@
+"""``check_space``: every section of a spec checked before any work (``archsearch validate``,
+and the first thing ``run_search`` does, so the two can never disagree)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from archsearch.errors import ArchsearchError
+from archsearch.search._study import SearchSettings
+
+__all__ = ["SpaceCheck", "check_space"]
+
+
+@dataclass(frozen=True)
+class SpaceCheck:
+    """What a checked spec gives a run: its settings, proxy config and latency table.
+
+    ``notes`` are things that are not errors yet but will stop a run (e.g. a latency table that
+    ``archsearch profile`` has not written).
+    """
+
+    settings: SearchSettings
+    proxy: Any  # archsearch.distill.ProxyConfig
+    latency_table: Path | None
+    notes: list[str] = field(default_factory=list)
+
+
+def check_space(space: Any, *, need_table: bool = False) -> SpaceCheck:
+    """Check the ``search:``, ``proxy:`` (teacher included) and ``constraints:`` sections of a
+    loaded space; the architecture sections were checked by :func:`archsearch.spec.load_space`.
+
+    Errors are the spec's own one-line ``FILE:LINE: key.path: bad value ... (allowed: ...)``.
+    A missing default latency table is an error only with ``need_table`` (a run needs it;
+    ``validate`` reports it as a note), a missing ``search.latency_table`` always is.
+    """
+    from archsearch.cost.latency import TARGETS
+    from archsearch.distill import ProxyConfig, check_teacher
+    from archsearch.search._run import resolve_latency_table
+
+    settings = SearchSettings.from_space(space)
+    for path, value in ((("search", "target"), space.search.get("target")),
+                        (("constraints", "latency_target"), space.constraints.get("latency_target"))):
+        if value is not None and value not in TARGETS:
+            space.fail(path, value, ", ".join(TARGETS))
+    proxy = ProxyConfig.from_space(space)
+    check_teacher(proxy, space.kind)
+    notes: list[str] = []
+    table: Path | None = None
+    try:
+        table = resolve_latency_table(settings, space)
+    except ArchsearchError as exc:
+        if need_table or settings.latency_table is not None:
+            raise
+        notes.append(str(exc))
+    return SpaceCheck(settings, proxy, table, notes)
