@@ -6,7 +6,7 @@ without a traceback (``--debug`` shows one).
 
 from __future__ import annotations
 
-__all__ = ["ArchsearchError", "SpecError", "CandidateError", "MissingBlockError"]
+__all__ = ["ArchsearchError", "CandidateError", "MissingBlockError", "ParameterError", "SpecError"]
 
 
 class ArchsearchError(Exception):
@@ -25,3 +25,17 @@ class CandidateError(ArchsearchError):
 
 class MissingBlockError(ArchsearchError):
     """A latency table lacks a block that a candidate needs."""
+
+
+class ParameterError(ArchsearchError):
+    """A bad value of one parameter of a library function: ``"<param> <detail>"``.
+
+    ``param`` is the keyword the caller passed (``target``, ``resolution``, ``trials``,
+    ``proxy.steps``...), never a command-line flag; the CLI shows its own flag for it
+    (:func:`archsearch.cli._common.flag_errors`). ``detail`` is the rest of the message.
+    """
+
+    def __init__(self, param: str, detail: str) -> None:
+        super().__init__(f"{param} {detail}")
+        self.param = param
+        self.detail = detail

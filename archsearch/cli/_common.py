@@ -1,17 +1,19 @@
-"""Shared pieces of the CLI: the error mapping and the consoles."""
+"""Shared pieces of the CLI: the error mapping, parameter → flag wording, progress bars."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from archsearch.errors import ArchsearchError
+from archsearch.errors import ArchsearchError, ParameterError
 
-__all__ = ["console", "err_console", "user_errors"]
+__all__ = ["console", "err_console", "flag_errors", "progress_bars", "user_errors"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -37,3 +39,79 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def flag_errors(flags: dict[str, str]) -> Callable[[F], F]:
+    """Library errors in the command's words: a parameter the user gave by a flag is named
+    by that flag (``proxy.steps: bad value 0`` → ``--steps: bad value 0``).
+
+    ``flags`` maps library parameter names to this command's flags. A
+    :class:`~archsearch.errors.ParameterError` carries its parameter; any other error whose
+    message starts with a mapped parameter (``"<param>:"`` or ``"<param> "``) is reworded the
+    same way. Messages that start with a file name (``FILE:LINE: ...``) are left alone.
+    """
+
+    def reword(exc: ArchsearchError) -> ArchsearchError | None:
+        if isinstance(exc, ParameterError):
+            flag = flags.get(exc.param)
+            return None if flag is None else ArchsearchError(f"{flag} {exc.detail}")
+        msg = str(exc)
+        for param in sorted(flags, key=len, reverse=True):
+            if msg.startswith(param) and msg[len(param):len(param) + 1] in (":", " "):
+                return ArchsearchError(flags[param] + msg[len(param):])
+        return None
+
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except ArchsearchError as exc:
+                new = reword(exc)
+                if new is None:
+                    raise
+                new.exit_code = exc.exit_code
+                raise new from None
+
+        return wrapper  # type: ignore[return-value]
+
+    return deco
+
+
+class _PhaseBars:
+    """Adapts the library's ``progress(phase, description, done, total)`` callback to one rich
+    task per phase."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, phase: str, desc: str, done: int, total: int) -> None:
+        if phase not in self.tasks:
+            self.tasks[phase] = self.progress.add_task(escape(desc), total=max(total, 1), phase=phase)
+        self.progress.update(self.tasks[phase], completed=done, total=max(total, 1), description=escape(desc))
+
+
+@contextlib.contextmanager
+def progress_bars(target: Console | None = None, *, enabled: bool = True) -> Iterator[Any]:
+    """A ``progress(phase, description, done, total)`` callback drawing rich bars (elapsed,
+    ETA) while the block runs; ``None`` when disabled. Bars appear only once something
+    reports progress."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bars = Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[phase]:<9}"), BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                    TextColumn("{task.description}"), console=target or console, transient=False)
+    with bars:
+        yield _PhaseBars(bars)

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from archsearch.cli._common import console, user_errors
+from archsearch.cli._common import console, flag_errors, progress_bars, user_errors
 from archsearch.errors import ArchsearchError, MissingBlockError
 
 __all__ = ["register"]
@@ -33,35 +33,6 @@ def _load_source(path: Path) -> tuple[Any, Any]:
     if isinstance(data, dict) and "schema_version" in data:
         return load_space(path), None
     return None, Candidate.from_yaml(path)
-
-
-def _progress_bar():  # noqa: ANN202
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[phase]:<9}"), BarColumn(),
-                    MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                    TextColumn("{task.description}"), console=console, transient=False)
-
-
-class _Bar:
-    """Adapts ``progress(phase, description, done, total)`` to one rich task per phase."""
-
-    def __init__(self, progress: Any) -> None:
-        self.progress = progress
-        self.tasks: dict[str, Any] = {}
-
-    def __call__(self, phase: str, desc: str, done: int, total: int) -> None:
-        if phase not in self.tasks:
-            self.tasks[phase] = self.progress.add_task(escape(desc), total=max(total, 1), phase=phase)
-        self.progress.update(self.tasks[phase], completed=done, total=max(total, 1), description=escape(desc))
 
 
 def _fmt_s(seconds: float) -> str:
@@ -166,8 +137,8 @@ def register(app: typer.Typer) -> None:
             return
 
         n_new = len(plan.new)
-        with _progress_bar() as bar:
-            table = run_profile(plan, _Bar(bar), command=_command(str(path), plan.arguments))
+        with progress_bars() as bar:
+            table = run_profile(plan, bar, command=_command(str(path), plan.arguments))
         console.print(f"[green]wrote[/green] {escape(str(plan.out))}: {len(table)} blocks "
                       f"({n_new} {'measured' if plan.source == 'measured' else 'estimated'} now, "
                       f"{plan.existing} kept), source {table.source}, device {escape(str(table.meta.get('device')))}")
@@ -283,14 +254,10 @@ def _flag_errors(fn: Any) -> Any:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from archsearch.cost.latency import MissingBlocksError, ParameterError, UnknownBlockKeyError
+        from archsearch.cost.latency import MissingBlocksError, UnknownBlockKeyError
 
         try:
             return fn(*args, **kwargs)
-        except ParameterError as exc:
-            if exc.param not in _FLAGS:
-                raise
-            raise ArchsearchError(f"{_FLAGS[exc.param]} {exc.detail}") from None
         except MissingBlocksError as exc:
             measure = exc.command or (f"archsearch profile SPEC --target {exc.target or 'cpu'}"
                                       + (f" --out {exc.table_path}" if exc.table_path else ""))
@@ -301,7 +268,7 @@ def _flag_errors(fn: Any) -> Any:
                 f"({exc.n_unknown} unknown key(s); list the allowed keys with "
                 f"`archsearch profile SPEC --target {exc.target} --dry-run --keys-out keys.csv`)") from None
 
-    return wrapper
+    return flag_errors(_FLAGS)(wrapper)
 
 
 def _print_plan(plan: Any, path: Path) -> None:
@@ -351,8 +318,8 @@ def _run_validation(table: Any, space: Any, n: int, seed: int, resolution: Optio
     if space is None:
         raise ArchsearchError("--validate needs a search space (SPEC), not a candidate file")
     html = plot or Path("reports") / "latency" / f"{out_path.stem}-validation.html"
-    with _progress_bar() as bar:
-        result = validate_table(table, space, n, seed=seed, resolution=resolution, html=html, progress=_Bar(bar),
+    with progress_bars() as bar:
+        result = validate_table(table, space, n, seed=seed, resolution=resolution, html=html, progress=bar,
                                 repeat=repeat)
     t = Table(title=f"accuracy on {n} random candidates measured end to end (seed {seed})")
     for col in ("predictor", "±5%", "±10%", "MAPE", "Spearman"):

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
-from archsearch.cli._common import console, user_errors
+from archsearch.cli._common import console, flag_errors, progress_bars, user_errors
 from archsearch.errors import ArchsearchError
 
 #: The library's parameter names -> this command's flags (errors are reworded with them).
@@ -24,50 +22,10 @@ FLAGS = {
 }
 
 
-@contextlib.contextmanager
-def _flag_errors() -> Iterator[None]:
-    """An error that starts with a parameter given by a flag (``proxy.steps: ...``) names the flag."""
-    try:
-        yield
-    except ArchsearchError as exc:
-        msg = str(exc)
-        param = msg.split(":", 1)[0]
-        if param in FLAGS:
-            raise type(exc)(FLAGS[param] + msg[len(param):]) from None
-        raise
-
-
-def _progress_bars():  # noqa: ANN202
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.fields[phase]:<8}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
-                    console=console, transient=False)
-
-
-class _Bars:
-    """Adapts ``progress(phase, description, done, total)`` to one rich task per phase."""
-
-    def __init__(self, progress: Any) -> None:
-        self.progress = progress
-        self.tasks: dict[str, Any] = {}
-
-    def __call__(self, phase: str, desc: str, done: int, total: int) -> None:
-        if phase not in self.tasks:
-            self.tasks[phase] = self.progress.add_task(escape(desc), total=max(total, 1), phase=phase)
-        self.progress.update(self.tasks[phase], completed=done, total=max(total, 1), description=escape(desc))
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
+    @flag_errors(FLAGS)
     def train(
         candidate: Annotated[Path, typer.Argument(help="Candidate YAML, e.g. reports/<study>/pareto/<id>.yaml")],
         spec: Annotated[Optional[Path], typer.Option(help="Space whose teacher and proxy: settings to use "
@@ -101,13 +59,11 @@ def register(app: typer.Typer) -> None:
                                       "pass --spec search_spaces/<space>.yaml")
             spec = guess
         space = load_space(spec)
-        with _flag_errors():
-            proxy = ProxyConfig.from_space(space, steps=steps, width_mult=width_mult, seed=seed,
-                                           resolution=resolution, batch=batch)
-            with _progress_bars() as bars:
-                progress = _Bars(bars)
-                teacher = load_teacher(proxy, kind=space.kind, progress=progress, device=device)
-                result = distill(cand, teacher, proxy, progress, device=device, keep_student=True)
+        proxy = ProxyConfig.from_space(space, steps=steps, width_mult=width_mult, seed=seed,
+                                       resolution=resolution, batch=batch)
+        with progress_bars() as progress:
+            teacher = load_teacher(proxy, kind=space.kind, progress=progress, device=device)
+            result = distill(cand, teacher, proxy, progress, device=device, keep_student=True)
         out = out or Path("trained") / cand.id
         result.student.cpu().save_pretrained(out)
         metrics = {"candidate": cand.id, "spec": str(spec), "teacher": teacher.fingerprint,

@@ -9,22 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from archsearch.errors import ArchsearchError, MissingBlockError
+from archsearch.errors import ArchsearchError, MissingBlockError, ParameterError
 
 __all__ = ["MissingBlocksError", "ParameterError", "UnknownBlockKeyError"]
-
-
-class ParameterError(ArchsearchError):
-    """A bad value of one parameter: ``"<param> <value>: <reason> (allowed: ...)"``.
-
-    ``param`` is the keyword of the library function (``target``, ``resolution``,
-    ``threads``, ``device_profile``...); ``detail`` the rest of the message, after the name.
-    """
-
-    def __init__(self, param: str, detail: str) -> None:
-        super().__init__(f"{param} {detail}")
-        self.param = param
-        self.detail = detail
 
 
 class MissingBlocksError(MissingBlockError):
