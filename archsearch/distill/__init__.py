@@ -21,12 +21,23 @@ Progress is a callback, ``progress(phase, description, done, total)`` (:data:`Pr
 
 from __future__ import annotations
 
+from archsearch.distill._cache import (
+    CACHE_VERSION,
+    CacheIndex,
+    CacheSplit,
+    LatentCache,
+    is_holdout,
+    teacher_components,
+    teacher_hash,
+)
 from archsearch.distill._config import ProxyConfig
 from archsearch.distill._data import SyntheticImageText, SyntheticVideoText, synthetic_dataset
 from archsearch.distill._device import autocast, resolve_device, seeded, torch_threads
 from archsearch.distill._distill import HOLDOUT_SEED, DistillResult, clear_caches, distill
 from archsearch.distill._loop import SCHEDULES, Batch, LoopLog, Progress, StepBatches, TrialFailed, train_loop
 from archsearch.distill._losses import distill_loss, pair_taps
+from archsearch.distill._prepare import PrepareResult, TeacherEncoders, prepare
+from archsearch.distill._sources import FORMATS, BadSample, Source, open_source
 from archsearch.distill._noise import PREDICTIONS, NoiseProcess, check_prediction
 from archsearch.distill._teacher import (
     TEACHER_IMAGE,
@@ -40,38 +51,52 @@ from archsearch.distill._teacher import (
 from archsearch.distill._text import DualTextEncoder, TextEncoder, cache_root
 
 __all__ = [
+    "CACHE_VERSION",
+    "FORMATS",
     "HOLDOUT_SEED",
     "PREDICTIONS",
     "SCHEDULES",
     "TEACHER_IMAGE",
     "TEACHER_VIDEO",
+    "BadSample",
     "Batch",
     "BuiltinTeacherConfig",
+    "CacheIndex",
+    "CacheSplit",
     "DistillResult",
     "DualTextEncoder",
+    "LatentCache",
     "LoopLog",
     "NoiseProcess",
+    "PrepareResult",
     "Progress",
     "ProxyConfig",
+    "Source",
     "StepBatches",
     "SyntheticImageText",
     "SyntheticVideoText",
     "Teacher",
+    "TeacherEncoders",
     "TextEncoder",
     "TrialFailed",
     "autocast",
     "builtin_teacher_candidate",
-    "check_teacher",
     "cache_root",
     "check_prediction",
+    "check_teacher",
     "clear_caches",
     "distill",
     "distill_loss",
+    "is_holdout",
     "load_teacher",
+    "open_source",
     "pair_taps",
+    "prepare",
     "resolve_device",
     "seeded",
     "synthetic_dataset",
+    "teacher_components",
+    "teacher_hash",
     "torch_threads",
     "train_loop",
 ]

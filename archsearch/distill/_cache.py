@@ -1,0 +1,447 @@
+"""The on-disk latent cache that ``archsearch data prepare`` writes, and its reader.
+
+Layout of a cache folder::
+
+    DIR/index.json                    what the cache is (written last, atomically)
+    DIR/prepare.json                  the settings and the runs of the pass (resume state)
+    DIR/shards/shard-000000.safetensors
+    DIR/shards/shard-000001.safetensors ...
+
+Shard ``i`` holds the samples ``i * shard_size ... (i + 1) * shard_size - 1`` of the source's
+listing that decoded (the bad ones are named, with their reason, in its metadata). Each shard
+is written to a temp file and renamed, so a shard on disk is always complete. Tensors are
+stacked per *group* -- samples whose latents have the same shape (one group unless aspect
+ratio buckets are on) -- and named ``FIELD/GROUP``:
+
+* ``latents`` ``(N, C, h, w)`` or, for clips, ``(N, C, T, h, w)``: the VAE's mean times its
+  scaling factor (minus its shift factor first, where it has one), or teacher-generated latents;
+* ``text_states`` ``(N, L, D)``: what the teacher's UNet takes as ``encoder_hidden_states``;
+* ``pooled`` ``(N, P)`` and ``add_time_ids`` ``(N, 6)``: SDXL's pooled text embedding and
+  ``(original h, w, crop top, left, target h, w)``, when the teacher has them;
+* ``t5_states`` ``(N, L3, D3)``: a third (T5) encoder's states, when the checkpoint has one.
+
+The safetensors metadata ``archsearch`` (JSON) of a shard names its samples per group, the
+run that wrote it and the items it covers. :class:`LatentCache` reads a finished cache:
+``LatentCache.open(DIR).split("train").batches(16, seed=0, start=0)``.
+
+The holdout split is fixed by a hash of each sample's key (:func:`is_holdout`), so it does not
+move when a data set is re-cut into other shards; within a split samples are ordered by key.
+
+:func:`teacher_hash` identifies a checkpoint cheaply and stably (see there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from archsearch._util import atomic_write_bytes
+from archsearch.errors import ArchsearchError
+
+__all__ = [
+    "CACHE_VERSION",
+    "CacheIndex",
+    "CacheSplit",
+    "LatentCache",
+    "is_holdout",
+    "teacher_hash",
+]
+
+#: bump when the layout changes; a reader refuses other versions
+CACHE_VERSION = 1
+INDEX_FILE = "index.json"
+STATE_FILE = "prepare.json"
+SHARD_DIR = "shards"
+FIELDS = ("latents", "text_states", "pooled", "add_time_ids", "t5_states")
+
+
+# --------------------------------------------------------------------------- identity
+
+_VOLATILE = {"_name_or_path", "transformers_version", "_diffusers_version", "_commit_hash", "dtype", "torch_dtype"}
+_BLOCKS, _BLOCK = 16, 64 * 1024
+
+
+def _config_text(path: Path) -> Any:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return path.read_bytes().hex() if path.is_file() else None
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in _VOLATILE}
+    return data
+
+
+def _weights_stamp(path: Path) -> list[Any]:
+    """Size, the safetensors header and 16 sampled 64 KiB blocks of a weight file."""
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        start = 0
+        if path.suffix == ".safetensors" and size >= 8:
+            n = int.from_bytes(fh.read(8), "little")
+            if 0 < n <= size - 8:
+                h.update(fh.read(n))
+                start = 8 + n
+        span = max(size - start, 0)
+        for i in range(_BLOCKS):
+            fh.seek(start + (span - _BLOCK) * i // (_BLOCKS - 1) if span > _BLOCK else start)
+            h.update(fh.read(_BLOCK))
+            if span <= _BLOCK:
+                break
+    return [path.name, size, h.hexdigest()[:32]]
+
+
+def teacher_components(path: str | os.PathLike) -> dict[str, str]:
+    """A hash per component folder of a diffusers checkpoint (``unet``, ``vae``,
+    ``text_encoder``, ``tokenizer``, ``scheduler``, ...) and ``model_index`` for the root file."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise ArchsearchError(f"teacher: {root}: no such folder (allowed: a local diffusers checkpoint folder)")
+    out: dict[str, str] = {}
+    if (root / "model_index.json").is_file():
+        out["model_index"] = _digest(_config_text(root / "model_index.json"))
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(f for f in sub.iterdir() if f.is_file() and not f.name.startswith("."))
+        parts: list[Any] = []
+        for f in files:
+            if f.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".onnx", ".gguf"):
+                parts.append(["weights", *_weights_stamp(f)])
+            elif f.suffix in (".json", ".txt", ".model", ".tiktoken"):
+                parts.append([f.name, _config_text(f)])
+        if parts:
+            out[sub.name] = _digest(parts)
+    if not out:
+        raise ArchsearchError(f"teacher: {root}: not a diffusers checkpoint (no component folders with configs)")
+    return out
+
+
+def teacher_hash(path: str | os.PathLike) -> str:
+    """A stable, cheap identity of a local diffusers checkpoint (16 hex digits).
+
+    It hashes every component folder's config and tokenizer files (JSON parsed, with the
+    library-version and ``_name_or_path`` fields left out) and, for each weight file, its size,
+    its safetensors header (names, dtypes, shapes, offsets) and 16 evenly spaced 64 KiB blocks of
+    its data -- about 1 MiB read per file, so a 7 GB SDXL checkpoint hashes in well under a
+    second. A moved or copied checkpoint keeps its hash (paths and mtimes are not in it); a
+    fine-tune changes the sampled blocks. It is not a full-content checksum: two files that
+    differ only outside the sampled blocks hash the same.
+    """
+    return _digest(teacher_components(path))[:16]
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def is_holdout(key: str, fraction: float) -> bool:
+    """Whether sample ``key`` is in the holdout split: the first 8 bytes of
+    ``sha256("archsearch-holdout:" + key)`` as a fraction of 2**64, below ``fraction``."""
+    if fraction <= 0:
+        return False
+    h = hashlib.sha256(("archsearch-holdout:" + key).encode("utf-8")).digest()
+    return int.from_bytes(h[:8], "big") / 2.0**64 < fraction
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def shard_path(root: Path, i: int) -> Path:
+    return Path(root) / SHARD_DIR / f"shard-{i:06d}.safetensors"
+
+
+def group_name(shape: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def write_shard(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    """Write one shard atomically and return its metadata. ``rows``: ``{"key", "latents",
+    "text_states", ...}`` with tensors of one sample each; ``meta``: the rest of the metadata."""
+    from safetensors.torch import save
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(group_name(r["latents"].shape), []).append(r)
+    tensors: dict[str, torch.Tensor] = {}
+    for g, rs in groups.items():
+        for f in FIELDS:
+            if f in rs[0]:
+                t = torch.stack([r[f] for r in rs])
+                if t.is_floating_point() and f != "add_time_ids":
+                    t = t.to(dtype)
+                tensors[f"{f}/{g}"] = t.contiguous().cpu()
+    info = {**meta, "version": CACHE_VERSION, "groups": {g: [r["key"] for r in rs] for g, rs in groups.items()}}
+    atomic_write_bytes(path, save(tensors, metadata={"archsearch": json.dumps(info)}))
+    return info
+
+
+def read_shard_meta(path: Path) -> dict[str, Any] | None:
+    """A shard's ``archsearch`` metadata, or None when the file is not a readable shard."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = (fh.metadata() or {}).get("archsearch")
+            return json.loads(meta) if meta else None
+    except Exception:  # noqa: BLE001 - any unreadable file is "not a shard"
+        return None
+
+
+# --------------------------------------------------------------------------- reader
+
+
+@dataclass(frozen=True)
+class CacheIndex:
+    """What a cache holds (``index.json``): the teacher, the shapes, the source, the splits."""
+
+    teacher_hash: str
+    teacher: str
+    kind: str  # image | video
+    resolution: tuple[int, int] | None  # pixels (h, w); None with aspect-ratio buckets
+    frames: int
+    fps: float | None
+    latent_channels: int
+    latent_shape: tuple[int, ...] | None  # (C, h, w) or (C, T, h, w); None with buckets
+    vae_scale_factor: int
+    scaling_factor: float
+    shift_factor: float | None
+    context_length: int
+    context_dim: int
+    pooled_dim: int  # 0: no pooled text embedding
+    has_add_time_ids: bool
+    t5_shape: tuple[int, int] | None
+    generated: bool  # teacher-generated from prompts
+    source: dict[str, Any]
+    holdout: float
+    n_samples: int
+    n_holdout: int
+    skipped: dict[str, Any]
+    dtype: str
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def has_pooled(self) -> bool:
+        return self.pooled_dim > 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CacheIndex":
+        res = d.get("resolution")
+        shape = d.get("latent_shape")
+        t5 = d.get("t5_shape")
+        return cls(
+            teacher_hash=d["teacher_hash"], teacher=d.get("teacher", ""), kind=d["kind"],
+            resolution=tuple(res) if res else None, frames=int(d["frames"]), fps=d.get("fps"),
+            latent_channels=int(d["latent_channels"]), latent_shape=tuple(shape) if shape else None,
+            vae_scale_factor=int(d["vae_scale_factor"]), scaling_factor=float(d["scaling_factor"]),
+            shift_factor=d.get("shift_factor"), context_length=int(d["context_length"]),
+            context_dim=int(d["context_dim"]), pooled_dim=int(d.get("pooled_dim", 0)),
+            has_add_time_ids=bool(d.get("has_add_time_ids")), t5_shape=tuple(t5) if t5 else None,
+            generated=bool(d.get("generated")), source=dict(d.get("source", {})), holdout=float(d["holdout"]),
+            n_samples=int(d["n_samples"]), n_holdout=int(d["n_holdout"]), skipped=dict(d.get("skipped", {})),
+            dtype=d.get("dtype", "float16"), runs=list(d.get("runs", [])), raw=d,
+        )
+
+
+class LatentCache:
+    """A finished latent cache. ``LatentCache.open(dir)``; :attr:`index`; :meth:`split`."""
+
+    def __init__(self, root: Path, index: CacheIndex, samples: list[tuple[str, int, str, int]]) -> None:
+        self.root = root
+        self.index = index
+        self._samples = samples  # (key, shard, group, row), in key order
+        self._handles: OrderedDict[int, Any] = OrderedDict()
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> "LatentCache":
+        """Open the cache in ``root``; a one-line error when it is missing or unfinished."""
+        root = Path(root).expanduser()
+        path = root / INDEX_FILE
+        if not path.is_file():
+            hint = (" (the pass has not finished: run the same prepare again to complete it)"
+                    if (root / STATE_FILE).exists() else " (not a latent cache)")
+            raise ArchsearchError(f"{root}: no {INDEX_FILE}{hint}")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ArchsearchError(f"{path}: cannot read the cache index ({exc})") from None
+        if d.get("version") != CACHE_VERSION:
+            raise ArchsearchError(f"{path}: version: {d.get('version')!r} is not supported (allowed: {CACHE_VERSION}; "
+                                  "prepare the data again)")
+        samples = []
+        for s in d["shards"]:
+            for g, keys in s["groups"].items():
+                samples += [(k, int(s["shard"]), g, r) for r, k in enumerate(keys)]
+        samples.sort(key=lambda x: x[0])
+        for s in d["shards"]:
+            if not (root / s["file"]).is_file():
+                raise ArchsearchError(f"{root / s['file']}: missing shard of the cache {root}")
+        return cls(root, CacheIndex.from_dict(d), samples)
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    @property
+    def keys(self) -> list[str]:
+        return [s[0] for s in self._samples]
+
+    def check_matches(
+        self,
+        teacher_hash: str | None = None,
+        latent_channels: int | None = None,
+        frames: int | None = None,
+        resolution: int | tuple[int, int] | None = None,
+        context_dim: int | None = None,
+        context_length: int | None = None,
+    ) -> None:
+        """Raise one :class:`~archsearch.errors.ArchsearchError` naming every field that differs
+        from what the caller needs (arguments left at None are not checked)."""
+        ix = self.index
+        res = (resolution, resolution) if isinstance(resolution, int) else resolution
+        checks = [("teacher_hash", teacher_hash, ix.teacher_hash), ("latent_channels", latent_channels, ix.latent_channels),
+                  ("frames", frames, ix.frames), ("resolution", tuple(res) if res else None, ix.resolution),
+                  ("context_dim", context_dim, ix.context_dim), ("context_length", context_length, ix.context_length)]
+        bad = [f"{name} {have} (needed: {want})" for name, want, have in checks if want is not None and want != have]
+        if bad:
+            raise ArchsearchError(f"{self.root}: the latent cache does not match: it has " + ", ".join(bad)
+                                  + " (prepare the data again for this teacher and shape)")
+
+    def split(self, name: str) -> "CacheSplit":
+        """``"train"``, ``"holdout"`` (fixed by key hash, see :func:`is_holdout`) or ``"all"``."""
+        if name not in ("train", "holdout", "all"):
+            raise ArchsearchError(f"split: bad value {name!r} (allowed: train, holdout, all)")
+        frac = self.index.holdout
+        rows = [s for s in self._samples if name == "all" or (is_holdout(s[0], frac) == (name == "holdout"))]
+        return CacheSplit(self, name, rows)
+
+    # -- reading --------------------------------------------------------------------------
+    def _handle(self, shard: int) -> Any:
+        from safetensors import safe_open
+
+        fh = self._handles.get(shard)
+        if fh is None:
+            fh = safe_open(str(shard_path(self.root, shard)), framework="pt")
+            self._handles[shard] = fh
+            if len(self._handles) > 64:
+                self._handles.popitem(last=False)
+        else:
+            self._handles.move_to_end(shard)
+        return fh
+
+    def _read(self, rows: Sequence[tuple[str, int, str, int]]) -> dict[str, torch.Tensor]:
+        out: dict[str, list[torch.Tensor]] = {}
+        for _key, shard, g, r in rows:
+            fh = self._handle(shard)
+            for f in FIELDS:
+                name = f"{f}/{g}"
+                if name in fh.keys():
+                    out.setdefault(f, []).append(fh.get_slice(name)[r : r + 1])
+        return {f: torch.cat(ts) for f, ts in out.items()}
+
+    def __getstate__(self) -> dict[str, Any]:  # open handles stay in their process
+        return {**self.__dict__, "_handles": OrderedDict()}
+
+
+class CacheSplit:
+    """One split of a :class:`LatentCache`, ordered by key."""
+
+    def __init__(self, cache: LatentCache, name: str, rows: list[tuple[str, int, str, int]]) -> None:
+        self.cache, self.name, self._rows = cache, name, rows
+        groups: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(row[2], []).append(i)
+        self._groups = {g: np.asarray(ix, dtype=np.int64) for g, ix in sorted(groups.items())}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def keys(self) -> list[str]:
+        return [r[0] for r in self._rows]
+
+    def batch(self, positions: Sequence[int], dtype: torch.dtype | None = torch.float32,
+              device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+        """The samples at ``positions`` (of this split) as one batch: ``latents``,
+        ``text_states`` (+ ``pooled``, ``add_time_ids``, ``t5_states`` when cached) and
+        ``index`` (the positions). All positions must share a latent shape."""
+        rows = [self._rows[int(p)] for p in positions]
+        if len({r[2] for r in rows}) > 1:
+            raise ArchsearchError(f"positions: samples of different latent shapes ({sorted({r[2] for r in rows})}) "
+                                  "cannot share a batch")
+        out = self.cache._read(rows)
+        if dtype is not None:
+            out = {k: v.to(dtype) if v.is_floating_point() else v for k, v in out.items()}
+        out["index"] = torch.as_tensor(list(positions), dtype=torch.long)
+        if device is not None:
+            out = {k: v.to(device) for k, v in out.items()}
+        return out
+
+    def head(self, n: int, **kw: Any) -> dict[str, torch.Tensor]:
+        """The first ``n`` samples (by key) of the largest latent-shape group: a fixed batch,
+        e.g. for a deterministic quality score on the holdout split."""
+        if not self._groups:
+            raise ArchsearchError(f"split: the {self.name} split of {self.cache.root} is empty")
+        g = max(self._groups, key=lambda k: len(self._groups[k]))
+        return self.batch(self._groups[g][:n].tolist(), **kw)
+
+    def epoch(self, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True,
+              drop_last: bool = True) -> list[list[int]]:
+        """The batches (positions) of one epoch: each from one latent-shape group, shuffled
+        from ``(seed, epoch)``; the same arguments give the same list."""
+        if batch_size < 1:
+            raise ArchsearchError(f"batch_size: bad value {batch_size} (allowed: an integer >= 1)")
+        out: list[list[int]] = []
+        for gi, idx in enumerate(self._groups.values()):
+            if shuffle:
+                idx = np.random.default_rng([seed, epoch, gi]).permutation(idx)
+            for i in range(0, len(idx), batch_size):
+                chunk = idx[i : i + batch_size]
+                if len(chunk) == batch_size or not drop_last:
+                    out.append(chunk.tolist())
+        if shuffle:
+            order = np.random.default_rng([seed, epoch, len(self._groups)]).permutation(len(out))
+            out = [out[i] for i in order]
+        return out
+
+    def batches_per_epoch(self, batch_size: int, drop_last: bool = True) -> int:
+        if drop_last:
+            return sum(len(ix) // batch_size for ix in self._groups.values())
+        return sum(-(-len(ix) // batch_size) for ix in self._groups.values())
+
+    def batches(
+        self,
+        batch_size: int,
+        seed: int = 0,
+        start: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        epochs: int | None = None,
+        dtype: torch.dtype | None = torch.float32,
+        device: str | torch.device | None = None,
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of ``batch_size`` (dicts, see :meth:`batch`), epoch after epoch (forever when
+        ``epochs`` is None), each epoch shuffled from ``(seed, epoch)``.
+
+        ``start`` is the position in that stream of the first batch to yield (batch ``start``
+        counts across epochs), so a training run that stopped after ``k`` batches resumes with
+        ``start=k`` and sees exactly what an uninterrupted run would have.
+        """
+        per = self.batches_per_epoch(batch_size, drop_last)
+        if per == 0:
+            raise ArchsearchError(f"batch_size: {batch_size} is larger than every latent-shape group of the "
+                                  f"{self.name} split ({len(self)} samples in {self.cache.root})")
+        if start < 0:
+            raise ArchsearchError(f"start: bad value {start} (allowed: an integer >= 0)")
+        e, skip = divmod(start, per)
+        while epochs is None or e < epochs:
+            for positions in self.epoch(batch_size, seed, e, shuffle, drop_last)[skip:]:
+                yield self.batch(positions, dtype=dtype, device=device)
+            skip = 0
+            e += 1

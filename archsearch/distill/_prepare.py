@@ -1,0 +1,759 @@
+"""``archsearch data prepare``: encode a data set once with the teacher's VAE and text encoders.
+
+:func:`prepare` reads a source (:func:`~archsearch.distill._sources.open_source`), decodes it in
+``DataLoader`` workers, resizes and crops each picture (or every frame of a clip), encodes
+batches with the teacher's VAE (``AutoencoderKL``: the latent mean, minus ``shift_factor``,
+times ``scaling_factor``) and its text encoder(s) as the checkpoint has them, and writes a
+sharded cache (:mod:`archsearch.distill._cache`). With a prompts file the teacher's UNet
+samples the latents with its own scheduler and classifier-free guidance instead.
+
+It is meant to run for a day: shard ``i`` always holds the items ``i * shard_size ...`` of the
+source's listing, every shard is written to a temp file and renamed, and a rerun of the same
+command skips every shard on disk without decoding it -- so ``kill -9`` loses at most the shard
+in progress and nothing is encoded twice. A sample that fails to decode is skipped and counted
+with its reason. Batches never straddle a shard, so an interrupted-and-resumed pass gives the
+same tensors as an uninterrupted one.
+
+Progress goes to ``progress(phase, description, done, total)`` (phases ``scan``, ``encode``);
+nothing is printed. Errors name the parameter (``source``, ``teacher``, ``resolution``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from archsearch._util import atomic_write_text
+from archsearch.distill._cache import (
+    CACHE_VERSION,
+    INDEX_FILE,
+    SHARD_DIR,
+    STATE_FILE,
+    is_holdout,
+    read_shard_meta,
+    shard_path,
+    teacher_components,
+    teacher_hash,
+    write_shard,
+)
+from archsearch.distill._sources import BadSample, Item, Loaded, Source, open_source
+from archsearch.errors import ArchsearchError
+
+__all__ = ["CROPS", "PrepareResult", "TeacherEncoders", "prepare"]
+
+Progress = Callable[[str, str, int, int], None]
+CROPS = ("center", "random")
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+#: aspect-ratio buckets: (h, w) multiples of 64 whose area is about resolution**2
+_BUCKET_RATIOS = (1 / 2, 9 / 16, 2 / 3, 3 / 4, 1.0, 4 / 3, 3 / 2, 16 / 9, 2.0)
+_MAX_REASONS = 20
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def _first_line(exc: BaseException) -> str:
+    s = str(exc)
+    return s.splitlines()[0] if s else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- the teacher's encoders
+
+
+class TeacherEncoders:
+    """A diffusers checkpoint's VAE, text encoder(s) and tokenizer(s) -- and, for prompts, its
+    UNet and scheduler -- loaded from the local folder (never downloads).
+
+    Text conditioning follows the diffusers pipelines: one CLIP (SD-1.x/2.x) gives
+    ``last_hidden_state``; SDXL's two encoders give their penultimate hidden states
+    concatenated, the second's ``text_embeds`` as the pooled embedding, and the
+    ``add_time_ids`` conditioning; a T5 ``text_encoder`` gives ``last_hidden_state``, and a T5
+    ``text_encoder_3`` (SD3-style) its states as ``t5_states``.
+    """
+
+    def __init__(self, root: str | os.PathLike, device: str | torch.device = "cpu") -> None:
+        _offline()
+        self.root = Path(root).expanduser()
+        self.device = torch.device(device)
+        if not (self.root / "vae" / "config.json").is_file():
+            raise ArchsearchError(f"teacher: {self.root}: no vae/config.json (allowed: a diffusers checkpoint "
+                                  "folder with vae/, text_encoder/ and tokenizer/)")
+        if not (self.root / "text_encoder" / "config.json").is_file():
+            raise ArchsearchError(f"teacher: {self.root}: no text_encoder/config.json (allowed: a diffusers checkpoint "
+                                  "folder with vae/, text_encoder/ and tokenizer/)")
+        self.vae_config = self._json(self.root / "vae" / "config.json")
+        self.unet_config = self._json(self.root / "unet" / "config.json") if (self.root / "unet" / "config.json").is_file() else {}
+        cfg = self.vae_config
+        self.latent_channels = int(cfg.get("latent_channels", 4))
+        self.vae_scale_factor = 2 ** (len(cfg.get("block_out_channels", [0] * 4)) - 1)
+        self.scaling_factor = float(cfg.get("scaling_factor") or 1.0)
+        self.shift_factor = cfg.get("shift_factor")
+        self.latents_mean = cfg.get("latents_mean")
+        self.latents_std = cfg.get("latents_std")
+        self.sdxl = (self.unet_config.get("addition_embed_type") == "text_time"
+                     or (self.root / "text_encoder_2" / "config.json").is_file())
+        self._vae: Any = None
+        self._text: list[tuple[Any, Any, str]] | None = None
+        self._unet: Any = None
+        self._sched: Any = None
+
+    @staticmethod
+    def _json(path: Path) -> dict[str, Any]:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ArchsearchError(f"teacher: {path}: cannot read ({exc})") from None
+
+    # -- loading --------------------------------------------------------------------------
+    @property
+    def vae(self) -> Any:
+        if self._vae is None:
+            import diffusers
+            from diffusers.utils import logging as dlog
+
+            dlog.set_verbosity_error()
+            cls = getattr(diffusers, str(self.vae_config.get("_class_name", "AutoencoderKL")), diffusers.AutoencoderKL)
+            try:
+                vae = cls.from_pretrained(str(self.root / "vae"), local_files_only=True)
+            except (OSError, ValueError, TypeError) as exc:
+                raise ArchsearchError(f"teacher: cannot load the VAE from {self.root / 'vae'} ({_first_line(exc)})") from None
+            self._vae = vae.eval().requires_grad_(False).to(self.device)
+        return self._vae
+
+    def _load_text(self, n: str) -> tuple[Any, Any, str]:
+        import transformers
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        te_dir, tok_dir = self.root / f"text_encoder{n}", self.root / f"tokenizer{n}"
+        cfg = self._json(te_dir / "config.json")
+        arch = (cfg.get("architectures") or ["AutoModel"])[0]
+        cls = getattr(transformers, arch, None) or transformers.AutoModel
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+            model = cls.from_pretrained(str(te_dir), local_files_only=True)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ArchsearchError(f"teacher: cannot load {te_dir.name}/ or {tok_dir.name}/ from {self.root} "
+                                  f"({_first_line(exc)})") from None
+        role = "t5" if "T5" in arch else "clip"
+        return tok, model.eval().requires_grad_(False).to(self.device), role
+
+    @property
+    def text(self) -> list[tuple[Any, Any, str]]:
+        if self._text is None:
+            names = [""] + [n for n in ("_2", "_3") if (self.root / f"text_encoder{n}" / "config.json").is_file()]
+            self._text = [self._load_text(n) for n in names]
+        return self._text
+
+    @property
+    def unet(self) -> Any:
+        if self._unet is None:
+            import diffusers
+
+            if not self.unet_config:
+                raise ArchsearchError(f"teacher: {self.root}: no unet/config.json (a prompts source needs the "
+                                      "teacher's UNet to generate the latents)")
+            cls = getattr(diffusers, str(self.unet_config.get("_class_name", "UNet2DConditionModel")))
+            self._unet = cls.from_pretrained(str(self.root / "unet"), local_files_only=True).eval().requires_grad_(False).to(self.device)
+        return self._unet
+
+    @property
+    def scheduler(self) -> Any:
+        if self._sched is None:
+            import diffusers
+
+            path = self.root / "scheduler" / "scheduler_config.json"
+            if not path.is_file():
+                raise ArchsearchError(f"teacher: {self.root}: no scheduler/scheduler_config.json (a prompts "
+                                      "source samples with the teacher's scheduler)")
+            cfg = self._json(path)
+            cls = getattr(diffusers, str(cfg.get("_class_name", "DDIMScheduler")), None)
+            if cls is None:
+                raise ArchsearchError(f"teacher: {path}: _class_name {cfg.get('_class_name')!r} is not a diffusers scheduler")
+            self._sched = cls.from_pretrained(str(self.root / "scheduler"), local_files_only=True)
+        return self._sched
+
+    # -- shapes -----------------------------------------------------------------------------
+    @staticmethod
+    def _length(tok: Any) -> int:
+        n = getattr(tok, "model_max_length", None)
+        return int(n) if isinstance(n, int) and 0 < n <= 256 else 77
+
+    def text_shapes(self) -> dict[str, Any]:
+        """``context_length``, ``context_dim``, ``pooled_dim``, ``t5_shape`` from the configs."""
+        def dim(n: str) -> int:
+            cfg = self._json(self.root / f"text_encoder{n}" / "config.json")
+            return int(cfg.get("hidden_size") or cfg.get("d_model"))
+
+        tok_len = [self._length(t) for t, _m, _r in self.text]
+        roles = [r for _t, _m, r in self.text]
+        if self.sdxl:
+            cfg2 = self._json(self.root / "text_encoder_2" / "config.json")
+            out = {"context_length": tok_len[0], "context_dim": dim("") + dim("_2"),
+                   "pooled_dim": int(cfg2.get("projection_dim") or dim("_2"))}
+        else:
+            out = {"context_length": tok_len[0], "context_dim": dim(""), "pooled_dim": 0}
+        out["t5_shape"] = [tok_len[-1], dim("_3")] if len(roles) == 3 and roles[2] == "t5" else None
+        return out
+
+    # -- encoding ---------------------------------------------------------------------------
+    def _tokens(self, tok: Any, model: Any, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        t = tok(list(captions), padding="max_length", max_length=self._length(tok), truncation=True, return_tensors="pt")
+        out = {"input_ids": t.input_ids.to(self.device)}
+        if getattr(model.config, "use_attention_mask", False) and "attention_mask" in t:
+            out["attention_mask"] = t.attention_mask.to(self.device)
+        return out
+
+    @torch.no_grad()
+    def encode_text(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``text_states`` (+ ``pooled``, ``t5_states``) for ``captions``, float32 on CPU."""
+        encs = self.text
+        out: dict[str, torch.Tensor] = {}
+        if self.sdxl:
+            states, pooled = [], None
+            for tok, model, _role in encs[:2]:
+                o = model(**self._tokens(tok, model, captions), output_hidden_states=True)
+                states.append(o.hidden_states[-2])
+                pooled = o[0]  # the last encoder's pooled (text_embeds), as diffusers' SDXL pipeline
+            out["text_states"] = torch.cat(states, dim=-1)
+            out["pooled"] = pooled
+        else:
+            tok, model, _role = encs[0]
+            out["text_states"] = model(**self._tokens(tok, model, captions)).last_hidden_state
+        if len(encs) == 3 and encs[2][2] == "t5":
+            tok, model, _role = encs[2]
+            out["t5_states"] = model(**self._tokens(tok, model, captions)).last_hidden_state
+        return {k: v.float().cpu() for k, v in out.items()}
+
+    def _scale(self, z: torch.Tensor) -> torch.Tensor:
+        if self.latents_mean is not None and self.latents_std is not None:
+            shape = (1, -1) + (1,) * (z.ndim - 2)
+            mean = torch.tensor(self.latents_mean, dtype=z.dtype, device=z.device).view(shape)
+            std = torch.tensor(self.latents_std, dtype=z.dtype, device=z.device).view(shape)
+            return (z - mean) * self.scaling_factor / std
+        if self.shift_factor is not None:
+            z = z - float(self.shift_factor)
+        return z * self.scaling_factor
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Latents of ``pixels`` in [-1, 1]: ``(B, 3, H, W)`` -> ``(B, C, h, w)``, or clips
+        ``(B, T, 3, H, W)`` -> ``(B, C, T, h, w)`` (frame by frame with a 2-D VAE)."""
+        vae = self.vae
+        x = pixels.to(self.device, torch.float32)
+        video = x.ndim == 5
+        temporal = video and bool(self.vae_config.get("temporal_compression_ratio"))
+        if video and not temporal:
+            b, t = x.shape[:2]
+            x = x.flatten(0, 1)
+        elif temporal:
+            x = x.permute(0, 2, 1, 3, 4)
+        dist = vae.encode(x).latent_dist
+        z = self._scale(dist.mode() if hasattr(dist, "mode") else dist.mean)
+        if video and not temporal:
+            z = z.unflatten(0, (b, t)).permute(0, 2, 1, 3, 4)
+        return z.float().cpu()
+
+    @torch.no_grad()
+    def generate(self, captions: Sequence[str], seeds: Sequence[int], size: tuple[int, int], frames: int,
+                 steps: int, guidance: float) -> dict[str, torch.Tensor]:
+        """Teacher-generated latents for ``captions`` (one seed each), as diffusers' text-to-image
+        pipelines sample them: the scheduler's own timesteps, classifier-free guidance
+        ``uncond + guidance * (cond - uncond)`` (an empty prompt as the negative; zeros for SDXL,
+        as its ``force_zeros_for_empty_prompt``). Also returns the text conditioning."""
+        unet, sched = self.unet, self.scheduler
+        cond = self.encode_text(captions)
+        b = len(captions)
+        h, w = size[0] // self.vae_scale_factor, size[1] // self.vae_scale_factor
+        c = int(self.unet_config.get("in_channels", self.latent_channels))
+        shape = (1, c, frames, h, w) if "3D" in str(self.unet_config.get("_class_name", "")) else (1, c, h, w)
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        latents = torch.cat([torch.randn(shape, generator=g) for g in gens]).to(self.device)
+        if self.sdxl:
+            uncond = {k: torch.zeros_like(v) for k, v in cond.items()}
+        else:
+            uncond = self.encode_text([""] * b)
+        ctx = torch.cat([uncond["text_states"], cond["text_states"]]).to(self.device, unet.dtype)
+        added = None
+        time_ids = torch.tensor([[size[0], size[1], 0, 0, size[0], size[1]]] * b, dtype=torch.float32)
+        if self.sdxl:
+            added = {"text_embeds": torch.cat([uncond["pooled"], cond["pooled"]]).to(self.device, unet.dtype),
+                     "time_ids": torch.cat([time_ids, time_ids]).to(self.device, unet.dtype)}
+        sched.set_timesteps(steps, device=self.device)
+        latents = latents * sched.init_noise_sigma
+        import inspect
+
+        step_kw = {"generator": gens} if "generator" in inspect.signature(sched.step).parameters else {}
+        for t in sched.timesteps:
+            inp = sched.scale_model_input(torch.cat([latents, latents]), t)
+            kw = {"added_cond_kwargs": added} if added is not None else {}
+            noise = unet(inp, t, encoder_hidden_states=ctx, return_dict=False, **kw)[0]
+            u, c_ = noise.chunk(2)
+            noise = u + guidance * (c_ - u)
+            latents = sched.step(noise, t, latents, return_dict=False, **step_kw)[0]
+        out = {**cond, "latents": latents.float().cpu()}
+        if self.sdxl:
+            out["add_time_ids"] = time_ids
+        return out
+
+
+# --------------------------------------------------------------------------- resize and crop
+
+
+def bucket_sizes(resolution: int, step: int = 64) -> list[tuple[int, int]]:
+    """``(h, w)`` sizes, multiples of ``step``, with an area close to ``resolution**2``."""
+    out = set()
+    for r in _BUCKET_RATIOS:  # r = w / h
+        h = max(step, round(resolution / r**0.5 / step) * step)
+        w = max(step, round(resolution * r**0.5 / step) * step)
+        out.add((h, w))
+    return sorted(out)
+
+
+def _target(size_hw: tuple[int, int], resolution: int, buckets: list[tuple[int, int]] | None) -> tuple[int, int]:
+    if not buckets:
+        return resolution, resolution
+    h, w = size_hw
+    ratio = w / h
+    return min(buckets, key=lambda b: (abs(np.log(b[1] / b[0]) - np.log(ratio)), b))
+
+
+def resize_crop(img: Any, target: tuple[int, int], crop: str, rng: random.Random) -> tuple[Any, tuple[int, int]]:
+    """Resize ``img`` (PIL) so that it covers ``target`` (h, w) -- bicubic, aspect kept -- then
+    crop it to ``target`` at the centre or at a random offset. Returns the crop and its
+    top-left corner in the resized picture (SDXL's ``crops_coords_top_left``)."""
+    from PIL import Image
+
+    th, tw = target
+    w, h = img.size
+    s = max(th / h, tw / w)
+    nh, nw = max(th, round(h * s)), max(tw, round(w * s))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BICUBIC)
+    if crop == "random":
+        top, left = rng.randint(0, nh - th), rng.randint(0, nw - tw)
+    else:
+        top, left = (nh - th) // 2, (nw - tw) // 2
+    return img.crop((left, top, left + tw, top + th)), (top, left)
+
+
+def to_tensor(img: Any) -> torch.Tensor:
+    """A PIL RGB picture as ``(3, H, W)`` float32 in [-1, 1]."""
+    a = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+class _Decode(torch.utils.data.Dataset):
+    """Item index -> a decoded, resized and cropped sample (or the reason it was skipped)."""
+
+    def __init__(self, source: Source, items: list[Item], resolution: int, crop: str,
+                 buckets: list[tuple[int, int]] | None, seed: int) -> None:
+        self.source, self.items = source, items
+        self.resolution, self.crop, self.buckets, self.seed = resolution, crop, buckets, seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.items[i]
+        try:
+            loaded = self.source.load(item)
+            return {"i": i, "key": item.key, **self._pixels(loaded)}
+        except BadSample as exc:
+            return {"i": i, "key": item.key, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - a bad file must never abort the pass
+            return {"i": i, "key": item.key, "error": f"{type(exc).__name__}: {_first_line(exc)}"}
+
+    def _pixels(self, s: Loaded) -> dict[str, Any]:
+        out: dict[str, Any] = {"caption": s.caption}
+        if s.pixels is None:  # prompts
+            return out
+        rng = random.Random(f"{self.seed}:{s.key}")
+        if isinstance(s.pixels, np.ndarray):  # a clip (T, H, W, 3)
+            from PIL import Image
+
+            frames = [Image.fromarray(f) for f in s.pixels]
+            h, w = frames[0].height, frames[0].width
+            target = _target((h, w), self.resolution, self.buckets)
+            state = rng.getstate()
+            crops = []
+            for f in frames:  # the same crop for every frame
+                rng.setstate(state)
+                c, tl = resize_crop(f, target, self.crop, rng)
+                crops.append(to_tensor(c))
+            out["pixels"] = torch.stack(crops)
+        else:
+            h, w = s.pixels.height, s.pixels.width
+            target = _target((h, w), self.resolution, self.buckets)
+            c, tl = resize_crop(s.pixels, target, self.crop, rng)
+            out["pixels"] = to_tensor(c)
+        out["time_ids"] = torch.tensor([h, w, tl[0], tl[1], target[0], target[1]], dtype=torch.float32)
+        return out
+
+
+# --------------------------------------------------------------------------- the pass
+
+
+@dataclass
+class PrepareResult:
+    """What one :func:`prepare` call did (``index`` is the cache's ``index.json``)."""
+
+    out: Path
+    n_samples: int
+    n_skipped: int
+    encoded: int  # samples encoded by this call (0 when the cache was already complete)
+    skipped_reasons: dict[str, int]
+    shards: int
+    shards_written: int
+    wall_time_s: float
+    index: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.encoded / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ArchsearchError(f"out: {out} is being written by another prepare (allowed: one at a time)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _reason(msg: str) -> str:
+    """The category a skip reason is counted under (the text before any parenthesis)."""
+    return msg.split(" (")[0]
+
+
+def prepare(
+    source: str | os.PathLike,
+    teacher: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    resolution: int | None = None,
+    frames: int = 1,
+    fps: float | None = None,
+    crop: str = "center",
+    buckets: bool = False,
+    workers: int = 2,
+    batch: int = 16,
+    shard_size: int = 1024,
+    holdout: float = 0.01,
+    seed: int = 0,
+    dtype: str = "float16",
+    device: str | torch.device | None = "auto",
+    format: str | None = None,  # noqa: A002
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    split: str | None = None,
+    steps: int = 25,
+    guidance: float = 7.5,
+    progress: Progress | None = None,
+) -> PrepareResult:
+    """Encode ``source`` with the ``teacher`` checkpoint's VAE and text encoders into the cache
+    folder ``out`` (see :mod:`archsearch.distill._cache`); resumable, see the module docs.
+
+    ``resolution`` (pixels; default the UNet's ``sample_size`` times the VAE factor) is the
+    side of the square crop, or the area of the aspect-ratio ``buckets``; ``crop`` is
+    ``center`` or ``random`` (seeded per key from ``seed``, so reruns crop the same). Clips:
+    ``frames`` frames ``1/fps`` s apart. ``holdout``: the fraction of keys (by hash) in the
+    holdout split. ``dtype``: how tensors are stored. Prompts: ``steps`` and ``guidance`` of the
+    teacher's sampler, one seed per prompt from ``seed`` and its key.
+    """
+    t_start = time.perf_counter()
+    from archsearch.distill._device import resolve_device
+
+    out = Path(out).expanduser()
+    if crop not in CROPS:
+        raise ArchsearchError(f"crop: bad value {crop!r} (allowed: {', '.join(CROPS)})")
+    if dtype not in DTYPES:
+        raise ArchsearchError(f"dtype: bad value {dtype!r} (allowed: {', '.join(DTYPES)})")
+    for name, v, lo in (("workers", workers, 0), ("batch", batch, 1), ("shard_size", shard_size, 1),
+                        ("frames", frames, 1), ("steps", steps, 1)):
+        if not isinstance(v, int) or v < lo:
+            raise ArchsearchError(f"{name}: bad value {v!r} (allowed: an integer >= {lo})")
+    if not 0.0 <= holdout < 1.0:
+        raise ArchsearchError(f"holdout: bad value {holdout!r} (allowed: a fraction in [0, 1))")
+    if fps is not None and fps <= 0:
+        raise ArchsearchError(f"fps: bad value {fps!r} (allowed: a number > 0)")
+    shard_size = -(-shard_size // batch) * batch  # batches never straddle a shard
+    dev = resolve_device(device)
+
+    enc = TeacherEncoders(teacher, dev)
+    factor = enc.vae_scale_factor
+    if resolution is None:
+        size = enc.unet_config.get("sample_size")
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        if not isinstance(size, int):
+            raise ArchsearchError(f"resolution: not given and {Path(teacher) / 'unet'} has no sample_size "
+                                  "(allowed: a number of pixels)")
+        resolution = size * factor
+    if not isinstance(resolution, int) or resolution < factor or resolution % factor:
+        raise ArchsearchError(f"resolution: bad value {resolution!r} (allowed: a multiple of the VAE's "
+                              f"downsampling factor {factor})")
+    step = 64 if resolution >= 512 else max(factor, resolution // 8 // factor * factor)
+    bucket_list = bucket_sizes(resolution, step) if buckets else None
+
+    src = open_source(source, format, frames=frames, fps=fps, image_column=image_column,
+                      caption_column=caption_column, split=split)
+    if src.kind == "image" and frames != 1:
+        raise ArchsearchError(f"frames: {frames} frames from a {src.format} source of pictures (allowed: 1, "
+                              "or a folder of clips)")
+    kind = "video" if src.kind == "video" or (src.kind == "prompts" and frames > 1) else "image"
+    if src.kind == "prompts" and buckets:
+        raise ArchsearchError("buckets: teacher-generated data has one size (allowed: false with a prompts source)")
+
+    if progress:
+        progress("scan", f"listing {src.format} {src.path}", 0, 1)
+    items = src.items()
+    if not items:
+        raise ArchsearchError(f"source: {source}: no samples found")
+    if progress:
+        progress("scan", f"{len(items)} samples in {src.format} {src.path}", 1, 1)
+
+    thash = teacher_hash(teacher)
+    shapes = enc.text_shapes()
+    settings = {
+        "version": CACHE_VERSION, "teacher_hash": thash, "resolution": resolution, "frames": frames, "fps": fps,
+        "crop": crop, "buckets": bool(buckets), "shard_size": shard_size, "batch": batch, "seed": seed,
+        "dtype": dtype, "holdout": holdout, "format": src.format,
+        "steps": steps if src.kind == "prompts" else None, "guidance": guidance if src.kind == "prompts" else None,
+        "n_items": len(items), "items_hash": _items_hash(items),
+    }
+    n_shards = -(-len(items) // shard_size)
+    with _lock(out):
+        state = _start_state(out, settings, source, teacher)
+        run = len(state["runs"]) + 1
+        state["runs"].append({"run": run, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "encoded": 0,
+                              "shards": 0, "finished": False})
+        atomic_write_text(out / STATE_FILE, json.dumps(state, indent=1))
+        (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        for tmp in (out / SHARD_DIR).glob(".*.tmp"):  # left by a killed run
+            tmp.unlink(missing_ok=True)
+        metas: dict[int, dict[str, Any]] = {}
+        for i in range(n_shards):
+            p = shard_path(out, i)
+            if p.is_file():
+                m = read_shard_meta(p)
+                if m is not None and m.get("settings") == _settings_id(settings) and m.get("shard") == i:
+                    metas[i] = m
+        todo = [i for i in range(n_shards) if i not in metas]
+        done_items = sum(m["items"] for m in metas.values())
+        skipped = [s for m in metas.values() for s in m["skipped"]]
+        encoded = 0
+        rate_t0 = time.perf_counter()
+        desc = lambda: (f"{encoded / max(time.perf_counter() - rate_t0, 1e-9):.1f} samples/s, "  # noqa: E731
+                        f"{len(skipped)} skipped")
+        if progress:
+            progress("encode", desc(), done_items, len(items))
+        if todo:
+            ds = _Decode(src, items, resolution, crop, bucket_list, seed)
+            sampler = [list(range(s * shard_size, min((s + 1) * shard_size, len(items))))[j : j + batch]
+                       for s in todo for j in range(0, shard_size, batch)]
+            sampler = [b for b in sampler if b]
+            loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=list,
+                                                 persistent_workers=False, prefetch_factor=4 if workers else None)
+            buf: dict[int, dict[str, Any]] = {}
+            for samples in loader:
+                s = samples[0]["i"] // shard_size
+                shard = buf.setdefault(s, {"rows": [], "skipped": [], "seen": 0})
+                good = [x for x in samples if "error" not in x]
+                for x in samples:
+                    if "error" in x:
+                        shard["skipped"].append([x["key"], x["error"]])
+                        skipped.append([x["key"], x["error"]])
+                if good:
+                    shard["rows"] += _encode(enc, good, src.kind, resolution, frames, steps, guidance, seed)
+                    encoded += len(good)
+                shard["seen"] += len(samples)
+                want = min((s + 1) * shard_size, len(items)) - s * shard_size
+                if shard["seen"] == want:
+                    meta = {"shard": s, "run": run, "items": want, "encoded": len(shard["rows"]),
+                            "skipped": shard["skipped"], "settings": _settings_id(settings)}
+                    metas[s] = write_shard(shard_path(out, s), shard.pop("rows"), meta, DTYPES[dtype])
+                    del buf[s]
+                    state["runs"][-1].update(encoded=encoded, shards=state["runs"][-1]["shards"] + 1)
+                    atomic_write_text(out / STATE_FILE, json.dumps(state, indent=1))
+                done_items += len(samples)
+                if progress:
+                    progress("encode", desc(), done_items, len(items))
+        state["runs"][-1].update(encoded=encoded, finished=True)
+        atomic_write_text(out / STATE_FILE, json.dumps(state, indent=1))
+        index = _write_index(out, state, settings, metas, n_shards, src, enc, teacher, shapes, kind)
+    reasons: dict[str, int] = {}
+    for _k, r in skipped:
+        reasons[_reason(r)] = reasons.get(_reason(r), 0) + 1
+    return PrepareResult(out=out, n_samples=index["n_samples"], n_skipped=len(skipped), encoded=encoded,
+                         skipped_reasons=reasons, shards=n_shards, shards_written=len(todo),
+                         wall_time_s=time.perf_counter() - t_start, index=index)
+
+
+def _encode(enc: TeacherEncoders, good: list[dict[str, Any]], kind: str, resolution: int, frames: int,
+            steps: int, guidance: float, seed: int) -> list[dict[str, Any]]:
+    captions = [x["caption"] for x in good]
+    if kind == "prompts":
+        seeds = [int.from_bytes(_sha(f"{seed}:{x['key']}")[:8], "big") >> 1 for x in good]
+        out = enc.generate(captions, seeds, (resolution, resolution), frames, steps, guidance)
+    else:
+        out = enc.encode_text(captions)
+        # one VAE batch per latent shape (buckets); a 1-shape batch is one call
+        lat: list[torch.Tensor | None] = [None] * len(good)
+        by_shape: dict[tuple, list[int]] = {}
+        for j, x in enumerate(good):
+            by_shape.setdefault(tuple(x["pixels"].shape), []).append(j)
+        for js in by_shape.values():
+            z = enc.encode_images(torch.stack([good[j]["pixels"] for j in js]))
+            for j, zz in zip(js, z):
+                lat[j] = zz
+        out["latents"] = lat  # type: ignore[assignment]
+        if enc.sdxl:
+            out["add_time_ids"] = torch.stack([x["time_ids"] for x in good])
+    rows = []
+    for j, x in enumerate(good):
+        rows.append({"key": x["key"], **{k: v[j] for k, v in out.items()}})
+    return rows
+
+
+def _sha(s: str) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(s.encode("utf-8")).digest()
+
+
+def _items_hash(items: list[Item]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for it in items:
+        h.update(it.key.encode("utf-8") + b"\0")
+    return h.hexdigest()[:32]
+
+
+def _settings_id(settings: dict[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+#: settings -> the parameter a mismatch is reported under
+_PARAM_OF = {"teacher_hash": "teacher", "n_items": "source", "items_hash": "source", "format": "source",
+             "version": "out"}
+
+
+def _start_state(out: Path, settings: dict[str, Any], source: Any, teacher: Any) -> dict[str, Any]:
+    path = out / STATE_FILE
+    if path.is_file():
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ArchsearchError(f"out: {path}: cannot read ({exc})") from None
+        old = state.get("settings", {})
+        for k, v in settings.items():
+            if old.get(k) != v:
+                param = _PARAM_OF.get(k, k)
+                what = {"items_hash": "the list of samples", "n_items": "the number of samples"}.get(k, k)
+                raise ArchsearchError(f"{param}: {out} was prepared with {what} {old.get(k)!r}, now {v!r} "
+                                      "(allowed: the same settings to resume, or a new out)")
+        return state
+    if out.is_dir() and any(p for p in out.iterdir() if p.name not in (".lock",)):
+        raise ArchsearchError(f"out: {out} is not empty and holds no {STATE_FILE} (allowed: a new or empty folder, "
+                              "or a cache folder to resume)")
+    return {"settings": settings, "source": str(source), "teacher": str(Path(teacher).expanduser().resolve()),
+            "runs": []}
+
+
+def _write_index(out: Path, state: dict[str, Any], settings: dict[str, Any], metas: dict[int, dict[str, Any]],
+                 n_shards: int, src: Source, enc: TeacherEncoders, teacher: Any, shapes: dict[str, Any],
+                 kind: str) -> dict[str, Any]:
+    shards, keys, skipped = [], [], []
+    latent_shapes = set()
+    for i in range(n_shards):
+        m = metas[i]
+        shards.append({"shard": i, "file": shard_path(out, i).relative_to(out).as_posix(), "run": m["run"],
+                       "items": m["items"], "groups": m["groups"]})
+        for g, ks in m["groups"].items():
+            latent_shapes.add(g)
+            keys += ks
+        skipped += m["skipped"]
+    reasons: dict[str, int] = {}
+    for _k, r in skipped:
+        reasons[_reason(r)] = reasons.get(_reason(r), 0) + 1
+    res, frames = settings["resolution"], settings["frames"]
+    f = enc.vae_scale_factor
+    if settings["buckets"]:
+        latent_shape = None
+        resolution = None
+    else:
+        latent_shape = [enc.latent_channels, *([frames] if kind == "video" else []), res // f, res // f]
+        if len(latent_shapes) == 1:
+            latent_shape = [int(v) for v in next(iter(latent_shapes)).split("x")]
+        resolution = [res, res]
+    holdout = settings["holdout"]
+    runs = []
+    written = {}
+    for s in shards:
+        written[s["run"]] = written.get(s["run"], 0) + 1
+    for r in state["runs"]:
+        runs.append({**r, "shards_in_cache": written.get(r["run"], 0)})
+    index = {
+        "version": CACHE_VERSION,
+        "teacher_hash": settings["teacher_hash"],
+        "teacher": state["teacher"],
+        "teacher_components": teacher_components(teacher),
+        "kind": kind,
+        "resolution": resolution,
+        "bucket_area": res if settings["buckets"] else None,
+        "frames": frames,
+        "fps": settings["fps"],
+        "crop": settings["crop"],
+        "buckets": settings["buckets"],
+        "latent_channels": enc.latent_channels,
+        "latent_shape": latent_shape,
+        "vae_scale_factor": f,
+        "scaling_factor": enc.scaling_factor,
+        "shift_factor": enc.shift_factor,
+        "context_length": shapes["context_length"],
+        "context_dim": shapes["context_dim"],
+        "pooled_dim": shapes["pooled_dim"],
+        "has_add_time_ids": bool(enc.sdxl),
+        "t5_shape": shapes["t5_shape"],
+        "generated": src.kind == "prompts",
+        "generation": {"steps": settings["steps"], "guidance": settings["guidance"]} if src.kind == "prompts" else None,
+        "source": {**src.describe(), "items": len(keys) + len(skipped)},
+        "dtype": settings["dtype"],
+        "seed": settings["seed"],
+        "shard_size": settings["shard_size"],
+        "holdout": holdout,
+        "n_samples": len(keys),
+        "n_holdout": sum(is_holdout(k, holdout) for k in keys),
+        "skipped": {"count": len(skipped), "by_reason": reasons, "first": skipped[:_MAX_REASONS]},
+        "runs": runs,
+        "shards": shards,
+    }
+    atomic_write_text(out / INDEX_FILE, json.dumps(index, indent=1))
+    return index
