@@ -21,14 +21,44 @@ def test_sd15_param_count_equals_diffusers():
     assert ours == sum(p.numel() for p in ref.parameters()) == 859_520_964
 
 
+def test_sdxl_param_count_equals_diffusers():
+    """SDXL: text_time added conditioning, linear projections, depths [1, 2, 10] (mid 10)."""
+    from diffusers import UNet2DConditionModel
+
+    ours = count_params(sample(load_space(SPACES / "reference" / "sdxl_unet.yaml")))
+    with torch.device("meta"):
+        ref = UNet2DConditionModel(
+            sample_size=128,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=(320, 640, 1280),
+            layers_per_block=2,
+            cross_attention_dim=2048,
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),  # diffusers' name for the head count
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+        )
+    assert ours == sum(p.numel() for p in ref.parameters()) == 2_567_463_684
+
+
 def test_reference_backbones_are_close_to_published():
-    # Published: SnapFusion 848M, SnapGen 379M. Our readings of their layouts (see the YAML
-    # comments and README) must stay in the published ballpark; README reports exact counts.
-    snapfusion = count_params(sample(load_space(SPACES / "reference" / "snapfusion_unet.yaml")))
-    snapgen = count_params(sample(load_space(SPACES / "reference" / "snapgen_unet.yaml")))
-    assert snapfusion == 724_891_524
-    assert snapgen == 347_826_308
-    assert 0.8 < snapgen / 379e6 < 1.1
+    # Published: SnapFusion 848M, SnapGen 379M, SnapGen-V 0.6B. Our readings of their layouts
+    # (the YAML comments and README say how each was made); README reports these counts.
+    def count(name):
+        return count_params(sample(load_space(SPACES / "reference" / f"{name}.yaml")))
+
+    snapfusion, snapgen, snapgenv = count("snapfusion_unet"), count("snapgen_unet"), count("snapgenv_unet")
+    assert snapfusion == 759_327_364
+    assert snapgen == 381_803_396
+    assert snapgenv == 595_218_692
+    assert abs(snapgen / 379e6 - 1) < 0.03
+    assert abs(snapgenv / 600e6 - 1) < 0.05
+    # SnapFusion's Table 3 read with SD-v1.5's blocks cannot reach 848M (README): the largest
+    # split of its 4 "Mid" ResNets is 10.5% short
+    assert 0.89 < snapfusion / 848e6 < 0.9
 
 
 def test_param_count_matches_the_built_module(tiny_space, tiny_video_space):

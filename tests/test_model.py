@@ -141,3 +141,26 @@ def test_a_truncated_weights_file_is_a_one_line_error_naming_it(tiny_space, tmp_
     with pytest.raises(ArchsearchError, match=r"model\.safetensors: not a readable safetensors file") as e:
         ArchUNet.from_pretrained(tmp_path / "m")
     assert "\n" not in str(e.value)
+
+
+def test_every_registered_block_is_walked_and_trains(tiny_space, tiny_video_space):
+    """Each block type of the registry comes out of the walker for some candidate, and built
+    alone runs forward and backward on example_inputs (the profiler's call)."""
+    from archsearch.candidate import enumerate_candidates
+    from archsearch.model import BLOCK_TYPES
+    from archsearch.spec import load_space_text
+    from tests.test_layouts import ALL_TEMPORAL, LAYOUT_IMAGE
+
+    specs = {}
+    spaces = [tiny_space, tiny_video_space, load_space_text(ALL_TEMPORAL, "t.yaml"),
+              load_space_text(LAYOUT_IMAGE, "l.yaml")]
+    for space in spaces:
+        for c in enumerate_candidates(space, limit=200):
+            for s in walk(c):
+                specs.setdefault(s.type, s)
+    assert set(specs) == set(BLOCK_TYPES)
+    for type_, spec in specs.items():
+        block = build_block(spec)
+        out = block(*example_inputs(spec, batch=2))
+        out.float().square().mean().backward()
+        assert all(p.grad is not None for p in block.parameters()), type_

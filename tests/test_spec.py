@@ -46,6 +46,20 @@ BAD_SPECS = [
     ("schema_version: 1\nname: t\nstages: []\n", "t.yaml:3: stages: bad value list (allowed: a non-empty list of stage mappings)", 3),
     ("schema_version: 1\nname: t\nstages:\n  - {resnet_blocks: 1}\n", "t.yaml:4: stages[0]: missing key channels", 4),
     (BASE + "mid: {attention: self_cross, heads: 3}\n", "t.yaml:12: mid.heads: width 64 is not divisible by heads 3 (allowed: a head count that divides 64)", 12),
+    # per-position layouts, RoPE and added conditioning (issue 12)
+    (BASE + "    layers: [resnet, conv]\n", "t.yaml:12: stages[1].layers[1]: bad value 'conv' (allowed: resnet, transformer, cross_ffn, skip)", 12),
+    (BASE + "    layers: [{choice: [resnet, skip]}, resnet]\n", "stages[1].layers[0]: bad value 'skip' (allowed: resnet: a stage's first layer is a fixed resnet", 12),
+    (BASE + "    layers: [resnet, conv1d]\n", "stages[1].layers[1]: bad value 'conv1d' (temporal layers need kind: video)", 12),
+    (BASE + "    layers: [resnet, {range: [1, 2]}]\n", "stages[1].layers[1]: a layer cannot be a range", 12),
+    (BASE + "    layers: resnet\n", "stages[1].layers: bad value 'resnet' (allowed: a non-empty list of resnet, transformer", 12),
+    (BASE + "    layers: [resnet]\n    resnet_blocks: 2\n", "t.yaml:13: stages[1].resnet_blocks: give layers or resnet_blocks, not both", 13),
+    (BASE + "    layers: [resnet, {choice: [transformer, skip]}]\n", "t.yaml:12: stages[1].layers: a transformer layer in a stage with attention: none", 12),
+    (BASE.replace("stages:", "defaults: {layers: [resnet]}\nstages:"), "t.yaml:7: defaults.layers: layers cannot have a default", 7),
+    (BASE + "    rope: 1\n", "t.yaml:12: stages[1].rope: bad value 1 (allowed: true, false)", 12),
+    (BASE + "added_conditioning: {type: pooled}\n", "t.yaml:12: added_conditioning.type: bad value 'pooled' (allowed: none, text_time)", 12),
+    (BASE + "added_conditioning: {type: text_time, pooled: 5}\n", "added_conditioning.pooled: unknown key (allowed: pooled_dim, time_id_dim, time_ids, type)", 12),
+    (BASE + "added_conditioning: {type: text_time, pooled_dim: 0}\n", "added_conditioning.pooled_dim: bad value 0 (allowed: an integer >= 1)", 12),
+    (BASE + "added_conditioning: [text_time]\n", "added_conditioning: bad value list (allowed: none, or a mapping with", 12),
     ("name: t\nstages: [{channels: 32}]\n", "missing key schema_version", None),
     ("schema_version: 1\nname: t\nstages: [{channels: 32}\n", "invalid YAML", None),
 ]
@@ -71,10 +85,70 @@ def test_shipped_spaces_validate():
         assert space.size() >= 1, path
 
 
+#: per-position choices, adjacent skips (two assignments, one architecture), temporal
+#: positions, RoPE and an up stage with its own layout
+LAYOUT_SPACE = """\
+schema_version: 1
+name: layouts
+kind: video
+latent_channels: 4
+resolution: 8
+frames: 2
+context_dim: 16
+context_length: 4
+norm_groups: 8
+defaults: {head_dim: 8, attention: self_cross}
+stages:
+  - channels: {choice: [8, 16]}
+    layers: [resnet, {choice: [cross_ffn, conv1d, skip]}, {choice: [conv3d, skip]}]
+  - channels: 16
+    rope: {choice: [false, true]}
+    layers: [resnet, {choice: [transformer, skip]}, {choice: [transformer, skip]}, {choice: [attn1d, cross3d, skip]}]
+mid:
+  layers: [resnet, {choice: [transformer, cross_ffn]}, resnet]
+up:
+  - {layers: [resnet, {choice: [transformer, skip]}, {choice: [resnet, skip]}], attention: {choice: [self, cross]}}
+  - null
+"""
+
+
+def _brute_force_distinct(space):
+    """Every product of every written option (whether or not it matters), resolved with a
+    chooser that replays it: the distinct architectures, found without the enumerator."""
+    from archsearch.candidate import resolve
+
+    dims = space.dimensions()
+
+    class Replay:
+        def __init__(self, values):
+            self.values = values
+
+        def categorical(self, name, options):
+            return self.values[name]
+
+        def integer(self, name, low, high, step):
+            return self.values[name]
+
+    ids = set()
+    for combo in itertools.product(*(d.options for d in dims)):
+        values = {d.name: v for d, v in zip(dims, combo)}
+        # the resolver names up stages of a mirrored space after their down stage's keys
+        for d, v in zip(dims, combo):
+            if d.name.startswith("down"):
+                j = space.n_stages - 1 - int(d.name[4:].split(".")[0])
+                values.setdefault(f"up{j}." + d.name.split(".", 1)[1], v)
+        ids.add(resolve(space, Replay(values)).id)
+    return ids
+
+
 def test_space_size_is_exact_count_of_distinct_candidates(tiny_space, tiny_video_space):
     """Enumerate every assignment of every dimension; the distinct ids must equal size()."""
     from archsearch.candidate import enumerate_candidates
 
+    layouts = load_space_text(LAYOUT_SPACE, "layouts.yaml")
+    cands = list(enumerate_candidates(layouts))
+    assert len({c.id for c in cands}) == len(cands) == layouts.size()
+    assert {c.id for c in cands} == _brute_force_distinct(layouts)  # every architecture, each once
     for space in (tiny_space, tiny_video_space):
         cands = list(enumerate_candidates(space))  # full define-by-run enumeration of the whole space
         assert len({c.id for c in cands}) == len(cands) == space.size()

@@ -2,6 +2,7 @@
 
 from archsearch.candidate._candidate import (
     CANDIDATE_FORMAT,
+    AddedConditioning,
     Candidate,
     OptunaChooser,
     RandomChooser,
@@ -16,6 +17,7 @@ from archsearch.candidate._load import load_candidate
 
 __all__ = [
     "CANDIDATE_FORMAT",
+    "AddedConditioning",
     "Candidate",
     "OptunaChooser",
     "RandomChooser",

@@ -16,10 +16,12 @@ import yaml
 from archsearch._util import atomic_write_text, short_hash
 from archsearch.errors import CandidateError, SpecError
 from archsearch.spec import (
+    ADDED_CONDITIONING_TYPES,
     ATTENTION_KINDS,
     ATTENTION_VARIANTS,
     FFN_TYPES,
     KINDS,
+    LAYER_TOKENS,
     RESNET_VARIANTS,
     TEMPORAL_PLACEMENTS,
     TEMPORAL_TYPES,
@@ -31,6 +33,7 @@ from archsearch.spec import (
 
 __all__ = [
     "CANDIDATE_FORMAT",
+    "AddedConditioning",
     "Candidate",
     "OptunaChooser",
     "RandomChooser",
@@ -55,8 +58,53 @@ class TemporalConfig:
 
 
 @dataclass(frozen=True)
+class AddedConditioning:
+    """SDXL's ``text_time`` conditioning: the pooled text embedding and ``time_ids`` size and
+    crop numbers (each as ``time_id_dim`` sinusoidal features), projected to the time
+    embedding's width and added to it (diffusers' ``add_time_proj`` + ``add_embedding``)."""
+
+    type: str = "text_time"
+    pooled_dim: int = 1280
+    time_ids: int = 6
+    time_id_dim: int = 256
+
+    @property
+    def in_features(self) -> int:
+        return self.pooled_dim + self.time_ids * self.time_id_dim
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "added_cond") -> "AddedConditioning":
+        if not isinstance(d, dict):
+            raise CandidateError(f"{where}: expected a mapping with type, pooled_dim, time_ids, time_id_dim")
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(d) - known)
+        if extra:
+            raise CandidateError(f"{where}.{extra[0]}: unknown key (allowed: {', '.join(sorted(known))})")
+        ac = cls(**d)
+        if ac.type not in ADDED_CONDITIONING_TYPES[1:]:
+            raise CandidateError(f"{where}.type: bad value {ac.type!r} (allowed: {', '.join(ADDED_CONDITIONING_TYPES[1:])})")
+        for key in ("pooled_dim", "time_ids", "time_id_dim"):
+            v = getattr(ac, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise CandidateError(f"{where}.{key}: bad value {v!r} (allowed: an integer >= 1)")
+        return ac
+
+
+#: StageConfig fields added after the first release: left out of a candidate's id and file
+#: when they hold their default, so every id written before stays what it was
+_NEW_STAGE_DEFAULTS: dict[str, Any] = {"layout": (), "rope": False}
+
+
+@dataclass(frozen=True)
 class StageConfig:
-    """One resolved stage (down, mid or up). Unused fields hold neutral values."""
+    """One resolved stage (down, mid or up). Unused fields hold neutral values.
+
+    ``layout`` (empty for a stage described by counts) lists the stage's blocks in order:
+    ``resnet``, ``transformer`` (``transformer_depth`` layers of ``attention``),
+    ``cross_ffn`` (a cross-attention + FFN block, no self-attention) and temporal layers
+    (``conv1d`` ... ``cross3d``); a layout stage's ``resnet_blocks`` is its ResNet count.
+    ``rope``: 2D rotary position embedding in the stage's spatial self-attention.
+    """
 
     channels: int
     resnet_blocks: int
@@ -71,9 +119,14 @@ class StageConfig:
     ffn_ratio: float = 0.0
     ffn_type: str = "none"
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
+    layout: tuple[str, ...] = ()
+    rope: bool = False
 
     @property
     def has_transformer(self) -> bool:
+        """The stage has attention blocks (and so heads)."""
+        if self.layout:
+            return "transformer" in self.layout or "cross_ffn" in self.layout
         return self.transformer_depth > 0 and self.attention != "none"
 
     @classmethod
@@ -86,6 +139,10 @@ class StageConfig:
         t = d.pop("temporal", None) or {}
         if not isinstance(t, dict):
             raise CandidateError(f"{where}.temporal: expected a mapping with type, count, placement")
+        if "layout" in d:
+            if not isinstance(d["layout"], (list, tuple)):
+                raise CandidateError(f"{where}.layout: expected a list of layers (allowed: {', '.join(LAYER_TOKENS)})")
+            d["layout"] = tuple(d["layout"])
         try:
             st = cls(**d, temporal=TemporalConfig(**t))
         except TypeError as exc:
@@ -120,6 +177,23 @@ class StageConfig:
         if self.temporal.placement not in TEMPORAL_PLACEMENTS:
             raise CandidateError(f"{where}.temporal.placement: bad value {self.temporal.placement!r} "
                                  f"(allowed: {', '.join(TEMPORAL_PLACEMENTS)})")
+        if not isinstance(self.rope, bool):
+            raise bad("rope", "true, false")
+        if self.layout:
+            allowed = tuple(t for t in LAYER_TOKENS if t != "skip")
+            for k, token in enumerate(self.layout):
+                if token not in allowed:
+                    raise CandidateError(f"{where}.layout[{k}]: bad value {token!r} (allowed: {', '.join(allowed)})")
+            if self.layout[0] != "resnet":
+                raise CandidateError(f"{where}.layout[0]: bad value {self.layout[0]!r} (allowed: resnet)")
+            if self.resnet_blocks != self.layout.count("resnet"):
+                raise CandidateError(f"{where}.resnet_blocks: {self.resnet_blocks} != the {self.layout.count('resnet')} "
+                                     "resnet layers of its layout")
+            if "transformer" in self.layout and (self.attention == "none" or self.transformer_depth < 1):
+                raise CandidateError(f"{where}.layout: a transformer layer needs attention other than none "
+                                     "and transformer_depth >= 1")
+            if self.temporal.type != "none":
+                raise CandidateError(f"{where}.temporal: a stage with a layout lists its temporal layers in it")
 
     def scaled(self, width_mult: float, quantum_groups: int, head_dim: int | None = None) -> "StageConfig":
         """This stage with its width multiplied (rounded to fit norm groups and heads).
@@ -155,6 +229,7 @@ class Candidate:
     stages: tuple[StageConfig, ...]
     mid: StageConfig | None
     up: tuple[StageConfig, ...]
+    added_cond: AddedConditioning | None = None
     origin: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -169,6 +244,14 @@ class Candidate:
     def _arch_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("origin")
+        if d["added_cond"] is None:  # fields added later are omitted at their default (ids stay)
+            d.pop("added_cond")
+        for st in [*d["stages"], *d["up"], *([d["mid"]] if d["mid"] is not None else [])]:
+            for key, default in _NEW_STAGE_DEFAULTS.items():
+                if st[key] == default:
+                    st.pop(key)
+                elif key == "layout":
+                    st[key] = list(st[key])
         return d
 
     # ----------------------------------------------------------------- serialisation
@@ -192,11 +275,12 @@ class Candidate:
                 f"{source}: this is a search space, not a candidate; "
                 f"run `archsearch sample {source} -n 1 -o DIR` first"
             )
-        required = {f.name for f in fields(cls)} - {"origin"}
+        optional = {"origin", "added_cond"}
+        required = {f.name for f in fields(cls)} - optional
         missing = sorted(required - set(d))
         if missing:
             raise CandidateError(f"{source}: missing key {missing[0]} (a candidate needs: {', '.join(sorted(required))})")
-        unknown = sorted(set(d) - required - {"origin"})
+        unknown = sorted(set(d) - required - optional)
         if unknown:
             raise CandidateError(f"{source}: {unknown[0]}: unknown key (allowed: {', '.join(sorted(required))})")
         for key in ("stages", "up"):
@@ -215,6 +299,8 @@ class Candidate:
                 stages=tuple(StageConfig.from_dict(s, f"{source}: stages[{i}]") for i, s in enumerate(d["stages"])),
                 mid=StageConfig.from_dict(d["mid"], f"{source}: mid") if d["mid"] is not None else None,
                 up=tuple(StageConfig.from_dict(s, f"{source}: up[{i}]") for i, s in enumerate(d["up"])),
+                added_cond=(AddedConditioning.from_dict(d["added_cond"], f"{source}: added_cond")
+                            if d.get("added_cond") is not None else None),
                 origin=str(d.get("origin") or ""),
             )
         except CandidateError as exc:
@@ -270,6 +356,10 @@ class Candidate:
                     raise CandidateError(f"{name}.channels: {ch} is not divisible by norm_groups {self.norm_groups}")
             if self.kind == "image" and st.temporal.type != "none":
                 raise CandidateError(f"{name}.temporal: temporal layers need kind: video")
+            if self.kind == "image" and any(t in TEMPORAL_TYPES for t in st.layout):
+                raise CandidateError(f"{name}.layout: temporal layers need kind: video")
+        if self.added_cond is not None and not isinstance(self.added_cond, AddedConditioning):
+            raise CandidateError("added_cond: expected an AddedConditioning (type, pooled_dim, time_ids, time_id_dim)")
         for i, (down, up) in enumerate(zip(self.stages, reversed(self.up))):
             if down.channels != up.channels:
                 raise CandidateError(f"up[{len(self.up) - 1 - i}].channels: {up.channels} != its down stage's {down.channels}")
@@ -290,6 +380,8 @@ class Candidate:
         for name, st in self.named_stages():
             row[f"{name}.channels"] = st.channels
             row[f"{name}.resnet_blocks"] = st.resnet_blocks
+            if st.layout:
+                row[f"{name}.layers"] = " ".join(st.layout)
             row[f"{name}.resnet_variant"] = st.resnet_variant
             row[f"{name}.transformer_depth"] = st.transformer_depth if st.has_transformer else 0
             row[f"{name}.attention"] = st.attention if st.has_transformer else "none"
@@ -411,6 +503,7 @@ def _from_resolved(space: SearchSpace, d: dict[str, Any]) -> Candidate:
             stages=tuple(StageConfig.from_dict(s, f"down{i}") for i, s in enumerate(d["stages"])),
             mid=StageConfig.from_dict(d["mid"], "mid") if d["mid"] is not None else None,
             up=tuple(StageConfig.from_dict(s, f"up{i}") for i, s in enumerate(d["up"])),
+            added_cond=AddedConditioning.from_dict(d["added_cond"]) if d.get("added_cond") else None,
             origin=space.name,
         )
     except CandidateError as exc:
@@ -452,5 +545,15 @@ def enumerate_candidates(space: SearchSpace, limit: int | None = None) -> Iterat
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit {limit}: bad value (allowed: None or an integer >= 0)")
-    it = enumerate_assignments(lambda ch: resolve(space, ch))
+
+    def distinct() -> Iterator[Candidate]:
+        # two assignments can build one architecture (adjacent {choice: [transformer, skip]}
+        # layers): each candidate is yielded once, as space.size() counts it
+        seen: set[str] = set()
+        for c in enumerate_assignments(lambda ch: resolve(space, ch)):
+            if c.id not in seen:
+                seen.add(c.id)
+                yield c
+
+    it = distinct()
     return it if limit is None else itertools.islice(it, limit)

@@ -159,7 +159,8 @@ class Attention(nn.Module):
         self.norm_k = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else None
         self.to_out = nn.Linear(heads * head_dim, query_dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         b, n, _ = x.shape
         kv = x if context is None else context
         q = self.to_q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
@@ -167,11 +168,41 @@ class Attention(nn.Module):
         v = self.to_v(kv).view(b, kv.shape[1], self.kv_heads, self.head_dim).transpose(1, 2)
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
+        if rope is not None:  # self-attention only: queries and keys share the token grid
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if self.kv_heads != self.heads:
             k = k.expand(b, self.heads, kv.shape[1], self.head_dim)
             v = v.expand(b, self.heads, kv.shape[1], self.head_dim)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
+
+
+def rope_2d(h: int, w: int, head_dim: int, device: Any = None, dtype: torch.dtype | None = None,
+            theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables ``(h*w, r/2)`` of 2D rotary embeddings for an ``h x w`` token grid.
+
+    The first ``r = head_dim - head_dim % 4`` features of each head rotate in pairs: half of
+    the pairs by the token's row, half by its column (frequencies ``theta^(-i/(r/4))``); any
+    remaining features pass unrotated. No parameters.
+    """
+    quarter = head_dim // 4
+    freqs = theta ** (-torch.arange(quarter, device=device, dtype=torch.float32) / max(quarter, 1))
+    ys = torch.arange(h, device=device, dtype=torch.float32)[:, None].expand(h, w).reshape(-1)
+    xs = torch.arange(w, device=device, dtype=torch.float32)[None, :].expand(h, w).reshape(-1)
+    angles = torch.cat([ys[:, None] * freqs, xs[:, None] * freqs], dim=1)  # (h*w, r/2)
+    dtype = dtype or torch.float32
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate feature pairs of ``t`` ``(b, heads, n, d)`` by the tables of :func:`rope_2d`."""
+    r = 2 * cos.shape[-1]
+    if r == 0:
+        return t
+    rot, rest = t[..., :r], t[..., r:]
+    a, b = rot[..., 0::2], rot[..., 1::2]
+    rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+    return torch.cat([rotated, rest], dim=-1)
 
 
 class TransformerLayer(nn.Module):
@@ -191,9 +222,10 @@ class TransformerLayer(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, activation_fn=ffn_type, inner_dim=int(round(dim * ffn_ratio)))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if self.has_self:
-            x = x + self.attn1(self.norm1(x))
+            x = x + self.attn1(self.norm1(x), None, rope)
         if self.has_cross:
             x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
@@ -201,12 +233,18 @@ class TransformerLayer(nn.Module):
 
 @register_block("transformer")
 class SpatialTransformer(nn.Module):
-    """GroupNorm → linear in → ``depth`` transformer layers over H·W tokens → linear out (+x)."""
+    """GroupNorm → linear in → ``depth`` transformer layers over H·W tokens → linear out (+x).
+
+    The projections are linear layers (SDXL's ``use_linear_projection``; SD-v1.5's 1x1
+    convolutions hold the same parameters). ``rope``: 2D RoPE in the self-attention.
+    """
 
     def __init__(self, channels: int, depth: int, attention: str, heads: int, head_dim: int,
                  context_dim: int, context_length: int, variant: str, qk_norm: bool,
-                 ffn_ratio: float, ffn_type: str, groups: int) -> None:
+                 ffn_ratio: float, ffn_type: str, groups: int, rope: bool = False) -> None:
         super().__init__()
+        self.rope = rope and attention in ("self", "self_cross")
+        self.head_dim = head_dim
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, channels)
         self.layers = nn.ModuleList(
@@ -220,10 +258,23 @@ class SpatialTransformer(nn.Module):
         b, c, h, w = x.shape
         t = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
         t = self.proj_in(t)
+        rope = rope_2d(h, w, self.head_dim, x.device, t.dtype) if self.rope else None
         for layer in self.layers:
-            t = layer(t, context)
+            t = layer(t, context, rope)
         t = self.proj_out(t)
         return x + t.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+@register_block("cross_ffn")
+class CrossFFN(SpatialTransformer):
+    """A cross-attention + FFN block, no self-attention (SnapGen's first stage turns a ResNet
+    into one): GroupNorm → linear in → LayerNorm → cross-attention → LayerNorm → FFN →
+    linear out, residual."""
+
+    def __init__(self, channels: int, heads: int, head_dim: int, context_dim: int, context_length: int,
+                 variant: str, qk_norm: bool, ffn_ratio: float, ffn_type: str, groups: int) -> None:
+        super().__init__(channels, 1, "cross", heads, head_dim, context_dim, context_length, variant, qk_norm,
+                         ffn_ratio, ffn_type, groups)
 
 
 # --------------------------------------------------------------------------- temporal layers
@@ -238,6 +289,26 @@ class TemporalConv1d(nn.Module):
         self.frames = frames
         self.norm = nn.GroupNorm(groups, channels, eps=1e-5)
         self.conv = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor, temb: Any = None, context: Any = None) -> torch.Tensor:
+        bt, c, h, w = x.shape
+        b = bt // self.frames
+        v = x.reshape(b, self.frames, c, h, w).permute(0, 2, 1, 3, 4)
+        v = self.conv(F.silu(self.norm(v)))
+        return x + v.permute(0, 2, 1, 3, 4).reshape(bt, c, h, w)
+
+
+@register_block("temporal_conv3d")
+class TemporalConv3d(nn.Module):
+    """GroupNorm → SiLU → 3x3x3 conv over time and space, residual; starts as identity."""
+
+    def __init__(self, channels: int, frames: int, groups: int) -> None:
+        super().__init__()
+        self.frames = frames
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-5)
+        self.conv = nn.Conv3d(channels, channels, 3, padding=1)
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
 
@@ -287,6 +358,77 @@ class TemporalAttention3d(nn.Module):
         t = t.reshape(b, self.frames * h * w, c)
         t = t + self.attn(self.norm(t))
         return t.reshape(b, self.frames, h * w, c).permute(0, 1, 3, 2).reshape(bt, c, h, w)
+
+
+class _TemporalCross(nn.Module):
+    """Temporal self-attention (1D: over the frames of each pixel; 3D: over all T·H·W tokens
+    of a clip), then cross-attention of every token to the text, each pre-norm, residual."""
+
+    spatio_temporal = False
+
+    def __init__(self, channels: int, frames: int, heads: int, head_dim: int, context_dim: int,
+                 context_length: int) -> None:
+        super().__init__()
+        self.frames = frames
+        self.pos = nn.Parameter(torch.zeros(frames, 1, channels))
+        self.norm1 = nn.LayerNorm(channels)
+        self.attn1 = Attention(channels, heads, head_dim)
+        self.norm2 = nn.LayerNorm(channels)
+        self.attn2 = Attention(channels, heads, head_dim, context_dim)
+
+    def forward(self, x: torch.Tensor, temb: Any = None, context: torch.Tensor | None = None) -> torch.Tensor:
+        bt, c, h, w = x.shape
+        b, f = bt // self.frames, self.frames
+        t = x.reshape(b, f, c, h * w).permute(0, 1, 3, 2) + self.pos  # b, T, hw, c
+        if self.spatio_temporal:
+            s = t.reshape(b, f * h * w, c)
+            s = s + self.attn1(self.norm1(s))
+        else:
+            s = t.permute(0, 2, 1, 3).reshape(b * h * w, f, c)
+            s = s + self.attn1(self.norm1(s))
+            s = s.reshape(b, h * w, f, c).permute(0, 2, 1, 3).reshape(b, f * h * w, c)
+        # every frame of a clip carries the same text: attend to it once per clip
+        ctx = context.reshape(b, f, *context.shape[1:])[:, 0]
+        s = s + self.attn2(self.norm2(s), ctx)
+        return s.reshape(b, f, h * w, c).permute(0, 1, 3, 2).reshape(bt, c, h, w)
+
+
+@register_block("temporal_cross1d")
+class TemporalCross1d(_TemporalCross):
+    """Temporal self-attention over frames (per pixel), then cross-attention to the text."""
+
+
+@register_block("temporal_cross3d")
+class TemporalCross3d(_TemporalCross):
+    """Spatio-temporal self-attention over T·H·W tokens, then cross-attention to the text."""
+
+    spatio_temporal = True
+
+
+# --------------------------------------------------------------------------- added conditioning
+
+
+@register_block("text_time_embed")
+class TextTimeEmbed(nn.Module):
+    """SDXL's ``text_time`` conditioning, added to the time embedding.
+
+    Called ``block(x, temb, None)`` with ``x = cat(pooled_text, time_ids)`` of shape
+    ``(B, pooled_dim + time_ids)``: each time id gets ``time_id_dim`` sinusoidal features
+    (diffusers' ``add_time_proj``), they are concatenated after the pooled text and projected
+    by an MLP (``add_embedding``) to the time embedding's width; returns ``temb`` + that.
+    """
+
+    def __init__(self, pooled_dim: int, time_ids: int, time_id_dim: int, time_embed_dim: int) -> None:
+        super().__init__()
+        self.pooled_dim, self.time_ids = pooled_dim, time_ids
+        self.add_time_proj = Timesteps(time_id_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.add_embedding = TimestepEmbedding(pooled_dim + time_ids * time_id_dim, time_embed_dim)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None, context: Any = None) -> torch.Tensor:
+        pooled, ids = x[:, : self.pooled_dim], x[:, self.pooled_dim:]
+        feats = self.add_time_proj(ids.flatten()).reshape(x.shape[0], -1)
+        emb = self.add_embedding(torch.cat([pooled, feats.to(pooled.dtype)], dim=-1))
+        return emb if temb is None else temb + emb
 
 
 # --------------------------------------------------------------------------- resampling

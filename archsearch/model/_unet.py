@@ -63,13 +63,21 @@ class ArchUNet(nn.Module):
         return self.candidate.kind == "video"
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
-                encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(sample, timestep, encoder_hidden_states, taps=False)[0]
+                encoder_hidden_states: torch.Tensor,
+                added_cond_kwargs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.forward_features(sample, timestep, encoder_hidden_states, taps=False,
+                                     added_cond_kwargs=added_cond_kwargs)[0]
 
     def forward_features(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
-                         encoder_hidden_states: torch.Tensor, taps: bool = True
+                         encoder_hidden_states: torch.Tensor, taps: bool = True,
+                         added_cond_kwargs: dict[str, torch.Tensor] | None = None,
                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Prediction and the stage-output features (``down.i``, ``mid``, ``up.i``)."""
+        """Prediction and the stage-output features (``down.i``, ``mid``, ``up.i``).
+
+        ``added_cond_kwargs`` (a candidate with ``added_cond``, as diffusers' SDXL UNet):
+        ``text_embeds`` ``(B, pooled_dim)`` and ``time_ids`` ``(B, time_ids)``; left out,
+        both are zeros (an unconditioned call: training loops and timing pass none).
+        """
         c = self.candidate
         expected_dims = 5 if self.is_video else 4
         if sample.dim() != expected_dims:
@@ -90,13 +98,18 @@ class ArchUNet(nn.Module):
         temb: torch.Tensor | None = None
         stacks: list[list[torch.Tensor]] = [[] for _ in c.stages]
         feats: dict[str, torch.Tensor] = {}
+        per_frame = False
         for spec, block in zip(self.block_specs, self.blocks):
             if spec.type == "time_embed":
                 temb = block(timestep.float(), None, None).to(x.dtype)
-                if frames > 1:
-                    temb = temb.repeat_interleave(frames, dim=0)
-                    context = context.repeat_interleave(frames, dim=0)
                 continue
+            if spec.type == "text_time_embed":
+                temb = block(self._added_input(spec, b, sample, added_cond_kwargs), temb, None).to(x.dtype)
+                continue
+            if frames > 1 and not per_frame:  # spatial blocks see frames as batch
+                temb = temb.repeat_interleave(frames, dim=0)
+                context = context.repeat_interleave(frames, dim=0)
+                per_frame = True
             if spec.pop_skip is not None:
                 x = torch.cat([x, stacks[spec.pop_skip].pop()], dim=1)
             x = block(x, temb, context)
@@ -107,6 +120,22 @@ class ArchUNet(nn.Module):
         if self.is_video:
             x = x.reshape(b, frames, *x.shape[1:]).permute(0, 2, 1, 3, 4)
         return x, feats
+
+    @staticmethod
+    def _added_input(spec: BlockSpec, batch: int, sample: torch.Tensor,
+                     added: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        hp = spec.hparams
+        added = added or {}
+        pooled = added.get("text_embeds")
+        ids = added.get("time_ids")
+        if pooled is None:
+            pooled = sample.new_zeros(batch, hp["pooled_dim"])
+        if ids is None:
+            ids = sample.new_zeros(batch, hp["time_ids"])
+        if tuple(pooled.shape) != (batch, hp["pooled_dim"]) or tuple(ids.shape) != (batch, hp["time_ids"]):
+            raise ValueError(f"added_cond_kwargs: text_embeds must be {(batch, hp['pooled_dim'])} and time_ids "
+                             f"{(batch, hp['time_ids'])}, got {tuple(pooled.shape)} and {tuple(ids.shape)}")
+        return torch.cat([pooled.to(sample.dtype), ids.to(sample.dtype)], dim=1)
 
     # ----------------------------------------------------------------- save / load
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -2,12 +2,15 @@
 
 from archsearch.spec._loader import format_path, load_yaml, load_yaml_text
 from archsearch.spec._space import (
+    ADDED_CONDITIONING_TYPES,
     ATTENTION_KINDS,
     ATTENTION_VARIANTS,
     FFN_TYPES,
     KINDS,
+    LAYER_TOKENS,
     RESNET_VARIANTS,
     SCHEMA_VERSION,
+    SPATIAL_LAYER_TOKENS,
     TEMPORAL_PLACEMENTS,
     TEMPORAL_TYPES,
     Chooser,
@@ -20,12 +23,15 @@ from archsearch.spec._space import (
 )
 
 __all__ = [
+    "ADDED_CONDITIONING_TYPES",
     "ATTENTION_KINDS",
     "ATTENTION_VARIANTS",
     "FFN_TYPES",
     "KINDS",
+    "LAYER_TOKENS",
     "RESNET_VARIANTS",
     "SCHEMA_VERSION",
+    "SPATIAL_LAYER_TOKENS",
     "TEMPORAL_PLACEMENTS",
     "TEMPORAL_TYPES",
     "Chooser",

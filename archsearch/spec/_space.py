@@ -13,6 +13,7 @@ so an Optuna trial, a seeded RNG and the exact space-size counter all walk the s
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,10 @@ from archsearch.errors import SpecError
 from archsearch.spec._loader import LocatedDocument, format_path, load_yaml, load_yaml_text
 
 __all__ = [
+    "ADDED_CONDITIONING_TYPES",
+    "LAYER_TOKENS",
     "SCHEMA_VERSION",
+    "SPATIAL_LAYER_TOKENS",
     "Chooser",
     "Dimension",
     "PathChooser",
@@ -40,19 +44,30 @@ RESNET_VARIANTS = ("plain", "separable")
 ATTENTION_KINDS = ("none", "cross", "self", "self_cross")
 ATTENTION_VARIANTS = ("mha", "mqa")
 FFN_TYPES = ("geglu", "gelu")
-TEMPORAL_TYPES = ("none", "conv1d", "attn1d", "attn3d")
+#: SnapGen-V's six temporal layers: convolution over time (1D: 3x1x1) or space-time (3D:
+#: 3x3x3); self-attention over the frames of each pixel (1D) or over all T*H*W tokens (3D);
+#: the same with cross-attention to the text after it (cross1d, cross3d).
+TEMPORAL_TYPES = ("none", "conv1d", "conv3d", "attn1d", "attn3d", "cross1d", "cross3d")
 TEMPORAL_PLACEMENTS = ("after_resnet", "after_transformer")
+#: what one position of a stage's ``layers:`` may hold (``skip``: nothing, only useful in a
+#: choice); the temporal types are video-only positions
+SPATIAL_LAYER_TOKENS = ("resnet", "transformer", "cross_ffn", "skip")
+LAYER_TOKENS = SPATIAL_LAYER_TOKENS + TEMPORAL_TYPES[1:]
+ADDED_CONDITIONING_TYPES = ("none", "text_time")
 
 TOP_KEYS = {
     "schema_version", "name", "description", "kind", "latent_channels", "resolution", "frames",
     "context_dim", "context_length", "time_embed_dim", "norm_groups", "width_mult",
     "up_extra_resnets", "defaults", "stages", "mid", "up", "constraints", "search", "proxy",
+    "added_conditioning",
 }
 STAGE_KEYS = {
     "channels", "resnet_blocks", "resnet_variant", "resnet_expansion", "transformer_depth",
     "attention", "attention_variant", "head_dim", "heads", "qk_norm", "ffn_ratio", "ffn_type",
-    "temporal",
+    "temporal", "layers", "rope",
 }
+ADDED_CONDITIONING_KEYS = {"type", "pooled_dim", "time_ids", "time_id_dim"}
+ADDED_CONDITIONING_DEFAULTS: dict[str, Any] = {"type": "none", "pooled_dim": 1280, "time_ids": 6, "time_id_dim": 256}
 TEMPORAL_KEYS = {"type", "count", "placement"}
 CONSTRAINT_KEYS = {"max_params", "max_latency_ms", "latency_target"}
 
@@ -66,6 +81,7 @@ STAGE_DEFAULTS: dict[str, Any] = {
     "qk_norm": False,
     "ffn_ratio": 4,
     "ffn_type": "geglu",
+    "rope": False,
 }
 TEMPORAL_DEFAULTS: dict[str, Any] = {"type": "none", "count": 1, "placement": "after_resnet"}
 
@@ -136,6 +152,7 @@ STAGE_RULES: dict[str, _Rule] = {
     "qk_norm": _BOOL,
     "ffn_ratio": _num_pos(),
     "ffn_type": _one_of(FFN_TYPES),
+    "rope": _BOOL,
 }
 TEMPORAL_RULES: dict[str, _Rule] = {
     "type": _one_of(TEMPORAL_TYPES),
@@ -275,6 +292,7 @@ class SearchSpace:
         if d.get("time_embed_dim") is not None:
             self._fixed(("time_embed_dim",), d["time_embed_dim"], _int_min(1))
         self._width_opts = self._check_value(("width_mult",), d.get("width_mult", 1.0), _num_pos())
+        self._check_added_conditioning(d.get("added_conditioning"))
 
         stages = d.get("stages")
         if not isinstance(stages, list) or not stages:
@@ -288,6 +306,8 @@ class SearchSpace:
             raise self._err(("defaults",), f"bad value {_describe(defaults)}", "a mapping of stage keys")
         if "channels" in defaults:
             raise self._err(("defaults", "channels"), "channels cannot have a default", "set channels per stage")
+        if "layers" in defaults:
+            raise self._err(("defaults", "layers"), "layers cannot have a default", "set layers per stage")
         self._check_stage(("defaults",), defaults, need_channels=False)
         for i, st in enumerate(stages):
             if not isinstance(st, dict):
@@ -316,6 +336,10 @@ class SearchSpace:
                     raise self._err(("up", i, "channels"), "up stages take the width of their down stage",
                                     "no channels key in up overrides")
                 self._check_stage(("up", i), ov, need_channels=False)
+                k = len(stages) - 1 - i
+                if "layers" in stages[k] and "temporal" in ov and not {"layers", "resnet_blocks"} & set(ov):
+                    raise self._err(("up", i, "temporal"), f"this up stage mirrors stages[{k}].layers, "
+                                    "whose temporal layers are positions", "layers: [...] in this override")
         cons = d.get("constraints") or {}
         if not isinstance(cons, dict):
             raise self._err(("constraints",), f"bad value {_describe(cons)}", ", ".join(sorted(CONSTRAINT_KEYS)))
@@ -349,9 +373,65 @@ class SearchSpace:
                         raise self._err(path + (key, tk), "unknown key", ", ".join(sorted(TEMPORAL_KEYS)))
                     self._check_value(path + (key, tk), tv, TEMPORAL_RULES[tk])
                 continue
+            if key == "layers":
+                self._check_layers(path + (key,), value)
+                continue
             self._check_value(path + (key,), value, STAGE_RULES[key])
         if "heads" in st and "head_dim" in st:
             raise self._err(path + ("heads",), "give heads or head_dim, not both", "one of heads, head_dim")
+        if "layers" in st:
+            for key in ("resnet_blocks", "temporal"):
+                if key in st:
+                    what = ("the number of layers comes from layers" if key == "resnet_blocks"
+                            else "temporal layers go among the layers (conv1d, attn1d, ...)")
+                    raise self._err(path + (key,), f"give layers or {key}, not both: {what}",
+                                    "one of layers, " + key)
+
+    def _layer_tokens(self) -> tuple[str, ...]:
+        return LAYER_TOKENS if self.kind == "video" else SPATIAL_LAYER_TOKENS
+
+    def _check_layers(self, path: Path_, value: Any) -> None:
+        """``layers: [resnet, {choice: [transformer, skip]}, ...]``: one entry per position."""
+        tokens = self._layer_tokens()
+        if not isinstance(value, list) or not value:
+            raise self._err(path, f"bad value {_describe(value)}",
+                            "a non-empty list of " + ", ".join(tokens) + " (each may be a {choice: [...]})")
+        for k, entry in enumerate(value):
+            if isinstance(entry, dict) and "range" in entry:
+                raise self._err(path + (k,), "a layer cannot be a range", "a layer name or {choice: [...]}")
+            opts = self._options(path + (k,), entry)
+            for o in opts:
+                if o not in tokens:
+                    extra = "" if self.kind == "video" or o not in LAYER_TOKENS else " (temporal layers need kind: video)"
+                    raise self._err(path + (k,), f"bad value {_describe(o)}{extra}", ", ".join(tokens))
+            if k == 0 and opts != ["resnet"]:
+                bad = next(o for o in opts if o != "resnet")
+                raise self._err(path + (0,), f"bad value {_describe(bad)}",
+                                "resnet: a stage's first layer is a fixed resnet, it sets the stage's width")
+
+    def _check_added_conditioning(self, ac: Any) -> None:
+        """``added_conditioning: {type: text_time, pooled_dim, time_ids, time_id_dim}`` (SDXL)."""
+        if ac is None or ac == "none":
+            return
+        path = ("added_conditioning",)
+        if not isinstance(ac, dict):
+            raise self._err(path, f"bad value {_describe(ac)}",
+                            "none, or a mapping with " + ", ".join(sorted(ADDED_CONDITIONING_KEYS)))
+        for k, v in ac.items():
+            if k not in ADDED_CONDITIONING_KEYS:
+                raise self._err(path + (k,), "unknown key", ", ".join(sorted(ADDED_CONDITIONING_KEYS)))
+            rule = _one_of(ADDED_CONDITIONING_TYPES) if k == "type" else _int_min(1)
+            self._fixed(path + (k,), v, rule)
+
+    def added_conditioning(self) -> dict[str, Any] | None:
+        """The resolved ``added_conditioning`` section, or None when there is none."""
+        ac = self.data.get("added_conditioning")
+        if not isinstance(ac, dict):
+            return None
+        out = {**ADDED_CONDITIONING_DEFAULTS, **ac}
+        if out["type"] == "none":
+            return None
+        return out
 
     def _merged(self, st: dict[str, Any] | None) -> dict[str, Any]:
         """Stage defaults, then the spec's ``defaults:``, then the stage's own keys."""
@@ -370,6 +450,8 @@ class SearchSpace:
         if "heads" not in out and "head_dim" not in out:
             out["head_dim"] = 64
         out["temporal"] = {**TEMPORAL_DEFAULTS, **out.get("temporal", {})}
+        if st and "layers" in st:  # a layout lists its layers: defaults' counts do not apply
+            out["temporal"] = dict(TEMPORAL_DEFAULTS)
         return out
 
     def _check_widths(self) -> None:
@@ -413,27 +495,32 @@ class SearchSpace:
                 if k == "temporal":
                     for tk, tv in v.items():
                         scan(f"{prefix}.temporal.{tk}", path + (k, tk), tv)
+                elif k == "layers":
+                    for pos, entry in enumerate(v):
+                        scan(f"{prefix}.layers.{pos}", path + (k, pos), entry)
                 else:
                     scan(f"{prefix}.{k}", path + (k,), v)
         return dims
 
     def size(self) -> int:
-        """The exact number of distinct define-by-run assignments (see :meth:`_count`)."""
+        """The exact number of distinct candidates (see :meth:`_count`)."""
         return self._size
 
     def _count(self) -> int:
-        """The exact number of distinct define-by-run assignments.
+        """The exact number of distinct candidates.
 
         Dimensions that cannot change the architecture in a given assignment (e.g. the
         head size of a stage without attention) are not asked, hence not counted. Stages
         are independent except that an up stage follows its down stage, so the count is a
         product over (down stage + its up stage) groups, the mid block and the width
-        multiplier; each group is enumerated exactly.
+        multiplier; each group is enumerated exactly and its distinct outcomes counted, so
+        two assignments that build the same stage (``[transformer, skip]`` and
+        ``[skip, transformer]`` in adjacent ``layers`` positions) count once.
         """
         total = len(self._width_opts)
         n = self.n_stages
         for i in range(n):
-            total *= _count_paths(lambda ch, i=i: self._resolve_pair(ch, i, 1.0))
+            total *= _count_distinct(lambda ch, i=i: self._resolve_pair(ch, i, 1.0))
         if self._has_mid():
             # The count does not depend on the width, but validity does: try every width
             # the last stage can have (at width_mult 1; other multipliers round to fit).
@@ -442,7 +529,7 @@ class SearchSpace:
             if 1.0 not in self._width_opts:
                 widths = [math.lcm(*range(1, 257))]  # divisible by any head option
             counts = {
-                _count_paths(lambda ch, w=w: self._resolve_stage(ch, "mid", self._merged(self.data.get("mid")), w))
+                _count_distinct(lambda ch, w=w: self._resolve_mid(ch, w))
                 for w in widths
             }
             total *= counts.pop()
@@ -487,8 +574,13 @@ class SearchSpace:
         channels: int | None,
         width_mult: float = 1.0,
         fixed: dict[str, Any] | None = None,
+        layout: bool = False,
     ) -> dict[str, Any]:
-        """Resolve one stage; ``fixed`` holds values tied to another stage (the mirror)."""
+        """Resolve one stage; ``fixed`` holds values tied to another stage (the mirror).
+
+        ``layout``: the stage lists its layers (``st["layers"]``, or ``fixed["layout"]``
+        for an up stage mirroring a down stage's layout) instead of ``resnet_blocks``.
+        """
         fixed = fixed or {}
         groups = self.data.get("norm_groups", 32)
 
@@ -499,15 +591,41 @@ class SearchSpace:
 
         out: dict[str, Any] = {}
         raw_ch = get("channels") if channels is None else channels
-        out["resnet_blocks"] = get("resnet_blocks")
+        tokens: list[str] = []
+        if layout:
+            if "layout" in fixed:
+                tokens = list(fixed["layout"])
+            else:
+                for k, entry in enumerate(st["layers"]):
+                    token = self._pick(chooser, f"{name}.layers.{k}", (name, "layers", k), entry)
+                    if token != "skip":
+                        tokens.append(token)
+            out["resnet_blocks"] = tokens.count("resnet")
+        else:
+            out["resnet_blocks"] = get("resnet_blocks")
         out["resnet_variant"] = get("resnet_variant")
         out["resnet_expansion"] = float(get("resnet_expansion")) if out["resnet_variant"] == "separable" else 0.0
-        attention = get("attention")
-        depth = get("transformer_depth") if attention != "none" else 0
-        if depth == 0:
-            attention = "none"
+        if layout:
+            has_heads = "transformer" in tokens or "cross_ffn" in tokens
+            if "transformer" in tokens:
+                attention = get("attention")
+                if attention == "none":
+                    raise self._err(self._doc_path(name) + ("layers",), "a transformer layer in a stage with attention: none",
+                                    "attention: cross, self or self_cross in this stage, or no transformer layer")
+                depth = get("transformer_depth")
+                if depth < 1:
+                    raise self._err(self._doc_path(name) + ("transformer_depth",), f"bad value {depth}",
+                                    "an integer >= 1 in a stage whose layers hold a transformer")
+            else:
+                attention, depth = "none", 0
+        else:
+            attention = get("attention")
+            depth = get("transformer_depth") if attention != "none" else 0
+            if depth == 0:
+                attention = "none"
+            has_heads = bool(depth)
         out.update(attention=attention, transformer_depth=depth)
-        if depth:
+        if has_heads:
             out["attention_variant"] = get("attention_variant")
             head_key = "heads" if "heads" in st or "heads" in fixed else "head_dim"
             head_val = get(head_key)
@@ -526,49 +644,76 @@ class SearchSpace:
             out["qk_norm"] = bool(get("qk_norm"))
             out["ffn_ratio"] = float(get("ffn_ratio"))
             out["ffn_type"] = get("ffn_type")
+            # 2D RoPE rotates the queries and keys of spatial self-attention only
+            out["rope"] = bool(get("rope")) if attention in ("self", "self_cross") else False
             out["_head_key"] = head_key
         else:
             ch = raw_ch if channels is not None else self._scale(raw_ch, width_mult, groups)
-            out.update(attention_variant="mha", heads=0, head_dim=0, qk_norm=False, ffn_ratio=0.0, ffn_type="none")
+            out.update(attention_variant="mha", heads=0, head_dim=0, qk_norm=False, ffn_ratio=0.0, ffn_type="none",
+                       rope=False)
         out["channels"] = ch
         if self.kind == "video":
-            t = st["temporal"]
-            tfixed = fixed.get("temporal", {})
+            if layout:  # temporal layers are positions of the layout
+                out["temporal"] = {"type": "none", "count": 0, "placement": "after_resnet"}
+            else:
+                t = st["temporal"]
+                tfixed = fixed.get("temporal", {})
 
-            def tget(key: str) -> Any:
-                if key in tfixed:
-                    return tfixed[key]
-                return self._pick(chooser, f"{name}.temporal.{key}", (name, "temporal", key), t[key])
+                def tget(key: str) -> Any:
+                    if key in tfixed:
+                        return tfixed[key]
+                    return self._pick(chooser, f"{name}.temporal.{key}", (name, "temporal", key), t[key])
 
-            ttype = tget("type")
-            count = tget("count") if ttype != "none" else 0
-            if count == 0:
-                ttype = "none"
-            placement = tget("placement") if (count and depth) else "after_resnet"
-            out["temporal"] = {"type": ttype, "count": count, "placement": placement}
+                ttype = tget("type")
+                count = tget("count") if ttype != "none" else 0
+                if count == 0:
+                    ttype = "none"
+                placement = tget("placement") if (count and depth) else "after_resnet"
+                out["temporal"] = {"type": ttype, "count": count, "placement": placement}
+        if layout:
+            out["layout"] = tokens
+        out["_heads"] = has_heads
         return out
+
+    def _resolve_mid(self, chooser: Chooser, channels: int) -> dict[str, Any]:
+        mid = self.data.get("mid") or {}
+        return self._resolve_stage(chooser, "mid", self._merged(mid), channels, layout="layers" in mid)
 
     def _resolve_pair(self, chooser: Chooser, i: int, width_mult: float) -> tuple[dict, dict]:
         """Down stage ``i`` and the up stage that mirrors it."""
-        down = self._resolve_stage(chooser, f"down{i}", self._merged(self.data["stages"][i]), None, width_mult)
+        raw = self.data["stages"][i]
+        down_layout = "layers" in raw
+        down = self._resolve_stage(chooser, f"down{i}", self._merged(raw), None, width_mult, layout=down_layout)
         n = self.n_stages
         j = n - 1 - i  # index of the mirroring up stage (up runs low -> high resolution)
         up_cfg = self.data.get("up", "mirror")
         override = (up_cfg[j] or {}) if isinstance(up_cfg, list) else {}
+        extra = self.data.get("up_extra_resnets", 1)
+        # the up stage lists its own layers, mirrors the down stage's, or counts ResNets
+        up_layout = "layers" in override or (down_layout and "resnet_blocks" not in override)
         fixed = {k: v for k, v in down.items() if not k.startswith("_") and k not in override}
+        fixed.pop("layout", None)
         if "temporal" in fixed and "temporal" in override:
             fixed.pop("temporal")
-        if not down["transformer_depth"]:
-            for k in ("transformer_depth", "attention_variant", "qk_norm", "ffn_ratio", "ffn_type"):
+        if not down["_heads"]:
+            for k in ("transformer_depth", "attention_variant", "qk_norm", "ffn_ratio", "ffn_type", "rope"):
                 fixed.pop(k, None)
+        if down_layout and not down["transformer_depth"]:
+            # no transformer in the down layout: its attention was never asked
+            fixed.pop("attention", None)
+            fixed.pop("transformer_depth", None)
         if down["resnet_variant"] != "separable":
             fixed.pop("resnet_expansion", None)
-        if "resnet_blocks" not in override:
-            fixed["resnet_blocks"] = down["resnet_blocks"] + self.data.get("up_extra_resnets", 1)
+        if up_layout:
+            fixed.pop("resnet_blocks", None)
+            if "layers" not in override:
+                fixed["layout"] = _mirror_layout(down["layout"], extra)
+        elif "resnet_blocks" not in override:
+            fixed["resnet_blocks"] = down["resnet_blocks"] + extra
         if {"heads", "head_dim"} & set(override):
             fixed.pop("heads", None)
             fixed.pop("head_dim", None)
-        elif down["transformer_depth"]:
+        elif down["_heads"]:
             key = down["_head_key"]
             other = "heads" if key == "head_dim" else "head_dim"
             fixed.pop(other, None)
@@ -577,7 +722,7 @@ class SearchSpace:
             fixed.pop("head_dim", None)
         # Keys the down stage never resolved (e.g. head size with no attention) come from
         # the down stage's raw entry if an override turns attention on.
-        merged = self._merged(self.data["stages"][i])
+        merged = self._merged(raw)
         merged.update({k: v for k, v in override.items() if k != "temporal"})
         if "temporal" in override:
             merged["temporal"] = {**merged["temporal"], **override["temporal"]}
@@ -585,7 +730,7 @@ class SearchSpace:
             for k in ("heads", "head_dim"):
                 if k not in override:
                     merged.pop(k, None)
-        up = self._resolve_stage(chooser, f"up{j}", merged, down["channels"], 1.0, fixed)
+        up = self._resolve_stage(chooser, f"up{j}", merged, down["channels"], 1.0, fixed, layout=up_layout)
         return down, up
 
     def resolve_dict(self, chooser: Chooser) -> dict[str, Any]:
@@ -601,10 +746,10 @@ class SearchSpace:
             ups[n - 1 - i] = up
         mid = None
         if self._has_mid():
-            mid = self._resolve_stage(chooser, "mid", self._merged(d.get("mid")), downs[-1]["channels"])
+            mid = self._resolve_mid(chooser, downs[-1]["channels"])
         strip = lambda s: {k: v for k, v in s.items() if not k.startswith("_")}  # noqa: E731
         c0 = downs[0]["channels"]
-        return {
+        out = {
             "kind": self.kind,
             "latent_channels": d.get("latent_channels", 4),
             "resolution": d.get("resolution", 64),
@@ -617,6 +762,10 @@ class SearchSpace:
             "mid": strip(mid) if mid is not None else None,
             "up": [strip(s) for s in ups],  # type: ignore[arg-type]
         }
+        added = self.added_conditioning()
+        if added is not None:
+            out["added_cond"] = added
+        return out
 
     def __getattr__(self, item: str) -> Any:
         if item in ("sample", "sample_many", "resolve"):
@@ -686,6 +835,34 @@ def _count_paths(fn: Callable[[Chooser], Any], limit: int = 2_000_000) -> int:
         if count > limit:
             raise SpecError(f"search space group too large to enumerate (> {limit} assignments)")
     return count
+
+
+def _public(obj: Any) -> Any:
+    """``obj`` without the resolver's private ``_keys`` (what a candidate is made of)."""
+    if isinstance(obj, dict):
+        return {k: _public(v) for k, v in obj.items() if not str(k).startswith("_")}
+    if isinstance(obj, (list, tuple)):
+        return [_public(v) for v in obj]
+    return obj
+
+
+def _count_distinct(fn: Callable[[Chooser], Any], limit: int = 2_000_000) -> int:
+    """The number of distinct outcomes of a define-by-run decision tree (every leaf visited)."""
+    seen: set[str] = set()
+    count = 0
+    for out in enumerate_assignments(fn):
+        count += 1
+        if count > limit:
+            raise SpecError(f"search space group too large to enumerate (> {limit} assignments)")
+        seen.add(json.dumps(_public(out), sort_keys=True))
+    return len(seen)
+
+
+def _mirror_layout(tokens: list[str], extra: int) -> list[str]:
+    """An up stage mirroring a down layout: the same layers, then ``extra`` more copies of
+    its last group (a ResNet and what follows it), as SD's up stages have one layer more."""
+    last = max(i for i, t in enumerate(tokens) if t == "resnet")
+    return list(tokens) + list(tokens[last:]) * extra
 
 
 def load_space(path: str | Path) -> SearchSpace:
