@@ -14,7 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from archsearch.errors import ArchsearchError, SpecError
+from archsearch.errors import ArchsearchError, ParameterError, SpecError
 from archsearch.search import SearchSettings, run_search, storage_url
 from archsearch.spec import load_space, load_space_text
 from archsearch.store import write_store
@@ -59,10 +59,18 @@ def test_bad_search_values_are_one_line_errors_naming_file_line_and_key(search: 
 def test_cli_overrides_are_checked(tiny_space) -> None:
     s = SearchSettings.from_space(tiny_space).with_overrides(trials=3, seed=5, study="x-1", timeout=9)
     assert (s.n_trials, s.seed, s.study, s.timeout) == (3, 5, "x-1", 9.0)
-    with pytest.raises(ArchsearchError, match=r"--trials 0: must be an integer >= 1"):
+    # the library names its parameter; `archsearch run` shows its flag (test_cli_errors_are_one_line)
+    with pytest.raises(ParameterError, match=r"^trials 0: must be an integer >= 1$") as info:
         s.with_overrides(trials=0)
-    with pytest.raises(ArchsearchError, match=r"--study '\.\./x'"):
+    assert info.value.param == "trials"
+    with pytest.raises(ParameterError, match=r"^study '\.\./x'") as info:
         s.with_overrides(study="../x")
+    assert info.value.param == "study"
+    for kwargs, param in (({"sampler": "cmaes"}, "sampler"), ({"timeout": -1}, "timeout"), ({"seed": -1}, "seed"),
+                          ({"workers": 0}, "workers"), ({"storage": " "}, "storage")):
+        with pytest.raises(ParameterError) as info:
+            s.with_overrides(**kwargs)
+        assert info.value.param == param and "--" not in str(info.value)
 
 
 def test_storage_forms(tmp_path: Path) -> None:
@@ -155,7 +163,7 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(
 
     monkeypatch.setattr(distill, "distill", flaky)
     spec = make_spec(tmp_path, tiny_table, search={"n_trials": 4, "sampler": "random"})
-    run = run_search(load_space(spec), reports_dir=tmp_path / "reports", progress=False)
+    run = run_search(load_space(spec), reports_dir=tmp_path / "reports", progress=None)
     assert run.counts["done"] == 4
     df = pd.read_csv(write_store(run.study).path / "trials.csv", dtype={"candidate_id": str})
     failed = df[df["state"] == "failed"]
@@ -170,7 +178,7 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(
 
 def test_same_seed_same_search(tmp_path: Path, tiny_table: Path) -> None:
     spec = load_space(make_spec(tmp_path, tiny_table, search={"n_trials": 2, "sampler": "random", "seed": 11}))
-    runs = [run_search(spec, study=name, reports_dir=tmp_path / "reports", progress=False) for name in "ab"]
+    runs = [run_search(spec, study=name, reports_dir=tmp_path / "reports", progress=None) for name in "ab"]
     a, b = ([(t.user_attrs["candidate_id"], t.values) for t in r.study.trials] for r in runs)
     assert a == b
     assert all(v is not None and math.isfinite(v[0]) for _, v in a)
@@ -179,14 +187,14 @@ def test_same_seed_same_search(tmp_path: Path, tiny_table: Path) -> None:
 def test_an_existing_study_is_only_continued_with_resume(tmp_path: Path, tiny_table: Path) -> None:
     spec_path = make_spec(tmp_path, tiny_table, search={"n_trials": 1, "sampler": "random"})
     space = load_space(spec_path)
-    run_search(space, reports_dir=tmp_path / "reports", progress=False)
+    run_search(space, reports_dir=tmp_path / "reports", progress=None)
     with pytest.raises(ArchsearchError, match=r"study 't' already exists .* with 1 trials: add --resume"):
-        run_search(space, reports_dir=tmp_path / "reports", progress=False)
-    again = run_search(space, resume=True, reports_dir=tmp_path / "reports", progress=False)
+        run_search(space, reports_dir=tmp_path / "reports", progress=None)
+    again = run_search(space, resume=True, reports_dir=tmp_path / "reports", progress=None)
     assert again.resumed and len(again.study.trials) == 1  # nothing left to run
     changed = load_space(make_spec(tmp_path, tiny_table, proxy={"steps": 4}, search={"n_trials": 1}))
     with pytest.raises(ArchsearchError, match=r"--resume: study 't' was made with another proxy"):
-        run_search(changed, resume=True, reports_dir=tmp_path / "reports", progress=False)
+        run_search(changed, resume=True, reports_dir=tmp_path / "reports", progress=None)
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, tiny_table: Path) -> None:
@@ -198,6 +206,24 @@ def test_cli_errors_are_one_line(tmp_path: Path, tiny_table: Path) -> None:
     res = runner.invoke(app, ["run", str(spec), "--backend", "spark", "--reports-dir", str(tmp_path)])
     assert res.exit_code == 2 and "error: --backend 'spark': unknown (allowed: local, ray)" in res.output
     assert "Traceback" not in res.output
+    for args, message in (
+        (["--trials", "0"], "error: --trials 0: must be an integer >= 1"),
+        (["--workers", "0"], "error: --workers 0: must be an integer >= 1"),
+        (["--study", "../x"], "error: --study '../x': bad study name"),
+        (["--device", "tpu"], "error: --device 'tpu': unknown (allowed: auto, cpu, cuda, mps, cuda:N)"),
+    ):
+        res = runner.invoke(app, ["run", str(spec), "--reports-dir", str(tmp_path), *args])
+        assert res.exit_code == 2 and res.output.startswith(message), (args, res.output)
+        assert len(res.output.strip().splitlines()) == 1
+
+    # the library itself names parameters, never flags
+    with pytest.raises(ParameterError, match=r"^backend 'spark': unknown") as info:
+        run_search(load_space(spec), backend="spark", reports_dir=tmp_path)
+    assert info.value.param == "backend"
+    with pytest.raises(ParameterError, match=r"^address 10\.0\.0\.1:6379: needs backend 'ray'"):
+        run_search(load_space(spec), address="10.0.0.1:6379", reports_dir=tmp_path)
+    with pytest.raises(ParameterError, match=r"^device 'tpu': unknown"):
+        run_search(load_space(spec), device="tpu", reports_dir=tmp_path)
 
 
 @pytest.mark.slow
@@ -205,7 +231,7 @@ def test_two_local_workers_share_the_study(tmp_path: Path, tiny_table: Path) -> 
     import os
 
     spec = load_space(make_spec(tmp_path, tiny_table, search={"n_trials": 4, "sampler": "random"}))
-    run = run_search(spec, workers=2, reports_dir=tmp_path / "reports", progress=False)
+    run = run_search(spec, workers=2, reports_dir=tmp_path / "reports", progress=None)
     trials = run.study.trials
     assert len(trials) == 4  # the ask lock: no overshoot
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
@@ -240,7 +266,7 @@ def test_ctrl_c_keeps_finished_trials_and_marks_the_running_one_interrupted(
 
 def test_a_timeout_stops_new_trials(tmp_path: Path, tiny_table: Path) -> None:
     spec = load_space(make_spec(tmp_path, tiny_table, search={"n_trials": 5, "timeout": 0.001, "warm_start": False}))
-    run = run_search(spec, reports_dir=tmp_path / "reports", progress=False)
+    run = run_search(spec, reports_dir=tmp_path / "reports", progress=None)
     assert run.counts["done"] == 0 and run.study.trials == []
     meta = write_store(run.study)
     assert meta["counts"]["complete"] == 0 and meta["pareto"] == [] and meta["hypervolume"] == 0.0
@@ -306,7 +332,7 @@ def test_the_warm_start_spreads_feasible_candidates_over_cost(tiny_space, tiny_t
 def test_a_video_space_searches_its_temporal_layers(tmp_path: Path, tiny_video_table: Path) -> None:
     spec = load_space(make_spec(tmp_path, tiny_video_table, base="tiny_video.yaml",
                                 search={"n_trials": 3, "sampler": "random"}))
-    run = run_search(spec, reports_dir=tmp_path / "reports", progress=False)
+    run = run_search(spec, reports_dir=tmp_path / "reports", progress=None)
     df = pd.read_csv(write_store(run.study).path / "trials.csv", dtype={"candidate_id": str})
     assert (df["state"] == "complete").all() and df["quality"].notna().all()
     assert "arch.down0.temporal" in df.columns and "arch.frames" in df.columns

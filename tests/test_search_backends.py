@@ -89,7 +89,7 @@ def test_ray_backend_writes_the_same_store(tmp_path: Path, tiny_table: Path) -> 
                                 constraints={"max_latency_ms": 5.0}))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        run = run_search(spec, backend="ray", reports_dir=tmp_path / "reports", progress=False)
+        run = run_search(spec, backend="ray", reports_dir=tmp_path / "reports", progress=None)
     finally:
         ray.shutdown()
     trials = run.study.trials

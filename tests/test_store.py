@@ -165,3 +165,18 @@ def test_latency_breakdown_adds_up_to_the_predicted_latency(tiny_space, tmp_path
     sums = bd.groupby("candidate_id")["ms"].sum()
     for c, ms in zip(cands, lat):
         assert sums[c.id] == pytest.approx(ms, rel=1e-9)
+
+
+def test_a_stopped_trial_that_carries_only_the_candidate_id_does_not_break_the_store(study, tmp_path: Path) -> None:
+    """A trial killed after claiming its candidate (id only), then re-run to the front."""
+    front_id = study.trials[0].user_attrs["candidate_id"]
+    st = optuna.create_study(directions=["minimize"] * 3, study_name="stopped")
+    for k, v in study.user_attrs.items():
+        st.set_user_attr(k, v)
+    dist = {"x": IntDistribution(0, 10)}
+    st.add_trial(create_trial(state=TrialState.FAIL, params={"x": 0}, distributions=dist,
+                              user_attrs={"candidate_id": front_id, "fail_reason": "interrupted", "owner": "h:1"}))
+    st.add_trial(study.trials[0])
+    meta = write_store(st, tmp_path / "stopped")
+    assert meta["pareto"] == [front_id] and (tmp_path / "stopped" / "pareto" / f"{front_id}.yaml").is_file()
+    assert meta["trials_csv"]["rows"] == 2

@@ -71,6 +71,7 @@ def register(app: typer.Typer) -> None:
         The page is self-contained and opens offline. Prints the path written.
         """
         from archsearch.report import write_compare, write_report
+        from archsearch.store import refresh_store
 
         if out is not None and out.suffix.lower() not in (".html", ".htm"):
             raise ArchsearchError(f"--out {out}: must end in .html")
@@ -85,6 +86,8 @@ def register(app: typer.Typer) -> None:
                 "compare_" + "_vs_".join(_slug(d.resolve().name) for d in dirs) + ".html"
             )
             with err_console.status("Writing comparison…"):
+                for d in dirs:
+                    refresh_store(d)
                 path = write_compare(dirs, target)
         else:
             if len(dirs) != 1:
@@ -92,5 +95,6 @@ def register(app: typer.Typer) -> None:
                     f"give one study (got {len(dirs)}); to compare several, add --compare"
                 )
             with err_console.status(f"Writing report of {escape(str(dirs[0]))}…"):
+                refresh_store(dirs[0])  # the study is the truth: a killed run, a cut-short trials.csv
                 path = write_report(dirs[0], out)
         typer.echo(str(path))

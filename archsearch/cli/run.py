@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Optional
@@ -10,10 +11,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from archsearch.cli._common import console, err_console, user_errors
-from archsearch.errors import ArchsearchError
+from archsearch.cli._common import console, err_console, flag_errors, progress_bars, user_errors
 
-__all__ = ["register", "summary_table"]
+__all__ = ["FLAGS", "register", "summary_table"]
+
+#: run_search's parameters -> this command's flags (library errors name the parameter).
+FLAGS = {
+    "trials": "--trials", "timeout": "--timeout", "seed": "--seed", "sampler": "--sampler",
+    "storage": "--storage", "study": "--study", "workers": "--workers", "backend": "--backend",
+    "address": "--address", "device": "--device",
+}
 
 
 def _fmt(v: object, scale: float = 1.0, digits: int = 4) -> str:
@@ -44,13 +51,38 @@ def summary_table(df, meta: dict) -> Table:  # noqa: ANN001 - a pandas DataFrame
     return table
 
 
+class _LazyBars:
+    """``progress(phase, description, done, total)`` that opens ``progress_bars`` on the first
+    report: an argument error (or a study with nothing to run) prints no empty display."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._stack = contextlib.ExitStack()
+        self._bars = None
+
+    def __call__(self, phase: str, description: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self._bars is None:
+            self._bars = self._stack.enter_context(progress_bars(err_console))
+        self._bars(phase, description, done, total)
+
+    def __enter__(self) -> "_LazyBars":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``run`` command to ``app``."""
 
     @app.command("run")
     @user_errors
+    @flag_errors(FLAGS)
     def run(
-        spec: Path = typer.Argument(..., help="Search-space YAML with search: and proxy: sections."),
+        spec: Path = typer.Argument(..., help="Search-space YAML with search: and proxy: sections, or a "
+                                    "bundled space by name (unet_mobile, tiny, ...)."),
         trials: Optional[int] = typer.Option(None, "--trials", "-n", help="Number of trials (default: search.n_trials)."),
         timeout: Optional[float] = typer.Option(None, "--timeout", help="Start no new trial after this many seconds."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Sampler seed (default: search.seed)."),
@@ -62,10 +94,12 @@ def register(app: typer.Typer) -> None:
                  "(default: sqlite:///<reports-dir>/<study>/study.db)."),
         study: Optional[str] = typer.Option(None, "--study", help="Study name (default: search.study, else the space's name)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the study: finished trials are kept, "
-                                    "interrupted ones re-run."),
+                                    "interrupted ones re-run. Several runs may share one study "
+                                    "(--storage): no candidate is trained twice."),
         backend: str = typer.Option("local", "--backend", help="local (processes on this machine) or ray (Ray Tune)."),
         workers: Optional[int] = typer.Option(None, "--workers", "-w",
-                                              help="Local worker processes, or concurrent Ray trials."),
+                                              help="Local worker processes (at most the CPU cores), "
+                                                   "or concurrent Ray trials."),
         address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (with --backend ray)."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N, mps (default: the best available)."),
         reports_dir: Path = typer.Option(Path("reports"), "--reports-dir", help="Folder of the study folders."),
@@ -89,24 +123,33 @@ def register(app: typer.Typer) -> None:
 
           archsearch run search_spaces/unet_mobile.yaml --backend ray --address 10.0.0.1:6379
         """
+        from archsearch._resources import describe, find_space
         from archsearch.search import run_search
         from archsearch.spec import load_space
         from archsearch.store import write_store
 
-        if workers is not None and workers < 1:
-            raise ArchsearchError(f"--workers {workers}: must be an integer >= 1")
         space = load_space(spec)
-        result = run_search(
-            space, trials=trials, timeout=timeout, seed=seed, storage=storage, study=study,
-            resume=resume, backend=backend, workers=workers, address=address, device=device,
-            reports_dir=reports_dir, sampler=sampler, console=err_console, progress=progress,
-        )
+
+        def log(message: str) -> None:
+            err_console.print(escape(message), soft_wrap=True)
+
+        def on_trial(study_obj) -> None:  # noqa: ANN001 - after each finished trial: a killed run can be reported
+            write_store(study_obj)
+
+        with _LazyBars(progress) as bars:
+            result = run_search(
+                space, trials=trials, timeout=timeout, seed=seed, storage=storage, study=study,
+                resume=resume, backend=backend, workers=workers, address=address, device=device,
+                reports_dir=reports_dir, sampler=sampler, progress=bars, log=log, on_trial=on_trial,
+            )
         meta = write_store(result.study, result.study_dir)
         from archsearch.store import load_trials
 
         console.print(summary_table(load_trials(result.study_dir), meta))
         console.print(f"study: {escape(result.storage_url)} (open it with `optuna-dashboard "
                       f"{escape(result.storage_url)}`)", soft_wrap=True)
+        if result.settings.latency_table is not None:
+            console.print(f"latency table: {escape(describe(result.settings.latency_table))}", soft_wrap=True)
         console.print(f"results: {escape(str(result.study_dir))}/trials.csv, pareto/*.yaml", soft_wrap=True)
         if report:
             try:

@@ -1,11 +1,14 @@
 """The search: Optuna studies of candidates scored by distillation runs (:mod:`archsearch.distill`).
 
 * :func:`run_search` -- what ``archsearch run SPEC`` does: settings from the spec's ``search:``
-  section and flags, the teacher, the study (created or resumed) and the backend
-  (``local`` processes or ``ray`` Tune trials).
+  section and its arguments, the teacher, the study (created or resumed; interrupted trials
+  re-run) and the backend (``local`` processes or ``ray`` Tune trials). It draws nothing:
+  ``progress(phase, description, done, total)``, ``log(message)`` and ``on_trial(study)``
+  callbacks.
 * :class:`SearchSettings`, :func:`make_sampler` (``nsga2`` default, ``tpe``, ``gp``, ``random``),
   :func:`storage_url` / :func:`open_storage`, :func:`count_trials`, :func:`trial_state`,
-  :func:`study_attrs` -- the study.
+  :func:`study_attrs`, :func:`requeue_interrupted`, :class:`TrialSeededSampler`,
+  :class:`StudyLock` / :func:`lock_path` -- the study.
 * :func:`check_space` -- every section of a spec checked before any work (``validate``).
 * :func:`evaluate`, :class:`TrialRecord`, :class:`TrialContext` -- one trial.
 
@@ -15,9 +18,9 @@ How a candidate is trained and scored lives in :mod:`archsearch.distill`.
 from __future__ import annotations
 
 from archsearch.search._check import SpaceCheck, check_space
-from archsearch.search._local import threads_per_worker
-from archsearch.search._objective import TrialContext, TrialRecord, evaluate
-from archsearch.search._progress import StudyProgress
+from archsearch.search._local import available_cores, check_workers, threads_per_worker
+from archsearch.search._objective import TrialContext, TrialRecord, claim, evaluate
+from archsearch.search._progress import Progress, TrialsProgress, describe_counts
 from archsearch.search._run import BACKENDS, SearchRun, resolve_latency_table, run_search
 from archsearch.search._study import (
     DEFAULT_OBJECTIVES,
@@ -27,13 +30,19 @@ from archsearch.search._study import (
     SAMPLERS,
     SEARCH_KEYS,
     SearchSettings,
+    StudyLock,
+    TrialSeededSampler,
     count_trials,
+    lock_path,
     make_sampler,
     open_storage,
     open_study,
     recover_interrupted,
+    requeue_interrupted,
+    storage_file,
     storage_url,
     study_attrs,
+    trial_slot,
     trial_state,
 )
 
@@ -45,23 +54,34 @@ __all__ = [
     "OBJECTIVES",
     "SAMPLERS",
     "SEARCH_KEYS",
+    "Progress",
     "SearchRun",
     "SearchSettings",
     "SpaceCheck",
-    "StudyProgress",
+    "StudyLock",
     "TrialContext",
     "TrialRecord",
+    "TrialSeededSampler",
+    "TrialsProgress",
+    "available_cores",
     "check_space",
+    "check_workers",
+    "claim",
     "count_trials",
+    "describe_counts",
     "evaluate",
+    "lock_path",
     "make_sampler",
     "open_storage",
     "open_study",
     "recover_interrupted",
+    "requeue_interrupted",
     "resolve_latency_table",
     "run_search",
+    "storage_file",
     "storage_url",
     "study_attrs",
     "threads_per_worker",
+    "trial_slot",
     "trial_state",
 ]

@@ -2,12 +2,16 @@
 
 Each worker asks the study for a trial, evaluates it and tells the result, until the study
 holds ``n_trials`` finished-or-running trials or the deadline passes. Asking is serialised by
-a lock file next to the study so that N workers never overshoot ``n_trials``. Each worker
+the study's lock file (:func:`~archsearch.search._study.lock_path`, beside a SQLite or journal
+file) so that N workers -- or several ``archsearch run`` on one study -- never overshoot
+``n_trials``; the same lock guards the candidate claim, so no candidate is trained twice.
+``--workers`` is capped at the CPU cores (:func:`check_workers`). Each worker
 sets torch's intra-op threads to ``cores // N`` (or ``search.threads``) so that workers do not
 oversubscribe the cores. With one worker everything runs in this process.
 
 A worker whose parent dies (``kill -9`` of ``archsearch run``) exits at once; its unfinished
-trial stays RUNNING in the storage and ``--resume`` marks it failed (``interrupted``). A worker
+trial stays RUNNING in the storage and a resume marks it failed (``interrupted``) and queues
+it again. A worker
 that dies (e.g. killed by the kernel's OOM killer) has its trial marked failed with the exit
 code and is replaced while trials remain.
 """
@@ -20,23 +24,23 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
 
+from archsearch.errors import ParameterError
 from archsearch.search._objective import TrialContext, TrialRecord, run_trial
 from archsearch.search._study import (
+    StudyLock,
+    TrialSeededSampler,
     count_trials,
-    make_sampler,
     mark_failed,
     open_storage,
     owner_tag,
-    worker_seed,
 )
 
-__all__ = ["Budget", "available_cores", "run_local", "threads_per_worker", "worker_loop"]
+__all__ = ["Budget", "available_cores", "check_workers", "run_local", "threads_per_worker", "worker_loop"]
 
 
 def available_cores() -> int:
@@ -45,6 +49,23 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
         return max(1, os.cpu_count() or 1)
+
+
+def check_workers(workers: int, fail: Callable[[str], None] | None = None) -> int:
+    """``workers`` if this machine has that many cores, else a one-line error: each worker
+    process holds a model, a teacher and torch's buffers, so more processes than cores only
+    slow each other down and, far enough past the cores, exhaust memory.
+
+    ``fail(allowed)`` raises the caller's error (e.g. the spec's ``search.workers`` line);
+    by default a :class:`~archsearch.errors.ParameterError` naming ``workers``.
+    """
+    cores = available_cores()
+    if workers > cores:
+        allowed = f"1 to {cores}, the CPU cores of this machine"
+        if fail is not None:
+            fail(allowed)
+        raise ParameterError("workers", f"{workers}: more local workers than CPU cores (allowed: {allowed})")
+    return workers
 
 
 def threads_per_worker(workers: int) -> int:
@@ -66,24 +87,9 @@ class Budget:
         c = count_trials(study)
         return c["done"] + c["running"] >= self.n_trials
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """An exclusive lock across the local workers (POSIX ``flock``; none elsewhere)."""
-        if self.lock_path is None:
-            yield
-            return
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: small overshoot possible
-            yield
-            return
-        Path(self.lock_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a+") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The study's exclusive lock (:class:`~archsearch.search._study.StudyLock`)."""
+        return StudyLock(self.lock_path).hold()
 
 
 def worker_loop(
@@ -123,7 +129,6 @@ class WorkerJob:
     table_path: str | None
     storage_url: str
     study_name: str
-    n_existing: int
     budget: Budget
     device: str | None
     threads: int
@@ -152,10 +157,10 @@ def _worker_main(job: WorkerJob) -> None:
 
         table = load_table(job.table_path)
     teacher = load_teacher(job.proxy, kind=job.space.kind, device=job.device)
-    ctx = TrialContext(job.space, job.settings, job.proxy, teacher, table, job.device, job.threads)
+    ctx = TrialContext(job.space, job.settings, job.proxy, teacher, table, job.device, job.threads,
+                       lock=StudyLock(job.budget.lock_path))
     storage = open_storage(job.storage_url)
-    sampler = make_sampler(job.settings, seed=worker_seed(job.settings.seed, job.index, job.n_existing))
-    study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=sampler)
+    study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=TrialSeededSampler(job.settings))
     try:
         worker_loop(study, ctx, job.budget)
     except KeyboardInterrupt:
@@ -177,18 +182,21 @@ def run_local(
     budget: Budget,
     workers: int,
     table_path: str | None,
-    progress: Any | None = None,
-    poll_s: float = 1.0,
+    on_change: Callable[[optuna.Study], None] | None = None,
+    poll_s: float = 0.5,
 ) -> None:
-    """Run the study with ``workers`` processes (1: in this process). ``progress.update(counts)``."""
-    n_existing = len(study.trials)
+    """Run the study with ``workers`` processes (1: in this process).
+
+    ``on_change(study)`` is called when a trial starts or finishes (with several workers:
+    every ``poll_s`` seconds, from this process).
+    """
 
     def refresh(*_: Any) -> None:
-        if progress is not None:
-            progress.update(count_trials(study))
+        if on_change is not None:
+            on_change(study)
 
     if workers == 1:
-        study.sampler = make_sampler(ctx.settings, seed=worker_seed(ctx.settings.seed, 0, n_existing))
+        study.sampler = TrialSeededSampler(ctx.settings)
         import torch
 
         old = torch.get_num_threads()
@@ -208,8 +216,7 @@ def run_local(
     def start(index: int) -> mp.process.BaseProcess:
         job = WorkerJob(index=index, space=ctx.space, settings=ctx.settings, proxy=ctx.proxy,
                         table_path=table_path, storage_url=storage_url, study_name=study.study_name,
-                        n_existing=n_existing, budget=budget, device=ctx.device,
-                        threads=int(env_threads), parent_pid=os.getpid())
+                        budget=budget, device=ctx.device, threads=int(env_threads), parent_pid=os.getpid())
         p = spawn.Process(target=_worker_main, args=(job,), name=f"archsearch-worker-{index}", daemon=True)
         p.start()
         return p

@@ -35,6 +35,7 @@ __all__ = [
     "TrialRecord",
     "costs_of",
     "evaluate",
+    "claim",
     "find_previous",
     "record",
     "resolve_candidate",
@@ -55,6 +56,7 @@ class TrialContext:
     table: Any | None  # LatencyTable
     device: str | None = None
     threads: int | None = None
+    lock: Any | None = None  # StudyLock: serialises candidate claims across processes
 
 
 @dataclass
@@ -238,22 +240,70 @@ def _free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def find_previous(study: optuna.Study, candidate_id: str) -> FrozenTrial | None:
-    """A completed trial of the same candidate: its score is reused, not recomputed.
+#: Trial user attr: this trial trains its candidate (set under the study lock, see :func:`claim`).
+CLAIMED = "trains_candidate"
+
+
+def find_previous(study: optuna.Study, candidate_id: str, *, exclude: int | None = None) -> FrozenTrial | None:
+    """A finished trial of the same candidate (complete, or infeasible): its result is reused.
 
     The quality of a candidate is deterministic for the study's proxy settings and teacher
-    (checked on resume), so a sampler proposing it again costs no training.
+    (checked on resume), and its costs are the same, so a candidate proposed again costs no
+    training. The first such trial (lowest number) is returned.
     """
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get("candidate_id") == candidate_id and t.user_attrs.get("candidate"):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.number != exclude and t.user_attrs.get("candidate_id") == candidate_id and t.user_attrs.get("candidate"):
             return t
     return None
 
 
+def _training_peer(study: optuna.Study, candidate_id: str, me: int) -> FrozenTrial | None:
+    """A RUNNING trial (not ``me``) that has claimed ``candidate_id`` and whose process lives."""
+    from archsearch.search._study import owner_alive
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number == me or t.user_attrs.get("candidate_id") != candidate_id or not t.user_attrs.get(CLAIMED):
+            continue
+        if owner_alive(str(t.user_attrs.get("owner", ""))) is False:
+            continue  # its process died: --resume marks it interrupted
+        return t
+    return None
+
+
+def claim(study: optuna.Study, trial: Any, candidate_id: str, lock: Any | None = None, *,
+          wait: bool = True, poll_s: float = 0.5) -> tuple[str, FrozenTrial | None]:
+    """Decide who scores ``candidate_id``: ``("train", None)`` when this trial trains it,
+    ``("reuse", t)`` when a finished trial ``t`` of it exists, ``("wait", t)`` (only with
+    ``wait=False``) when trial ``t`` of another worker is training it now.
+
+    Looking up and claiming happen under the study's lock (every process sharing the storage
+    file takes it), so two workers -- or two ``archsearch run`` on one study -- never train one
+    candidate twice. With ``wait`` the call polls until the training trial finishes (then
+    reuses it, or claims the candidate if that trial failed).
+    """
+    from contextlib import nullcontext
+
+    while True:
+        with lock.hold() if lock is not None else nullcontext():
+            trial.set_user_attr("candidate_id", candidate_id)
+            previous = find_previous(study, candidate_id, exclude=trial.number)
+            if previous is not None:
+                return "reuse", previous
+            peer = _training_peer(study, candidate_id, trial.number)
+            if peer is None:
+                trial.set_user_attr(CLAIMED, True)
+                return "train", None
+        if not wait:
+            return "wait", peer
+        time.sleep(poll_s)
+
+
 def reuse(previous: FrozenTrial) -> TrialRecord:
-    """The record of a repeated candidate: the earlier trial's results."""
+    """The record of a repeated candidate: the earlier trial's results (``duplicate_of``
+    names the trial that trained it)."""
     rec = TrialRecord.from_attrs(previous.user_attrs, previous.constraints)
-    rec.duplicate_of = previous.number
+    original = previous.user_attrs.get("duplicate_of")
+    rec.duplicate_of = int(original) if original is not None else previous.number
     rec.wall_time_s = 0.0
     return rec
 
@@ -283,8 +333,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext) -> Tr
             rec = TrialRecord(candidate=None, state="failed", fail_reason=f"resolve: {_one_line(exc)}")
             record(study, trial, rec, ctx.settings.objectives)
             return rec
-        trial.set_user_attr("candidate_id", candidate.id)
-        previous = find_previous(study, candidate.id)
+        decision, previous = claim(study, trial, candidate.id, ctx.lock)
         rec = reuse(previous) if previous is not None else evaluate(candidate, ctx)
         record(study, trial, rec, ctx.settings.objectives)
         return rec

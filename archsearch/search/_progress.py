@@ -1,53 +1,54 @@
-"""The live display of a running study: one rich progress bar fed with trial counts."""
+"""How a running study reports itself: the ``trials`` phase of the ``progress`` callback.
+
+The library draws nothing: :class:`TrialsProgress` turns the study's counts into
+``progress("trials", description, done, total)`` calls (the description carries each state
+and the trials in flight) and calls ``on_trial(study)`` whenever a trial has finished, which
+is where the CLI writes the store. The CLI draws the bars (``cli._common.progress_bars``).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from archsearch.search._study import count_trials
 
-__all__ = ["StudyProgress"]
+__all__ = ["Progress", "TrialsProgress", "describe_counts"]
+
+#: ``progress(phase, description, done, total)``
+Progress = Callable[[str, str, int, int], None]
 
 
-class StudyProgress:
-    """``with StudyProgress(total, console) as p: p.update(count_trials(study))``.
+def describe_counts(counts: dict[str, int]) -> str:
+    """``3 complete · 1 infeasible · 0 failed · 2 running`` (plus queued re-runs, if any)."""
+    text = (f"{counts.get('complete', 0)} complete · {counts.get('infeasible', 0)} infeasible"
+            f" · {counts.get('failed', 0)} failed · {counts.get('running', 0)} running")
+    if counts.get("interrupted"):
+        text += f" · {counts['interrupted']} interrupted"
+    return text
 
-    The bar counts finished trials (complete + infeasible + failed) towards ``total``; the
-    text after it shows each state and the trials in flight. Disabled, it does nothing.
-    """
 
-    def __init__(self, total: int, console: Console | None = None, enabled: bool = True,
-                 description: str = "search", start_done: int = 0) -> None:
-        self.enabled = enabled
+class TrialsProgress:
+    """``watch(study)`` after any change: reports the counts, and calls ``on_trial(study)``
+    once per change of the number of finished trials (never twice for the same count)."""
+
+    def __init__(self, total: int, progress: Progress | None = None,
+                 on_trial: Callable[[Any], None] | None = None, label: str = "") -> None:
         self.total = total
-        self._start = start_done
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[states]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-            disable=not enabled,
-        )
-        self._task = self._progress.add_task(description, total=total, completed=start_done,
-                                             states=self._states({}))
+        self.progress = progress
+        self.on_trial = on_trial
+        self.label = label
+        self._last: tuple[int, ...] | None = None
+        self._last_done: int | None = None
 
-    @staticmethod
-    def _states(c: dict[str, int]) -> str:
-        return (f"[green]{c.get('complete', 0)} complete[/] · [yellow]{c.get('infeasible', 0)} infeasible[/]"
-                f" · [red]{c.get('failed', 0)} failed[/] · {c.get('running', 0)} running")
-
-    def __enter__(self) -> "StudyProgress":
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._progress.stop()
-
-    def update(self, counts: dict[str, int]) -> None:
-        """Show the latest counts (from :func:`archsearch.search.count_trials`)."""
-        self._progress.update(self._task, completed=min(counts.get("done", 0), self.total),
-                              states=self._states(counts))
+    def __call__(self, study: Any) -> dict[str, int]:
+        counts = count_trials(study)
+        key = tuple(counts[k] for k in ("complete", "infeasible", "failed", "interrupted", "running"))
+        if self.progress is not None and key != self._last:
+            desc = (f"{self.label}: " if self.label else "") + describe_counts(counts)
+            self.progress("trials", desc, min(counts["done"], self.total), self.total)
+        self._last = key
+        finished = counts["done"] + counts["interrupted"]
+        if self.on_trial is not None and finished != self._last_done:
+            self._last_done = finished
+            self.on_trial(study)
+        return counts

@@ -19,17 +19,17 @@ from typing import Any
 
 import optuna
 
-from archsearch.errors import ArchsearchError
+from archsearch.errors import ArchsearchError, ParameterError
 from archsearch.search._objective import (
     TrialContext,
     TrialRecord,
+    claim,
     evaluate,
-    find_previous,
     record,
     resolve_candidate,
     reuse,
 )
-from archsearch.search._study import INTERRUPTED, count_trials, make_sampler, owner_tag, worker_seed
+from archsearch.search._study import INTERRUPTED, TrialSeededSampler, owner_tag
 
 __all__ = ["run_ray"]
 
@@ -39,8 +39,9 @@ _KEY = "archsearch"
 class _Resolve:
     """The define-by-run space: resolves the candidate on the driver (no training here)."""
 
-    def __init__(self, space: Any) -> None:
+    def __init__(self, space: Any, lock: Any | None = None) -> None:
         self.space = space
+        self.lock = lock
         self.study: optuna.Study | None = None
 
     def __call__(self, trial: Any) -> dict[str, Any]:
@@ -49,11 +50,17 @@ class _Resolve:
             cand = resolve_candidate(trial, self.space)
         except Exception as exc:
             return {_KEY: {"error": f"resolve: {type(exc).__name__}: {exc}"}}
-        trial.set_user_attr("candidate_id", cand.id)
         out: dict[str, Any] = {"candidate": cand.to_dict()}
-        previous = find_previous(self.study, cand.id) if self.study is not None else None
-        if previous is not None:
-            out["reuse"] = previous.number
+        if self.study is None:
+            trial.set_user_attr("candidate_id", cand.id)
+            return {_KEY: out}
+        # the driver must not block: a candidate trained right now by another trial is
+        # recorded when that trial finishes (StoreSearch keeps it pending)
+        decision, other = claim(self.study, trial, cand.id, self.lock, wait=False)
+        if decision == "reuse":
+            out["reuse"] = other.number
+        elif decision == "wait":
+            out["wait_for"] = other.number
         return {_KEY: out}
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles the searcher; the study stays here
@@ -75,7 +82,7 @@ def _trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     torch.set_num_threads(cpus)
     data = config[_KEY]
     metrics = {name: float("nan") for name in ctx.settings.objectives}
-    if "error" in data or "reuse" in data:
+    if "error" in data or "reuse" in data or "wait_for" in data:
         tune.report({**metrics, "archsearch_record": json.dumps(data)})
         return
     cand = Candidate.from_dict(data["candidate"])
@@ -96,6 +103,37 @@ def _searcher_class() -> type:
             super().__init__(*args, **kwargs)
             self._objectives = objectives
             self._on_record = on_record
+            self._pending: dict[int, list[Any]] = {}  # trial number being trained -> Optuna trials waiting
+
+        def _waiting_on(self, result: dict | None) -> int | None:
+            raw = (result or {}).get("archsearch_record")
+            data = json.loads(raw) if raw else {}
+            return int(data["wait_for"]) if "wait_for" in data else None
+
+        def _settle(self, ot_trial: Any, peer_number: int) -> bool:
+            """Record a trial that waited on ``peer_number`` once that trial has finished."""
+            peer = self._ot_study._storage.get_trial(  # noqa: SLF001
+                self._ot_study._storage.get_trial_id_from_study_id_trial_number(  # noqa: SLF001
+                    self._ot_study._study_id, peer_number))  # noqa: SLF001
+            if not peer.state.is_finished():
+                return False
+            if peer.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+                rec = reuse(peer)
+            else:  # the training trial failed: run this one again on resume
+                rec = TrialRecord(candidate=None, state="failed", fail_reason=INTERRUPTED)
+            record(self._ot_study, ot_trial, rec, self._objectives)
+            return True
+
+        def settle_pending(self, poll_s: float = 0.5) -> None:
+            """After the run: record the trials still waiting on a trial of another process."""
+            import time
+
+            while self._pending:
+                for number, waiting in list(self._pending.items()):
+                    if all(self._settle(t, number) for t in waiting):
+                        del self._pending[number]
+                if self._pending:
+                    time.sleep(poll_s)
 
         def __getstate__(self) -> dict[str, Any]:  # Tune pickles its config: drop the live display
             return {**self.__dict__, "_on_record": None}
@@ -108,11 +146,19 @@ def _searcher_class() -> type:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
             ot_trial = self._ot_trials[trial_id]
+            peer = self._waiting_on(result)
+            if peer is not None:
+                self._completed_trials.add(trial_id)
+                if not self._settle(ot_trial, peer):
+                    self._pending.setdefault(peer, []).append(ot_trial)
+                return
             rec = self._record_from(ot_trial, result, error)
             try:
                 record(self._ot_study, ot_trial, rec, self._objectives)
             finally:
                 self._completed_trials.add(trial_id)
+            for waiting in self._pending.pop(ot_trial.number, []):
+                self._settle(waiting, ot_trial.number)
             if self._on_record is not None:
                 self._on_record(self._ot_study)
 
@@ -155,16 +201,19 @@ def run_ray(
     address: str | None = None,
     timeout: float | None = None,
     storage_dir: Path,
-    progress: Any | None = None,
+    on_change: Any | None = None,
 ) -> None:
-    """Run ``remaining`` trials as Ray Tune trials; results go to ``study``'s storage."""
+    """Run ``remaining`` trials as Ray Tune trials; results go to ``study``'s storage.
+
+    ``on_change(study)`` is called in the driver after each recorded trial.
+    """
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     try:
         import ray
         from ray import tune
     except ImportError as exc:  # pragma: no cover - ray[tune] is a dependency
-        raise ArchsearchError(f"--backend ray needs ray[tune] ({exc}); pip install 'ray[tune]'") from None
+        raise ParameterError("backend", f"'ray': needs ray[tune] ({exc}); pip install 'ray[tune]'") from None
 
     started = False
     if not ray.is_initialized():
@@ -172,7 +221,7 @@ def run_ray(
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      logging_level="ERROR")
         except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise ArchsearchError(f"--address {address}: cannot connect to Ray ({exc})") from None
+            raise ParameterError("address", f"{address}: cannot connect to Ray ({exc})") from None
         started = True
     settings = ctx.settings
     res = settings.trial_resources
@@ -181,15 +230,15 @@ def run_ray(
         ctx.device = "cuda"
 
     def on_record(st: optuna.Study) -> None:
-        if progress is not None:
-            progress.update(count_trials(st))
+        if on_change is not None:
+            on_change(st)
 
     Search = _searcher_class()
     searcher = Search(
-        space=_Resolve(ctx.space),
+        space=_Resolve(ctx.space, ctx.lock),
         metric=list(settings.objectives),
         mode=["min"] * len(settings.objectives),
-        sampler=make_sampler(settings, seed=worker_seed(settings.seed, 0, len(study.trials))),
+        sampler=TrialSeededSampler(settings),
         study_name=study.study_name,
         storage=study._storage,  # noqa: SLF001 - the same storage object, not a second connection
         objectives=tuple(settings.objectives),
@@ -215,6 +264,7 @@ def run_ray(
     )
     try:
         tuner.fit()
+        searcher.settle_pending()
     finally:
         if started:
             ray.shutdown()

@@ -1,8 +1,13 @@
 """``run_search``: everything ``archsearch run SPEC`` does before the store is written.
 
-settings (spec + flags) -> latency table -> teacher (trained and cached the first time) ->
-study (created, or resumed with interrupted trials marked failed) -> backend (local
-processes or Ray Tune) until ``n_trials`` trials are done or the timeout passes.
+settings (spec + arguments) -> latency table -> teacher (trained and cached the first time) ->
+study (created, or resumed: interrupted trials marked failed and queued again) -> backend
+(local processes or Ray Tune) until ``n_trials`` trials are done or the timeout passes.
+
+Nothing here draws or prints: long work reports through ``progress(phase, description, done,
+total)`` (phases ``captions`` and ``teacher`` while the built-in teacher trains, then
+``trials``), one-line notices go to ``log(message)``, and ``on_trial(study)`` is called after
+each finished trial (the CLI writes the store there, so a killed study can be reported).
 """
 
 from __future__ import annotations
@@ -10,21 +15,23 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
-from rich.console import Console
 
 from archsearch._util import short_hash
-from archsearch.errors import ArchsearchError
+from archsearch.errors import ArchsearchError, ParameterError
 from archsearch.search._objective import TrialContext
-from archsearch.search._progress import StudyProgress
+from archsearch.search._progress import Progress, TrialsProgress
 from archsearch.search._study import (
     SearchSettings,
+    StudyLock,
     count_trials,
+    lock_path,
     open_storage,
     open_study,
     recover_interrupted,
+    requeue_interrupted,
     storage_url,
 )
 
@@ -48,6 +55,7 @@ class SearchRun:
     backend: str = "local"
     workers: int | None = 1
     stopped: str | None = None  # 'interrupted' after Ctrl-C
+    requeued: list[tuple[int, int]] = field(default_factory=list)  # (interrupted, its re-run)
 
 
 def _table_fingerprint(table: Any) -> str:
@@ -61,8 +69,9 @@ def resolve_latency_table(settings: SearchSettings, space: Any) -> Path | None:
 
     ``search.latency_table`` if set; else the table ``archsearch profile SPEC --target T``
     writes by default (``latency_tables/<space>-<T>-r<resolution>[-estimate].csv``, looked up
-    beside the spec's folder and in the working directory). Returns None when the search
-    needs no latency (no latency objective nor ``max_latency_ms``).
+    in the user's folders first -- ``latency_tables/`` in the spec's folder, beside it and in
+    the working directory -- then among the tables shipped with archsearch). Returns None when
+    the search needs no latency (no latency objective nor ``max_latency_ms``).
     """
     needs = "latency_ms" in settings.objectives or settings.max_latency_ms is not None
     if settings.latency_table is not None:
@@ -76,12 +85,20 @@ def resolve_latency_table(settings: SearchSettings, space: Any) -> Path | None:
     target = settings.target or "cpu"
     res = space.data.get("resolution", 64)
     names = [f"{space.name}-{target}-r{res}.csv", f"{space.name}-{target}-r{res}-estimate.csv"]
-    bases = [Path(space.path).resolve().parent.parent, Path.cwd()]
+    from archsearch._resources import TABLES, find_file, is_bundled
+
+    spec_dir = Path(space.path).resolve().parent
+    # the user's folders (never the package's: a bundled spec's own folder comes last)
+    bases = [b for b in (spec_dir, spec_dir.parent) if not is_bundled(b / TABLES)] + [Path.cwd()]
     for base in bases:
         for name in names:
-            p = base / "latency_tables" / name
+            p = base / TABLES / name
             if p.is_file():
                 return p
+    for name in names:
+        p = find_file(Path(TABLES) / name)  # the tables shipped with archsearch
+        if p is not None and p.is_file():
+            return p
     raise ArchsearchError(
         f"{space.path}: search.latency_table: not set and latency_tables/{names[0]} does not exist; "
         f"make it with `archsearch profile {space.path} --target {target}` or set search.latency_table "
@@ -94,7 +111,7 @@ def _default_device(device: str | None) -> str | None:
         return None
     allowed = ("auto", "cpu", "cuda", "mps")
     if device.split(":")[0] not in allowed:
-        raise ArchsearchError(f"device: bad value {device!r} (allowed: {', '.join(allowed)}, cuda:N)")
+        raise ParameterError("device", f"{device!r}: unknown (allowed: {', '.join(allowed)}, cuda:N)")
     return device
 
 
@@ -113,23 +130,37 @@ def run_search(
     device: str | None = None,
     reports_dir: str | Path = "reports",
     sampler: str | None = None,
-    console: Console | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
+    on_trial: Callable[[optuna.Study], None] | None = None,
 ) -> SearchRun:
     """Run (or resume) the search of ``space``; returns where the study lives and its counts.
 
-    ``backend``: ``local`` (``workers`` processes, default 1) or ``ray`` (``address`` of an
-    existing cluster, else a local Ray). ``timeout`` stops starting new trials after that many
-    seconds. The store (``reports/<study>/trials.csv`` ...) is written by
-    :func:`archsearch.store.write_store` afterwards.
+    ``backend``: ``local`` (``workers`` processes, default 1, at most the CPU cores) or ``ray``
+    (``address`` of an existing cluster, else a local Ray). ``timeout`` stops starting new
+    trials after that many seconds. A bad argument raises
+    :class:`~archsearch.errors.ParameterError` naming it (``trials``, ``workers``, ``backend``...).
+
+    ``progress(phase, description, done, total)``: the teacher's training (first use) and the
+    ``trials`` phase (the description carries the state counts). ``log(message)``: one-line
+    notices (trials re-queued on resume, nothing left to run). ``on_trial(study)``: after each
+    finished trial, in this process (and once before the first) -- e.g.
+    ``lambda st: archsearch.store.write_store(st, run_dir)``. The store is not written here.
+
+    Resume (``resume=True``): finished trials are kept; trials whose process died are marked
+    failed (``interrupted``) and their parameters queued again, so they run first. Several
+    runs (on several machines) may share one study: a candidate finished or being trained in
+    the study is never trained again (its score is reused, ``duplicate_of``).
     """
     from archsearch.distill import load_teacher
 
-    console = console or Console(stderr=True)
+    if progress is False:  # the old ``progress: bool`` form
+        progress = None
+    say = log or (lambda message: None)
     if backend not in BACKENDS:
-        raise ArchsearchError(f"--backend {backend!r}: unknown (allowed: {', '.join(BACKENDS)})")
+        raise ParameterError("backend", f"{backend!r}: unknown (allowed: {', '.join(BACKENDS)})")
     if address is not None and backend != "ray":
-        raise ArchsearchError("--address needs --backend ray")
+        raise ParameterError("address", f"{address}: needs backend 'ray' (got {backend!r})")
     dev = _default_device(device)
     from archsearch.search._check import check_space
 
@@ -137,6 +168,12 @@ def run_search(
     settings = checked.settings.with_overrides(
         trials=trials, timeout=timeout, seed=seed, storage=storage, study=study, workers=workers,
         sampler=sampler)
+    if backend == "local" and settings.workers is not None:
+        from archsearch.search._local import check_workers
+
+        spec_value = workers is None  # from search.workers: the spec's own line
+        check_workers(settings.workers, (lambda allowed: space.fail(("search", "workers"), settings.workers, allowed))
+                      if spec_value else None)
     proxy = checked.proxy
     table_path = checked.latency_table
     table = None
@@ -147,97 +184,69 @@ def run_search(
         settings = _with_table(settings, table_path)
     study_dir = Path(reports_dir) / settings.study
     url = storage_url(settings.storage, study_dir)
+    if settings.storage is None:
+        study_dir.mkdir(parents=True, exist_ok=True)  # the default storage lives in it
+    store = open_storage(url)  # refuses a storage file whose folder does not exist
+    lock = StudyLock(lock_path(url, study_dir))
 
-    with _PhaseBars(console, enabled=progress) as bars:  # the built-in teacher trains on first use
-        teacher = load_teacher(proxy, kind=space.kind, progress=bars, device=dev)
+    teacher = load_teacher(proxy, kind=space.kind, progress=progress, device=dev)  # trained on first use
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    store = open_storage(url)
-    study_obj, resumed = open_study(
-        settings, store, space=space, proxy=proxy.to_dict(), teacher_fingerprint=teacher.fingerprint,
-        latency_table_sha=_table_fingerprint(table) if table is not None else None, resume=resume,
-        extra={"spec": str(space.path), "storage": url, "study_dir": str(study_dir.resolve()),
-               "kind": space.kind},
-    )
-    if not resumed and not study_obj.trials and settings.warm_start and settings.startup():
-        from archsearch.search._warmstart import spread_start
+    t0 = time.time()  # the timeout counts from the study's opening (the teacher is not searching)
+    with lock.hold():  # one run at a time creates, warm-starts and recovers the study
+        study_obj, resumed = open_study(
+            settings, store, space=space, proxy=proxy.to_dict(), teacher_fingerprint=teacher.fingerprint,
+            latency_table_sha=_table_fingerprint(table) if table is not None else None, resume=resume,
+            extra={"spec": str(space.path), "storage": url, "study_dir": str(study_dir.resolve()),
+                   "kind": space.kind},
+        )
+        if not resumed and not study_obj.trials and settings.warm_start and settings.startup():
+            from archsearch.search._warmstart import spread_start
 
-        for params in spread_start(space, settings, table, min(settings.startup(), settings.n_trials),
-                                   seed=settings.seed):
-            study_obj.enqueue_trial(params, skip_if_exists=True)
-    interrupted, elsewhere = recover_interrupted(study_obj) if resumed else ([], [])
+            for params in spread_start(space, settings, table, min(settings.startup(), settings.n_trials),
+                                       seed=settings.seed):
+                study_obj.enqueue_trial(params, skip_if_exists=True)
+        interrupted, elsewhere = recover_interrupted(study_obj) if resumed else ([], [])
+        requeued = requeue_interrupted(study_obj) if resumed else []
     if interrupted:
-        console.print(f"resume: {len(interrupted)} interrupted trial(s) marked failed: "
-                      f"{', '.join(map(str, interrupted))}")
+        say(f"resume: {len(interrupted)} interrupted trial(s) marked failed: {', '.join(map(str, interrupted))}")
+    if requeued:
+        say(f"resume: {len(requeued)} interrupted trial(s) queued to run again: "
+            + ", ".join(f"{a} as {b}" for a, b in requeued))
     if elsewhere:
-        console.print(f"resume: {len(elsewhere)} trial(s) still running on other hosts")
+        say(f"resume: {len(elsewhere)} trial(s) still running on other hosts")
     counts = count_trials(study_obj)
     remaining = settings.n_trials - counts["done"] - counts["running"]
     run = SearchRun(study_obj, settings, url, study_dir, resumed, interrupted, counts,
-                    backend=backend, workers=settings.workers)
+                    backend=backend, workers=settings.workers, requeued=requeued)
+    watch = TrialsProgress(settings.n_trials, progress, on_trial, label=f"{settings.study} ({settings.sampler})")
+    watch(study_obj)
     if remaining <= 0:
-        console.print(f"study {settings.study!r} already has {counts['done']} of {settings.n_trials} trials: "
-                      "nothing to run (raise --trials to continue it)")
+        say(f"study {settings.study!r} already has {counts['done']} of {settings.n_trials} trials: "
+            "nothing to run (raise the number of trials to continue it)")
         return run
 
     from archsearch.search._local import Budget, run_local, threads_per_worker
 
-    t0 = time.time()
     deadline = t0 + settings.timeout if settings.timeout else None
     try:
-        with StudyProgress(settings.n_trials, console=console, enabled=progress,
-                           description=f"{settings.study} ({settings.sampler})",
-                           start_done=counts["done"]) as bar:
-            if backend == "local":
-                n_workers = settings.workers or 1
-                threads = settings.threads or threads_per_worker(n_workers)
-                ctx = TrialContext(space, settings, proxy, teacher, table, dev, threads)
-                budget = Budget(settings.n_trials, deadline, str(study_dir / ".ask.lock"))
-                run_local(study_obj, ctx=ctx, storage_url=url, budget=budget, workers=n_workers,
-                          table_path=str(table_path) if table_path else None, progress=bar)
-            else:
-                from archsearch.search._ray import run_ray
+        if backend == "local":
+            n_workers = settings.workers or 1
+            threads = settings.threads or threads_per_worker(n_workers)
+            ctx = TrialContext(space, settings, proxy, teacher, table, dev, threads, lock=lock)
+            budget = Budget(settings.n_trials, deadline, lock.path)
+            run_local(study_obj, ctx=ctx, storage_url=url, budget=budget, workers=n_workers,
+                      table_path=str(table_path) if table_path else None, on_change=watch)
+        else:
+            from archsearch.search._ray import run_ray
 
-                ctx = TrialContext(space, settings, proxy, teacher, table, dev, settings.threads)
-                run_ray(study_obj, ctx=ctx, remaining=remaining, address=address, timeout=settings.timeout,
-                        storage_dir=study_dir, progress=bar)
+            ctx = TrialContext(space, settings, proxy, teacher, table, dev, settings.threads, lock=lock)
+            run_ray(study_obj, ctx=ctx, remaining=remaining, address=address, timeout=settings.timeout,
+                    storage_dir=study_dir, on_change=watch)
     except KeyboardInterrupt:  # the trial in flight is recorded as interrupted; keep what is done
         run.stopped = "interrupted"
     run.elapsed_s = time.time() - t0
     run.counts = count_trials(study_obj)
     return run
-
-
-class _PhaseBars:
-    """``progress(phase, description, done, total)`` drawn as one rich bar per phase.
-
-    The display starts with the first call, so a teacher found in the cache prints nothing.
-    """
-
-    def __init__(self, console: Console, enabled: bool = True) -> None:
-        self.console = console
-        self.enabled = enabled
-        self._bars: Any = None
-        self._tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> "_PhaseBars | None":
-        return self if self.enabled else None
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bars is not None:
-            self._bars.stop()
-
-    def __call__(self, phase: str, description: str, done: int, total: int) -> None:
-        from rich.markup import escape
-
-        if self._bars is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bars = Progress(TextColumn("[bold]{task.fields[phase]:<8}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), TextColumn("{task.description}"), console=self.console)
-            self._bars.start()
-        if phase not in self._tasks:
-            self._tasks[phase] = self._bars.add_task(escape(description), total=max(total, 1), phase=phase)
-        self._bars.update(self._tasks[phase], completed=done, total=max(total, 1), description=escape(description))
 
 
 def _with_table(settings: SearchSettings, path: Path) -> SearchSettings:

@@ -25,13 +25,22 @@ violations (``value / limit - 1``, > 0 = violated), and a candidate that breaks 
 trained.
 
 Resume: a study records what its results depend on (the space's hash, the proxy settings, the
-teacher's fingerprint, the objectives, the latency table's content); ``--resume`` refuses a
+teacher's fingerprint, the objectives, the latency table's content); a resume refuses a
 study made with something else. Trials left RUNNING by a process of this host that no longer
-exists are marked failed with reason ``interrupted`` and do not count towards ``n_trials``.
+exists are marked failed with reason ``interrupted``; they do not count towards ``n_trials``
+and their parameters are queued again (``enqueue_trial``), so every interrupted trial is re-run.
+
+Reproducible proposals: :class:`TrialSeededSampler` reseeds the sampler for every trial from
+``(seed, slot)``, where a trial's *slot* is its number less the re-runs queued before it (a
+re-run keeps the slot of the trial it repeats). An interrupted and resumed study therefore
+proposes what an uninterrupted one would: exactly so for ``random`` and for enqueued trials
+(warm start, re-runs), and for the model-based samplers whenever they see the same finished
+trials (one worker).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -39,12 +48,12 @@ import socket
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from archsearch.errors import ArchsearchError
+from archsearch.errors import ArchsearchError, ParameterError
 
 __all__ = [
     "DEFAULT_OBJECTIVES",
@@ -54,13 +63,19 @@ __all__ = [
     "SAMPLERS",
     "SEARCH_KEYS",
     "SearchSettings",
+    "StudyLock",
+    "TrialSeededSampler",
     "count_trials",
+    "lock_path",
     "make_sampler",
     "open_storage",
     "open_study",
     "owner_tag",
     "recover_interrupted",
+    "requeue_interrupted",
+    "storage_file",
     "storage_url",
+    "trial_slot",
 ]
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
@@ -225,35 +240,41 @@ class SearchSettings:
         workers: int | None = None,
         sampler: str | None = None,
     ) -> "SearchSettings":
-        """Apply command-line flags (``None`` keeps the spec's value)."""
+        """Apply the caller's overrides (``None`` keeps the spec's value).
+
+        A bad value raises :class:`~archsearch.errors.ParameterError` naming the parameter
+        (``trials``, ``timeout``, ...); the CLI shows its own flag for it.
+        """
         out: dict[str, Any] = {}
         if sampler is not None:
             if sampler not in SAMPLERS:
-                raise ArchsearchError(f"--sampler {sampler!r}: unknown (allowed: {', '.join(SAMPLERS)})")
+                raise ParameterError("sampler", f"{sampler!r}: unknown (allowed: {', '.join(SAMPLERS)})")
             out["sampler"] = sampler
         if trials is not None:
-            if trials < 1:
-                raise ArchsearchError(f"--trials {trials}: must be an integer >= 1")
+            if not (_is_int(trials) and trials >= 1):
+                raise ParameterError("trials", f"{trials}: must be an integer >= 1")
             out["n_trials"] = trials
         if timeout is not None:
-            if not (timeout > 0 and math.isfinite(timeout)):
-                raise ArchsearchError(f"--timeout {timeout}: must be seconds > 0")
+            if not (_is_num(timeout) and timeout > 0):
+                raise ParameterError("timeout", f"{timeout}: must be seconds > 0")
             out["timeout"] = float(timeout)
         if seed is not None:
-            if seed < 0:
-                raise ArchsearchError(f"--seed {seed}: must be an integer >= 0")
+            if not (_is_int(seed) and seed >= 0):
+                raise ParameterError("seed", f"{seed}: must be an integer >= 0")
             out["seed"] = seed
         if workers is not None:
-            if workers < 1:
-                raise ArchsearchError(f"--workers {workers}: must be an integer >= 1")
+            if not (_is_int(workers) and workers >= 1):
+                raise ParameterError("workers", f"{workers}: must be an integer >= 1")
             out["workers"] = workers
         if storage is not None:
             if not storage.strip():
-                raise ArchsearchError("--storage: empty (allowed: an Optuna URL or a .db / .log file path)")
+                raise ParameterError("storage", ": empty (allowed: an Optuna URL or a .db / .log file path)")
             out["storage"] = storage
         if study is not None:
-            _check_study_name(study, lambda msg: _raise(f"--study {study!r}: {msg} "
-                                                        "(allowed: letters, digits, '.', '_', '-')"))
+            def bad(msg: str) -> None:
+                raise ParameterError("study", f"{study!r}: {msg} (allowed: letters, digits, '.', '_', '-')")
+
+            _check_study_name(study, bad)
             out["study"] = study
         return replace(self, **out)
 
@@ -294,10 +315,6 @@ class SearchSettings:
             "reference_point": self.reference_point, "trial_resources": dict(self.trial_resources),
             "constraints": self.constraints,
         }
-
-
-def _raise(msg: str) -> None:
-    raise ArchsearchError(msg)
 
 
 def _check_study_name(name: str, fail: Any) -> None:
@@ -341,16 +358,32 @@ def storage_url(storage: str | None, study_dir: str | os.PathLike) -> str:
     )
 
 
+def storage_file(url: str) -> Path | None:
+    """The file behind a SQLite URL or a JournalStorage path (None: a server, or in memory)."""
+    if "://" not in url:
+        return Path(url)
+    if url.startswith("sqlite:///"):
+        rest = url[len("sqlite:///"):].split("?", 1)[0]
+        return Path(rest) if rest and rest != ":memory:" else None
+    return None
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """Open the storage named by :func:`storage_url` (creates a SQLite file's folder)."""
+    """Open the storage named by :func:`storage_url`.
+
+    The folder of a SQLite or journal file must exist (a typo in a path is an error, not a new
+    folder tree); the default ``reports/<study>/`` is made by :func:`run_search`.
+    """
+    path = storage_file(url)
+    if path is not None and not path.parent.is_dir():
+        raise ParameterError("storage", f"{url!r}: folder {path.parent} does not exist "
+                                        "(allowed: a file in an existing folder, or an Optuna URL)")
     if "://" not in url:  # a JournalStorage file
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(url))
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         # several local workers write the same file: wait for the lock rather than fail
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
     try:
@@ -360,6 +393,42 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     except Exception as exc:  # sqlalchemy errors: bad URL, unreachable server
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ArchsearchError(f"storage {url!r}: cannot open ({first})") from None
+
+
+def lock_path(url: str, study_dir: str | os.PathLike) -> str:
+    """The lock file every process of a study takes to ask for trials and claim candidates:
+    beside the SQLite / journal file (so that runs sharing the file share the lock), else in
+    the study folder (a database server: the lock covers this machine's processes)."""
+    path = storage_file(url)
+    if path is not None:
+        return str(path.resolve()) + ".lock"
+    return str(Path(study_dir).resolve() / ".ask.lock")
+
+
+@dataclass(frozen=True)
+class StudyLock:
+    """An exclusive lock across processes (POSIX ``flock`` on ``path``; none elsewhere, or
+    with ``path=None``). Re-entrant within one process is *not* supported."""
+
+    path: str | None = None
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        if self.path is None:
+            yield
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no lock
+            yield
+            return
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- samplers
@@ -390,9 +459,71 @@ def make_sampler(settings: SearchSettings, seed: int | None = None) -> optuna.sa
 
 
 def worker_seed(seed: int, worker: int, n_existing: int) -> int:
-    """A distinct, reproducible sampler seed per worker and per resume point."""
+    """A distinct, reproducible seed per worker and per resume point (kept for callers that
+    want one sampler stream per worker; the search itself seeds per trial, see
+    :class:`TrialSeededSampler`)."""
     h = hashlib.sha256(f"{seed}:{worker}:{n_existing}".encode()).digest()
     return int.from_bytes(h[:4], "little")
+
+
+def slot_seed(seed: int, slot: int, name: str = "") -> int:
+    """The seed of one trial slot (and one parameter name): a 32-bit hash."""
+    h = hashlib.sha256(f"{seed}:slot:{slot}:{name}".encode()).digest()
+    return int.from_bytes(h[:4], "little")
+
+
+#: User attrs of a queued re-run: the trial it repeats and that trial's slot.
+RETRY_OF = "retry_of"
+SLOT = "slot"
+
+
+def trial_slot(trials: list[FrozenTrial], trial: FrozenTrial) -> int:
+    """The trial's position in the sequence of proposals: its number less the re-runs queued
+    before it; a re-run keeps the slot of the trial it repeats."""
+    if SLOT in trial.user_attrs:
+        return int(trial.user_attrs[SLOT])
+    return trial.number - sum(1 for t in trials if t.number < trial.number and RETRY_OF in t.user_attrs)
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """``settings.sampler`` built afresh for every trial with the seed of the trial's slot.
+
+    What a trial is proposed depends on the seed, its slot and the finished trials the sampler
+    sees -- not on which process asks or how many trials it asked before. The random sampler
+    draws each parameter from its own ``(seed, slot, name)`` stream, so a trial whose first
+    choices were fixed (a re-run of a partly resolved trial) still gets the same later choices.
+    """
+
+    def __init__(self, settings: SearchSettings, seed: int | None = None) -> None:
+        self._settings = settings
+        self._seed = settings.seed if seed is None else seed
+        self._slot = 0
+        self._inner = make_sampler(settings, seed=slot_seed(self._seed, 0))
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._slot = trial_slot(study.get_trials(deepcopy=False), trial)
+        self._inner = make_sampler(self._settings, seed=slot_seed(self._seed, self._slot))
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: Any) -> Any:
+        if self._settings.sampler == "random":
+            rs = optuna.samplers.RandomSampler(seed=slot_seed(self._seed, self._slot, param_name))
+            return rs.sample_independent(study, trial, param_name, param_distribution)
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Any) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
 
 
 # --------------------------------------------------------------------------- the study
@@ -433,7 +564,7 @@ def open_study(
     """
     identity = _identity(settings, space, proxy, teacher_fingerprint, latency_table_sha)
     try:
-        existing = optuna.load_study(study_name=settings.study, storage=storage, sampler=make_sampler(settings))
+        existing = optuna.load_study(study_name=settings.study, storage=storage, sampler=TrialSeededSampler(settings))
     except KeyError:
         existing = None
     if existing is not None and existing.trials:
@@ -458,7 +589,7 @@ def open_study(
             study = existing
         else:
             study = optuna.create_study(study_name=settings.study, storage=storage,
-                                        directions=settings.directions, sampler=make_sampler(settings))
+                                        directions=settings.directions, sampler=TrialSeededSampler(settings))
             with warnings.catch_warnings():  # named objectives in optuna-dashboard
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(list(settings.objectives))
@@ -506,28 +637,61 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a killed worker whose parent died too may linger as a zombie until it is reaped
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def owner_alive(owner: str) -> bool | None:
+    """Whether the process ``host:pid`` still runs: None when it is on another host."""
+    o_host, _, o_pid = str(owner).rpartition(":")
+    if not owner or not o_pid.isdigit():
+        return False
+    if o_host != socket.gethostname():
+        return None
+    return _pid_alive(int(o_pid))
 
 
 def recover_interrupted(study: optuna.Study) -> tuple[list[int], list[int]]:
     """Mark RUNNING trials whose process is gone as failed (``interrupted``).
 
     Returns ``(marked, elsewhere)``: trial numbers marked failed, and numbers of RUNNING
-    trials owned by another host (left alone: they may still be running there).
+    trials owned by another host (left alone: they may still be running there). Call
+    :func:`requeue_interrupted` next so that they run again.
     """
-    host = socket.gethostname()
     marked, elsewhere = [], []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = str(t.user_attrs.get("owner", ""))
-        o_host, _, o_pid = owner.rpartition(":")
-        if owner and o_host != host:
+        alive = owner_alive(str(t.user_attrs.get("owner", "")))
+        if alive is None:
             elsewhere.append(t.number)
             continue
-        if owner and o_pid.isdigit() and _pid_alive(int(o_pid)):
+        if alive:
             continue
         mark_failed(study, t, INTERRUPTED)
         marked.append(t.number)
     return marked, elsewhere
+
+
+def requeue_interrupted(study: optuna.Study) -> list[tuple[int, int]]:
+    """Queue a re-run of every interrupted trial that has none yet: its parameters (those it
+    had chosen before it stopped) and its slot, so the re-run proposes the same candidate.
+
+    Returns ``[(interrupted number, re-run number), ...]``. Call it under the study's
+    :class:`StudyLock` so that two resuming runs do not queue one trial twice.
+    """
+    trials = study.get_trials(deepcopy=False)
+    retried = {int(t.user_attrs[RETRY_OF]) for t in trials if RETRY_OF in t.user_attrs}
+    todo = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == INTERRUPTED
+            and t.number not in retried]
+    out = []
+    next_number = len(trials)
+    for t in todo:
+        study.enqueue_trial(dict(t.params), user_attrs={RETRY_OF: t.number, SLOT: trial_slot(trials, t)})
+        out.append((t.number, next_number))
+        next_number += 1
+    return out
 
 
 def mark_failed(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
@@ -545,7 +709,7 @@ def count_trials(study: optuna.Study) -> dict[str, int]:
     """Trials by archsearch state: complete, infeasible, failed, interrupted, running, done.
 
     ``done`` (complete + infeasible + failed) is what counts towards ``n_trials``; interrupted
-    trials are re-run.
+    trials are re-run (:func:`requeue_interrupted`); ``queued`` trials wait for a worker.
     """
     out = {"complete": 0, "infeasible": 0, "failed": 0, "interrupted": 0, "running": 0, "queued": 0}
     for t in study.get_trials(deepcopy=False):

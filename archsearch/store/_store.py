@@ -14,11 +14,17 @@
   (the predictor's per-block rows, grouped, and a ``calibration`` row holding the
   calibrated overhead, so that each candidate's rows add up to its predicted latency).
 
-Every file is written atomically (temp file + ``os.replace``); ``meta.json`` is written last.
+Every file is written atomically (temp file + ``os.replace``); ``meta.json`` is written last
+and records the row count and SHA-256 of the ``trials.csv`` it goes with (``trials_csv``), so
+a cut-short or edited table is noticed (:func:`load_trials`, :func:`refresh_store`).
+``archsearch run`` rewrites the store after every finished trial, so a killed study's folder
+can be reported at any time; :func:`refresh_store` rebuilds it from the study (the truth)
+whenever the study's storage can be read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -33,10 +39,11 @@ import pandas as pd
 
 from archsearch._util import atomic_write_text
 from archsearch.errors import ArchsearchError
-from archsearch.search import study_attrs, trial_state
+from archsearch.search import StudyLock, open_storage, storage_file, study_attrs, trial_state
 from archsearch.pareto import default_reference, hypervolume, non_dominated
 
-__all__ = ["BASE_COLUMNS", "StoreSummary", "load_trials", "pareto_ids", "trials_frame", "write_store"]
+__all__ = ["BASE_COLUMNS", "StoreSummary", "check_store", "load_trials", "pareto_ids", "refresh_store",
+           "trials_frame", "write_store"]
 
 BASE_COLUMNS = (
     "number", "state", "candidate_id", "quality", "latency_ms", "params", "flops", "latency_source",
@@ -129,6 +136,13 @@ def _pareto_mask(df: pd.DataFrame, objectives: list[str]) -> pd.Series:
     return out
 
 
+def _with_candidate(df: pd.DataFrame) -> pd.DataFrame:
+    """The first row of each candidate that holds its architecture, by candidate id (a trial
+    stopped before it finished may carry the id alone)."""
+    has = df["candidate"].fillna("").astype(str) != ""
+    return df[has].drop_duplicates("candidate_id").set_index("candidate_id")
+
+
 def pareto_ids(df: pd.DataFrame) -> list[str]:
     """Distinct candidate ids on the front, in trial order."""
     seen: list[str] = []
@@ -138,12 +152,101 @@ def pareto_ids(df: pd.DataFrame) -> list[str]:
     return seen
 
 
+def _sha256(text: str | bytes) -> str:
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return hashlib.sha256(data).hexdigest()
+
+
+def _store_lock(out: Path) -> Any:
+    """Writers of one store folder (several runs of one study) take turns."""
+    return StudyLock(str(out / ".store.lock")).hold()
+
+
+def check_store(study_dir: str | Path) -> None:
+    """Check that ``trials.csv`` is the table ``meta.json`` was written with (row count and
+    SHA-256); a one-line error if it was cut short or changed. Stores written before these
+    were recorded are not checked."""
+    out = Path(study_dir)
+    meta_path, csv_path = out / "meta.json", out / "trials.csv"
+    if not meta_path.is_file() or not csv_path.is_file():
+        return
+    try:
+        rec = json.loads(meta_path.read_text(encoding="utf-8")).get("trials_csv")
+    except (OSError, ValueError, AttributeError):
+        return  # the report's own reader says what is wrong with meta.json
+    if not isinstance(rec, dict) or "sha256" not in rec:
+        return
+    with _store_lock(out):  # not between a writer's trials.csv and its meta.json
+        data = csv_path.read_bytes()
+        rec = json.loads(meta_path.read_text(encoding="utf-8")).get("trials_csv") or rec
+    if _sha256(data) == rec.get("sha256"):
+        return
+    try:
+        rows = len(pd.read_csv(csv_path))
+    except Exception:  # noqa: BLE001 - unreadable: report it as such
+        rows = None
+    found = "cannot be read" if rows is None else f"has {rows} trial rows"
+    raise ArchsearchError(
+        f"{csv_path}: {found} but {meta_path.name} records {rec.get('rows')} "
+        "(the file was cut short or changed after it was written); rebuild it from the study "
+        "with `archsearch report` where the study's storage is reachable"
+    )
+
+
 def load_trials(study_dir: str | Path) -> pd.DataFrame:
-    """Read ``trials.csv`` back (candidate ids as text)."""
+    """Read ``trials.csv`` back (candidate ids as text), checked against ``meta.json``."""
     path = Path(study_dir) / "trials.csv"
     if not path.is_file():
         raise ArchsearchError(f"{path}: missing (run `archsearch run SPEC` first)")
+    check_store(study_dir)
     return pd.read_csv(path, dtype={"candidate_id": str})
+
+
+def _open_recorded_study(study_dir: Path) -> optuna.Study | None:
+    """The study a store folder was written from, if its storage can be read (never creates one)."""
+    meta: dict[str, Any] = {}
+    try:
+        meta = json.loads((study_dir / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    if not isinstance(meta, dict):
+        meta = {}
+    url = meta.get("storage")
+    if not url:
+        db = study_dir / "study.db"
+        if not db.is_file():
+            return None
+        url = f"sqlite:///{db.resolve()}"
+    file = storage_file(url)
+    if file is not None and not file.is_file():
+        if (study_dir / "study.db").is_file():  # the folder was moved with its database
+            url = f"sqlite:///{(study_dir / 'study.db').resolve()}"
+        else:
+            return None
+    try:
+        storage = open_storage(url)
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    except Exception:  # noqa: BLE001 - unreachable server, foreign file: fall back to the files
+        return None
+    name = meta.get("study") or study_dir.name
+    if name not in names:
+        if len(names) != 1 or meta.get("study"):
+            return None
+        name = names[0]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def refresh_store(study_dir: str | Path) -> "StoreSummary | None":
+    """Bring a store folder up to date with its study (the truth): rewrite every file from
+    the study's storage when it can be read (a killed run's folder, a cut-short ``trials.csv``);
+    else check the files agree (:func:`check_store`). Returns the meta when rewritten."""
+    out = Path(study_dir)
+    study = _open_recorded_study(out)
+    if study is None:
+        check_store(out)
+        return None
+    return write_store(study, out)
 
 
 class StoreSummary(dict):
@@ -164,7 +267,7 @@ def _breakdown(df: pd.DataFrame, ids: list[str], table_path: str | None) -> pd.D
 
     table = load_table(table_path)
     parts = []
-    first = df.drop_duplicates("candidate_id").set_index("candidate_id")
+    first = _with_candidate(df)
     for cid in ids:
         cand = Candidate.from_dict(json.loads(first.loc[cid, "candidate"]))
         with warnings.catch_warnings():
@@ -180,18 +283,7 @@ def _breakdown(df: pd.DataFrame, ids: list[str], table_path: str | None) -> pd.D
     return pd.concat(parts, ignore_index=True) if parts else None
 
 
-def write_store(study: optuna.Study, study_dir: str | Path | None = None) -> StoreSummary:
-    """Write ``trials.csv``, ``pareto/*.yaml``, ``latency_breakdown.csv`` and ``meta.json``.
-
-    ``study_dir`` defaults to the folder recorded when ``archsearch run`` created the study.
-    Pareto YAML files of candidates no longer on the front are removed. Returns the meta.
-    """
-    attrs = study_attrs(study)
-    if study_dir is None:
-        if not attrs.get("study_dir"):
-            raise ArchsearchError(f"study {study.study_name!r}: no study folder recorded; pass study_dir")
-        study_dir = attrs["study_dir"]
-    out = Path(study_dir)
+def _write_store(study: optuna.Study, out: Path, attrs: dict[str, Any]) -> "StoreSummary":
     objectives = list(attrs.get("objectives") or ["quality", "latency_ms", "params"])
     df = trials_frame(study, objectives)
     ids = pareto_ids(df)
@@ -201,7 +293,7 @@ def write_store(study: optuna.Study, study_dir: str | Path | None = None) -> Sto
     pdir.mkdir(parents=True, exist_ok=True)
     from archsearch.candidate import Candidate
 
-    first = df.drop_duplicates("candidate_id").set_index("candidate_id")
+    first = _with_candidate(df)
     for cid in ids:
         atomic_write_text(pdir / f"{cid}.yaml", Candidate.from_dict(json.loads(first.loc[cid, "candidate"])).to_yaml())
     for f in pdir.glob("*.yaml"):
@@ -214,7 +306,8 @@ def write_store(study: optuna.Study, study_dir: str | Path | None = None) -> Sto
     elif (out / "latency_breakdown.csv").exists():
         (out / "latency_breakdown.csv").unlink()
 
-    atomic_write_text(out / "trials.csv", df.to_csv(index=False))
+    csv_text = df.to_csv(index=False)
+    atomic_write_text(out / "trials.csv", csv_text)
 
     directions = ["minimize"] * len(objectives)
     feas = _feasible_complete(df, objectives)
@@ -249,8 +342,26 @@ def write_store(study: optuna.Study, study_dir: str | Path | None = None) -> Sto
         "space_hash": attrs.get("space_hash"),
         "teacher": attrs.get("teacher"),
         "proxy": attrs.get("proxy"),
+        "trials_csv": {"rows": int(len(df)), "sha256": _sha256(csv_text)},
         "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, default=str) + "\n")
+    return meta
+
+
+def write_store(study: optuna.Study, study_dir: str | Path | None = None) -> StoreSummary:
+    """Write ``trials.csv``, ``pareto/*.yaml``, ``latency_breakdown.csv`` and ``meta.json``.
+
+    ``study_dir`` defaults to the folder recorded when ``archsearch run`` created the study.
+    Pareto YAML files of candidates no longer on the front are removed. Returns the meta.
+    """
+    attrs = study_attrs(study)
+    if study_dir is None:
+        if not attrs.get("study_dir"):
+            raise ArchsearchError(f"study {study.study_name!r}: no study folder recorded; pass study_dir")
+        study_dir = attrs["study_dir"]
+    out = Path(study_dir)
+    with _store_lock(out):
+        meta = _write_store(study, out, attrs)
     meta.path = out
     return meta
