@@ -265,3 +265,21 @@ def build_datasets(root: Path, n: int = 8, size: tuple[int, int] = (40, 48)) -> 
     (d / "metadata.jsonl").write_text("\n".join(json.dumps(m) for m in meta) + "\n")
     out["bad"] = d
     return out
+
+
+def build_cache(checkpoint: Path, source: Path, out: Path, holdout: float = 0.3) -> Path:
+    """A latent cache of ``source`` encoded by ``checkpoint`` (fast settings: no workers, float32)."""
+    from archsearch.distill import prepare
+
+    prepare(source, checkpoint, out, workers=0, batch=4, shard_size=8, dtype="float32", device="cpu", holdout=holdout)
+    return Path(out)
+
+
+def build_pictures(root: Path, n: int = 16, size: tuple[int, int] = (32, 32)) -> Path:
+    """``n`` pictures with sidecar captions in one folder (a bigger set than build_datasets')."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        make_picture(i, size).save(root / f"p{i:03d}.png")
+        (root / f"p{i:03d}.txt").write_text(CAPTIONS[i % len(CAPTIONS)])
+    return root

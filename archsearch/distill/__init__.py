@@ -13,6 +13,11 @@
 * :class:`SyntheticImageText`, :class:`SyntheticVideoText` -- the built-in data;
   :class:`TextEncoder` -- the offline text encoders.
 * :func:`resolve_device`, :func:`autocast` -- devices and precision.
+* :func:`train` (:class:`TrainConfig`, :class:`TrainResult`) -- full training of a chosen
+  backbone through the same loop (accelerate, EMA, checkpoints, resume, logs, sample grids);
+  :func:`init_from_teacher` (:class:`CopyReport`) -- BK-SDM's copy of matching teacher weights;
+  :class:`CacheBatches` -- training batches from a latent cache; :func:`export_pipeline`,
+  :func:`load_pipeline`, :func:`generate` -- the diffusers pipeline of a trained model.
 
 Progress is a callback, ``progress(phase, description, done, total)`` (:data:`Progress`), as in
 :mod:`archsearch.cost.latency`; the CLI draws the bars. Errors name the parameter
@@ -30,11 +35,27 @@ from archsearch.distill._cache import (
     teacher_components,
     teacher_hash,
 )
+from archsearch.distill._cachedata import CacheBatches, open_cache_for
 from archsearch.distill._config import ProxyConfig
 from archsearch.distill._data import SyntheticImageText, SyntheticVideoText, synthetic_dataset
 from archsearch.distill._device import autocast, resolve_device, seeded, torch_threads
 from archsearch.distill._distill import HOLDOUT_SEED, DistillResult, clear_caches, distill
-from archsearch.distill._loop import SCHEDULES, Batch, LoopLog, Progress, StepBatches, TrialFailed, train_loop
+from archsearch.distill._generate import export_pipeline, generate, load_pipeline
+from archsearch.distill._init_from_teacher import CopyReport, init_from_teacher
+from archsearch.distill._loop import (
+    NAN_POLICIES,
+    SCHEDULES,
+    Batch,
+    LoopCallback,
+    LoopLog,
+    Progress,
+    StepBatches,
+    StepState,
+    TrialFailed,
+    make_optimizer,
+    train_loop,
+)
+from archsearch.distill._train import TrainConfig, TrainResult, find_checkpoint, list_checkpoints, train
 from archsearch.distill._losses import distill_loss, pair_taps
 from archsearch.distill._prepare import PrepareResult, TeacherEncoders, prepare
 from archsearch.distill._sources import FORMATS, BadSample, Source, open_source
@@ -54,6 +75,7 @@ __all__ = [
     "CACHE_VERSION",
     "FORMATS",
     "HOLDOUT_SEED",
+    "NAN_POLICIES",
     "PREDICTIONS",
     "SCHEDULES",
     "TEACHER_IMAGE",
@@ -61,11 +83,14 @@ __all__ = [
     "BadSample",
     "Batch",
     "BuiltinTeacherConfig",
+    "CacheBatches",
     "CacheIndex",
     "CacheSplit",
+    "CopyReport",
     "DistillResult",
     "DualTextEncoder",
     "LatentCache",
+    "LoopCallback",
     "LoopLog",
     "NoiseProcess",
     "PrepareResult",
@@ -73,11 +98,14 @@ __all__ = [
     "ProxyConfig",
     "Source",
     "StepBatches",
+    "StepState",
     "SyntheticImageText",
     "SyntheticVideoText",
     "Teacher",
     "TeacherEncoders",
     "TextEncoder",
+    "TrainConfig",
+    "TrainResult",
     "TrialFailed",
     "autocast",
     "builtin_teacher_candidate",
@@ -87,8 +115,16 @@ __all__ = [
     "clear_caches",
     "distill",
     "distill_loss",
+    "export_pipeline",
+    "find_checkpoint",
+    "generate",
+    "init_from_teacher",
     "is_holdout",
+    "list_checkpoints",
+    "load_pipeline",
     "load_teacher",
+    "make_optimizer",
+    "open_cache_for",
     "open_source",
     "pair_taps",
     "prepare",
@@ -98,5 +134,6 @@ __all__ = [
     "teacher_components",
     "teacher_hash",
     "torch_threads",
+    "train",
     "train_loop",
 ]

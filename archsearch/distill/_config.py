@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from archsearch.distill._noise import PREDICTIONS
@@ -32,6 +33,8 @@ class ProxyConfig:
         prediction: ``epsilon | v_prediction | flow``; ``None`` = the teacher's (built-in: epsilon).
         teacher: ``{builtin: image|video, train_steps, width, batch, lr, seed}`` or
             ``{diffusers: PATH, subfolder: unet}``.
+        data: a latent cache folder written by ``archsearch data prepare`` (relative paths
+            are read from the spec's folder); ``None``: the built-in synthetic data.
         source: the spec file (error messages).
     """
 
@@ -48,6 +51,7 @@ class ProxyConfig:
     kd_feature: float = 1.0
     prediction: str | None = None
     teacher: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None
     source: str = "<proxy>"
 
     @classmethod
@@ -137,6 +141,10 @@ class ProxyConfig:
         if kind == "video" and "batch" not in out:
             out["batch"] = 2
         out["teacher"] = cls._parse_teacher(d.get("teacher"), kind, fail)
+        if d.get("data") is not None:
+            if not (isinstance(d["data"], str) and d["data"]):
+                fail(("proxy", "data"), d["data"], "a latent cache folder (string) written by archsearch data prepare")
+            out["data"] = str(d["data"])
         return cls(**out)
 
     @staticmethod
@@ -185,10 +193,25 @@ class ProxyConfig:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (recorded with the study)."""
+        """Plain data (recorded with the study); ``data`` only when a cache is used, so the
+        records of synthetic-data studies read as before."""
         d = asdict(self)
         d.pop("source")
+        if d.get("data") is None:
+            d.pop("data", None)
         return d
+
+    def data_path(self) -> Path | None:
+        """``data`` as a folder: absolute, or relative to the spec file's folder (else the
+        working directory); ``None`` for the synthetic data."""
+        if self.data is None:
+            return None
+        p = Path(self.data).expanduser()
+        if not p.is_absolute() and self.source and Path(self.source).is_file():
+            cand = Path(self.source).parent / p
+            if cand.exists() or not p.exists():
+                return cand.resolve()
+        return p
 
 
 def _message(path: tuple, value: Any, allowed: str | None, message: str | None) -> str:

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 
 from archsearch._util import short_hash
+from archsearch.distill._cache import LatentCache
+from archsearch.distill._cachedata import CacheBatches, cache_holdout, check_resolution, open_cache_for
 from archsearch.distill._config import ProxyConfig
 from archsearch.distill._device import autocast, resolve_device, seeded, torch_threads
 from archsearch.distill._loop import Progress, StepBatches, TrialFailed, clear_step_cache, train_loop
@@ -116,10 +118,53 @@ def _holdout(teacher: Teacher, proxy: ProxyConfig, device: torch.device,
     return out
 
 
+_CACHES: dict[str, LatentCache] = {}
+
+
+def _open_cache(proxy: ProxyConfig, teacher: Teacher) -> LatentCache:
+    """The spec's latent cache, opened and checked against the teacher once per process."""
+    path = proxy.data_path()
+    key = f"{path}|{teacher.fingerprint}"
+    if key not in _CACHES:
+        _CACHES[key] = open_cache_for(path, teacher, kind=teacher.kind, latent_channels=teacher.latent_channels,
+                                      frames=proxy.frames if teacher.kind == "video" else None)
+    return _CACHES[key]
+
+
+def _cache_holdout(teacher: Teacher, cache: LatentCache, proxy: ProxyConfig, factor: int | None,
+                   device: torch.device) -> dict[str, Any]:
+    """The fixed held-out batch of a latent cache and the teacher's predictions on it."""
+    key = short_hash(["cache", teacher.fingerprint, str(cache.root), factor, proxy.holdout, str(device)])
+    if key in _HOLDOUT_CACHE:
+        return _HOLDOUT_CACHE[key]
+    x0, ctx, split = cache_holdout(cache, proxy.holdout, factor, bool(getattr(teacher.module, "pooled_dim", 0)))
+    out = _holdout_batch(teacher, x0, ctx, device)
+    out["split"] = split
+    if len(_HOLDOUT_CACHE) >= 4:
+        _HOLDOUT_CACHE.pop(next(iter(_HOLDOUT_CACHE)))
+    _HOLDOUT_CACHE[key] = out
+    return out
+
+
+def _holdout_batch(teacher: Teacher, x0: torch.Tensor, ctx: torch.Tensor, device: torch.device) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(HOLDOUT_SEED)
+    noise = torch.randn(x0.shape, generator=g)
+    t = teacher.process.even_timesteps(len(x0))
+    xt = teacher.process.add_noise(x0, noise, t)
+    preds = []
+    for i in range(0, len(x0), 16):
+        with autocast(device):
+            p = teacher(xt[i : i + 16].to(device), t[i : i + 16].to(device), ctx[i : i + 16].to(device))
+        preds.append(p.float())
+    return {"xt": xt.to(device), "t": t.to(device), "ctx": ctx.to(device),
+            "target": teacher.process.target(x0, noise, t).to(device), "teacher": torch.cat(preds)}
+
+
 def clear_caches() -> None:
     """Drop the per-process caches (caption embeddings, held-out batches, teacher outputs)."""
     _EMB_CACHE.clear()
     _HOLDOUT_CACHE.clear()
+    _CACHES.clear()
     clear_step_cache()
 
 
@@ -179,9 +224,17 @@ def _run(candidate: Any, teacher: Teacher, proxy: ProxyConfig, dev: torch.device
         latent_channels=teacher.latent_channels,
     )
     teacher.to(dev)
-    data = teacher.dataset(proxy.resolution, frames or 1)
-    emb = _embeddings(teacher, data, progress)
-    hold = _holdout(teacher, proxy, dev, progress)
+    cache = _open_cache(proxy, teacher) if proxy.data is not None else None
+    if cache is None:
+        data = teacher.dataset(proxy.resolution, frames or 1)
+        emb = _embeddings(teacher, data, progress)
+        hold = _holdout(teacher, proxy, dev, progress)
+        data_fp: Any = data.fingerprint
+    else:
+        factor = check_resolution(cache, proxy.resolution)
+        hold = _cache_holdout(teacher, cache, proxy, factor, dev)
+        data_fp = {"cache": str(cache.root), "teacher_hash": cache.index.teacher_hash, "n": len(cache),
+                   "factor": factor}
 
     torch.manual_seed(proxy.seed)
     student = build_model(small).to(dev)
@@ -198,10 +251,14 @@ def _run(candidate: Any, teacher: Teacher, proxy: ProxyConfig, dev: torch.device
     del s_feats, t_feats
 
     uses_teacher = proxy.kd_output > 0 or bool(pairs)
-    cache_key = short_hash([teacher.fingerprint, data.fingerprint, proxy.batch, proxy.seed, str(dev),
+    cache_key = short_hash([teacher.fingerprint, data_fp, proxy.batch, proxy.seed, str(dev),
                             str(torch.get_default_dtype()), uses_teacher])
-    batches = StepBatches(data, emb, teacher.process, proxy.batch, proxy.seed, dev,
-                          teacher=teacher if uses_teacher else None, cache_key=cache_key)
+    if cache is None:
+        batches: Any = StepBatches(data, emb, teacher.process, proxy.batch, proxy.seed, dev,
+                                   teacher=teacher if uses_teacher else None, cache_key=cache_key)
+    else:
+        batches = CacheBatches(cache, teacher, proxy.batch, proxy.seed, dev, use_teacher=uses_teacher,
+                               factor=factor, cache_key=cache_key)
     log = train_loop(student, batches, proxy, device=dev, pairs=pairs, projections=projections,
                      progress=progress, phase="distill", label=f"{candidate.id} ")
 
@@ -236,6 +293,8 @@ def _run(candidate: Any, teacher: Teacher, proxy: ProxyConfig, dev: torch.device
             "steps_per_s": proxy.steps / train_s if train_s > 0 else float("nan"),
             "proxy_candidate": small.id,
             "teacher": teacher.fingerprint,
+            "data": str(cache.root) if cache is not None else "synthetic",
+            **({"holdout_split": hold["split"]} if cache is not None else {}),
         },
         student=student if keep_student else None,
     )

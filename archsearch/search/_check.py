@@ -27,6 +27,43 @@ class SpaceCheck:
     notes: list[str] = field(default_factory=list)
 
 
+def _check_cache(space: Any, proxy: Any) -> None:
+    """``proxy.data``: the cache exists, was made by the spec's teacher (hash) and has the
+    space's latent channels (and frames, for video): one line naming what differs."""
+    from archsearch.distill import LatentCache, teacher_hash
+
+    where = f"{space.path}: proxy.data"
+    path = proxy.data_path()
+    if "diffusers" not in (proxy.teacher or {}):
+        raise ArchsearchError(f"{where}: a latent cache needs a diffusers teacher (allowed: proxy.teacher: "
+                              "{diffusers: PATH} -- the checkpoint that prepared it)")
+    try:
+        cache = LatentCache.open(path)
+    except ArchsearchError as exc:
+        raise ArchsearchError(f"{where}: {exc}") from None
+    root = Path(str(proxy.teacher["diffusers"])).expanduser()
+    if not root.is_absolute() and Path(str(space.path)).exists():
+        root = (Path(str(space.path)).parent / root).resolve()
+    ix = cache.index
+    bad = []
+    th = teacher_hash(root)
+    if ix.teacher_hash != th:
+        bad.append(f"teacher hash {ix.teacher_hash} (the teacher {root} is {th})")
+    channels = int(space.data.get("latent_channels", 4))
+    if ix.latent_channels != channels:
+        bad.append(f"latent_channels {ix.latent_channels} (the space has {channels})")
+    if space.kind == "video":
+        if ix.kind != "video":
+            bad.append(f"kind {ix.kind} (the space is video)")
+        elif proxy.frames != ix.frames:
+            bad.append(f"frames {ix.frames} (proxy.frames is {proxy.frames})")
+    elif ix.kind != "image":
+        bad.append(f"kind {ix.kind} (the space is image)")
+    if bad:
+        raise ArchsearchError(f"{where}: {path}: the cache does not match: it has " + "; ".join(bad)
+                              + " (run archsearch data prepare again with this teacher)")
+
+
 def check_space(space: Any, *, need_table: bool = False) -> SpaceCheck:
     """Check the ``search:``, ``proxy:`` (teacher included) and ``constraints:`` sections of a
     loaded space; the architecture sections were checked by :func:`archsearch.spec.load_space`.
@@ -46,6 +83,8 @@ def check_space(space: Any, *, need_table: bool = False) -> SpaceCheck:
             space.fail(path, value, ", ".join(TARGETS))
     proxy = ProxyConfig.from_space(space)
     check_teacher(proxy, space.kind)
+    if proxy.data is not None:
+        _check_cache(space, proxy)
     notes: list[str] = []
     table: Path | None = None
     try:

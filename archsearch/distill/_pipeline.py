@@ -1,0 +1,264 @@
+"""A trained ``ArchUNet`` as a diffusers UNet, and the pipeline that draws with it.
+
+:class:`ArchUNetDiffusers` wraps an ``ArchUNet`` in diffusers' ``ModelMixin`` / ``ConfigMixin``
+so that ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` (or the video equivalent)
+can use it as their ``unet``: ``config`` (``in_channels``, ``sample_size``, ...), ``dtype``,
+``device``, ``unet(sample, t, encoder_hidden_states, added_cond_kwargs=..., return_dict=...)``
+returning an output with ``.sample``. Its folder is the ``ArchUNet``'s own
+(``config.json`` + ``model.safetensors``, ``ArchUNet.from_pretrained`` reads it); the
+pipeline's ``model_index.json`` names this class (``archsearch.distill._pipeline``), so
+``StableDiffusionPipeline.from_pretrained(out)`` loads it once this module is imported
+(diffusers refuses to import a module that a folder names; :func:`load_pipeline` does it).
+
+SDXL-style conditioning: a candidate with ``added_cond`` gets ``added_cond_kwargs`` as they are
+(ArchUNet's ``text_time`` embedding). Otherwise the student was trained with the pooled text
+embedding as one extra context token (the :class:`~archsearch.distill.DualTextEncoder`
+convention, which is how distillation feeds it today), so the adapter appends
+``added_cond_kwargs["text_embeds"]`` as that token and ``time_ids`` are not used.
+
+:func:`export_pipeline` writes the teacher's VAE, text encoder(s), tokenizer(s) and scheduler
+with the trained UNet; :func:`load_pipeline` and :func:`generate` read it back and draw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import ConfigMixin, ModelMixin  # ModelMixin must be importable from here (pipeline loading)
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+from archsearch.errors import ArchsearchError
+
+__all__ = ["ArchUNetDiffusers", "ConfigMixin", "ModelMixin", "export_pipeline", "generate", "load_pipeline",
+           "pipeline_class"]
+
+_PIPELINES = {"image": "StableDiffusionPipeline", "image_sdxl": "StableDiffusionXLPipeline",
+              "video": "TextToVideoSDPipeline"}
+
+
+class _AddEmbedding(torch.nn.Module):
+    """What SDXL's pipeline reads of a UNet's ``add_embedding`` (``linear_1.in_features``)."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.linear_1 = torch.nn.Identity()
+        self.linear_1.in_features = in_features  # type: ignore[attr-defined]
+
+
+class ArchUNetDiffusers(ModelMixin, ConfigMixin):
+    """An ``ArchUNet`` behind diffusers' UNet interface (see the module docstring)."""
+
+    config_name = "config.json"
+    _supports_gradient_checkpointing = False
+
+    @register_to_config
+    def __init__(self, candidate: dict | None = None, in_channels: int = 4, out_channels: int = 4,
+                 sample_size: int = 64, cross_attention_dim: int = 768, pooled_dim: int = 0,
+                 addition_time_embed_dim: int | None = None, time_cond_proj_dim: int | None = None,
+                 num_frames: int = 1) -> None:
+        super().__init__()
+        from archsearch.candidate import Candidate
+        from archsearch.model import build_model
+
+        if candidate is None:
+            raise ArchsearchError("candidate: an ArchUNetDiffusers needs the candidate it was built from")
+        self.model = build_model(Candidate.from_dict(candidate, "ArchUNetDiffusers"))
+        if pooled_dim:
+            self.add_embedding = _AddEmbedding(pooled_dim + 6 * int(addition_time_embed_dim or 0))
+
+    @classmethod
+    def from_archunet(cls, model: Any, pooled_dim: int = 0, addition_time_embed_dim: int | None = None,
+                      sample_size: int | None = None) -> "ArchUNetDiffusers":
+        """Wrap a built ``ArchUNet`` (its weights are shared, not copied)."""
+        c = model.candidate
+        out = cls(candidate=c.to_dict(), in_channels=c.latent_channels, out_channels=c.latent_channels,
+                  sample_size=int(sample_size or c.resolution), cross_attention_dim=c.context_dim,
+                  pooled_dim=int(pooled_dim), addition_time_embed_dim=addition_time_embed_dim,
+                  num_frames=c.frames if c.kind == "video" else 1)
+        out.model = model
+        return out
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
+                encoder_hidden_states: torch.Tensor, class_labels: Any = None, timestep_cond: Any = None,
+                attention_mask: Any = None, cross_attention_kwargs: Any = None,
+                added_cond_kwargs: dict[str, torch.Tensor] | None = None, return_dict: bool = True,
+                **_: Any) -> Any:
+        ctx = encoder_hidden_states
+        if torch.is_tensor(timestep) and timestep.dim() == 0:
+            timestep = timestep[None]
+        if getattr(self.model.candidate, "added_cond", None) is not None:  # ArchUNet's own text_time embedding
+            out = self.model(sample, timestep, ctx, added_cond_kwargs=added_cond_kwargs)
+            return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+        if self.config.pooled_dim:
+            pooled = (added_cond_kwargs or {}).get("text_embeds")
+            if pooled is None:
+                raise ArchsearchError("added_cond_kwargs: this UNet needs text_embeds (the pooled text embedding)")
+            tok = torch.zeros(ctx.shape[0], 1, ctx.shape[-1], dtype=ctx.dtype, device=ctx.device)
+            tok[:, 0, : pooled.shape[-1]] = pooled.to(ctx.dtype)
+            ctx = torch.cat([ctx, tok], dim=1)
+        out = self.model(sample, timestep, ctx)
+        return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+
+    # -- the ArchUNet's own folder format -----------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> None:
+        d = Path(save_directory)
+        self.model.save_pretrained(d)
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["diffusers_adapter"] = {k: v for k, v in self.config.items() if k != "candidate" and not k.startswith("_")}
+        from archsearch._util import atomic_write_text
+
+        atomic_write_text(d / "config.json", json.dumps(cfg, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "ArchUNetDiffusers":
+        from archsearch.model import ArchUNet
+
+        d = Path(pretrained_model_name_or_path)
+        if kwargs.get("subfolder"):
+            d = d / kwargs["subfolder"]
+        model = ArchUNet.from_pretrained(d)
+        extra = json.loads((d / "config.json").read_text()).get("diffusers_adapter", {})
+        out = cls.from_archunet(model, pooled_dim=extra.get("pooled_dim", 0),
+                                addition_time_embed_dim=extra.get("addition_time_embed_dim"),
+                                sample_size=extra.get("sample_size"))
+        dtype = kwargs.get("torch_dtype")
+        if isinstance(dtype, torch.dtype):
+            out = out.to(dtype)
+        return out.eval()
+
+
+def pipeline_class(teacher_root: Path) -> type:
+    """The diffusers pipeline class of a teacher checkpoint (its ``model_index.json``)."""
+    import diffusers
+
+    ix = teacher_root / "model_index.json"
+    if not ix.is_file():
+        raise ArchsearchError(f"teacher: {teacher_root}: no model_index.json (a pipeline export needs a full "
+                              "diffusers checkpoint: vae/, text_encoder/, tokenizer/, scheduler/)")
+    name = json.loads(ix.read_text()).get("_class_name", "StableDiffusionPipeline")
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise ArchsearchError(f"{ix}: _class_name {name!r} is not a diffusers pipeline")
+    return cls
+
+
+def export_pipeline(model: Any, teacher_root: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write a diffusers pipeline to ``out``: the teacher's components with ``model`` (an
+    ``ArchUNet``) as its UNet. Written to a temp folder beside ``out``, then renamed."""
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    root = Path(teacher_root)
+    cls = pipeline_class(root)
+    unet_cfg = json.loads((root / "unet" / "config.json").read_text())
+    pooled = 0
+    if unet_cfg.get("addition_embed_type") == "text_time":
+        te2 = json.loads((root / "text_encoder_2" / "config.json").read_text())
+        pooled = int(te2.get("projection_dim") or te2.get("hidden_size"))
+    unet = ArchUNetDiffusers.from_archunet(model, pooled_dim=pooled,
+                                           addition_time_embed_dim=unet_cfg.get("addition_time_embed_dim"),
+                                           sample_size=model.candidate.resolution)
+    kw: dict[str, Any] = {"unet": unet}
+    if cls.__name__ == "StableDiffusionPipeline":
+        kw.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = cls.from_pretrained(str(root), local_files_only=True, **kw)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        ix = json.loads((tmp / "model_index.json").read_text())
+        ix["unet"] = ["archsearch.distill._pipeline", "ArchUNetDiffusers"]
+        (tmp / "model_index.json").write_text(json.dumps(ix, indent=2))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def find_pipeline(path: str | os.PathLike) -> Path:
+    """``path`` or ``path/pipeline`` -- whichever holds a ``model_index.json``."""
+    p = Path(path)
+    for cand in (p, p / "pipeline"):
+        if (cand / "model_index.json").is_file():
+            return cand
+    raise ArchsearchError(f"model: {p}: no diffusers pipeline here (expected model_index.json; archsearch train "
+                          "writes one when the teacher is a diffusers checkpoint)")
+
+
+def load_pipeline(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Any:
+    """The pipeline :func:`export_pipeline` (or ``archsearch train``) wrote, on ``device``."""
+    import diffusers
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()  # (this module is imported: diffusers can resolve the unet entry)
+    root = find_pipeline(path)
+    pipe = diffusers.DiffusionPipeline.from_pretrained(str(root), local_files_only=True,
+                                                       **({"torch_dtype": dtype} if dtype else {}))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def generate(model: str | os.PathLike, prompt: str, out: str | os.PathLike, *, steps: int = 25,
+             guidance: float = 7.5, seed: int = 0, n: int = 1, height: int | None = None, width: int | None = None,
+             device: str | torch.device | None = "auto", pipe: Any = None) -> list[Path]:
+    """Draw ``n`` pictures (or clips) of ``prompt`` with the trained pipeline; PNGs (GIFs for
+    video) named ``<out>/<seed+i>.png``. Picture ``i`` uses ``torch.Generator().manual_seed(seed + i)``."""
+    from archsearch.distill._device import resolve_device
+
+    if steps < 1:
+        raise ArchsearchError(f"steps: bad value {steps} (allowed: an integer >= 1)")
+    if n < 1:
+        raise ArchsearchError(f"n: bad value {n} (allowed: an integer >= 1)")
+    dev = resolve_device(device)
+    pipe = pipe or load_pipeline(model, dev)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    video = "Video" in type(pipe).__name__
+    for i in range(n):
+        g = torch.Generator("cpu").manual_seed(seed + i)
+        kw: dict[str, Any] = {"num_inference_steps": steps, "guidance_scale": guidance, "generator": g}
+        if height:
+            kw["height"] = height
+        if width:
+            kw["width"] = width
+        res = pipe(prompt, **kw)
+        if video:
+            frames = res.frames[0]
+            path = out / f"{seed + i}.gif"
+            imgs = [_to_pil(f) for f in frames]
+            imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=125, loop=0)
+        else:
+            path = out / f"{seed + i}.png"
+            res.images[0].save(path)
+        written.append(path)
+    return written
+
+
+def _to_pil(frame: Any) -> Any:
+    from PIL import Image
+
+    if isinstance(frame, Image.Image):
+        return frame
+    import numpy as np
+
+    a = np.asarray(frame)
+    if a.dtype != np.uint8:
+        a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
+    return Image.fromarray(a)

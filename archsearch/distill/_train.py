@@ -1,0 +1,738 @@
+"""Full training of a chosen backbone: ``archsearch train``.
+
+:func:`train` distils a candidate against the teacher through the one training loop
+(:func:`~archsearch.distill.train_loop`, the same objective as a proxy run: task + output KD +
+feature KD with SnapGen's timestep-aware scaling) with what a long run needs:
+
+* ``accelerate`` owns devices, processes and precision: the same call runs in one process, under
+  ``accelerate launch --multi_gpu`` / ``torchrun`` on one node or many (DDP by default,
+  ``distributed="fsdp"`` for FSDP), bf16/fp16 autocast; gradient accumulation, gradient
+  checkpointing (every block re-computed in backward), EMA of the weights (diffusers' ``EMAModel``),
+  AdamW (``adamw8bit`` with bitsandbytes), linear warm-up + cosine schedule, gradient clipping.
+  Step ``k`` reads the global batch ``k`` (``batch x processes`` samples, from ``(seed, k)`` for the
+  synthetic data, batch ``k`` of the cache's stream for a latent cache); each process takes its
+  slice, so N processes at ``batch`` see what one process sees at ``N x batch``.
+* The teacher runs in eval mode without gradients (``teacher_dtype`` for lower precision).
+* The student starts from the teacher's weights where blocks match
+  (:func:`~archsearch.distill.init_from_teacher`, a printed report); a video student can take its
+  spatial layers from an image ``train`` output (``spatial_from``) and freeze them.
+* Checkpoints every ``checkpoint_every`` steps to ``out/checkpoints/step-NNNNNNNN/``: accelerate's
+  ``save_state`` (model, optimizer, its RNG states) plus ``ema.safetensors``, ``rng-<rank>.safetensors``
+  (torch RNG states), and ``state.json`` (step, data position, LR schedule, settings) written
+  last, all into a temp folder renamed into place, so a folder without ``state.json`` never
+  exists and ``kill -9`` at any moment leaves the previous checkpoint loadable; the last
+  ``keep`` are kept. ``resume="latest"`` (or a folder) continues exactly.
+* A NaN / inf loss stops with a message naming the step (``nan="skip"`` skips the step); a
+  checkpoint is never written from non-finite weights.
+* Logs: ``out/log.csv`` and TensorBoard (``out/tb/``, when tensorboard or tensorboardX is
+  installed) with losses, learning rate, throughput and the held-out KD loss every
+  ``eval_every`` steps; sample grids ``out/samples/step-NNNNNNNN.png`` from fixed prompts and
+  seeds every ``sample_every`` steps (decoded with the teacher's VAE through its scheduler; the
+  built-in teacher's latents are pictures and are shown as they are).
+* Output: ``out/config.json`` + ``out/model.safetensors`` (``ArchUNet.from_pretrained``, the EMA
+  weights; the raw ones in ``out/raw/``), ``out/metrics.json``, and for a diffusers teacher
+  ``out/pipeline/``: a diffusers pipeline with the teacher's VAE, text encoder(s),
+  tokenizer(s) and scheduler and the trained UNet (:mod:`archsearch.distill._pipeline`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import time
+import types
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from archsearch._util import atomic_write_text
+from archsearch.distill._config import ProxyConfig
+from archsearch.distill._device import resolve_device, seeded
+from archsearch.distill._loop import (
+    SCHEDULES,
+    LoopCallback,
+    Progress,
+    StepBatches,
+    StepState,
+    TrialFailed,
+    make_optimizer,
+    train_loop,
+)
+from archsearch.distill._losses import make_projections, pair_taps
+from archsearch.distill._noise import check_prediction
+from archsearch.distill._teacher import Teacher
+from archsearch.errors import ArchsearchError
+
+__all__ = ["CHECKPOINT_PREFIX", "TrainConfig", "TrainResult", "find_checkpoint", "list_checkpoints", "train"]
+
+CHECKPOINT_PREFIX = "step-"
+MIXED_PRECISION = ("no", "bf16", "fp16")
+DISTRIBUTED = ("ddp", "fsdp")
+DEFAULT_PROMPTS = ("a red circle", "a blue square at the top", "a green cat", "a small red dog")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a full training run beyond the ``proxy`` ones (steps, batch, lr, width, ...).
+
+    Attributes:
+        proxy: the run's :class:`~archsearch.distill.ProxyConfig` (steps, per-process batch, lr,
+            weight_decay, seed, width_mult, frames, holdout size, KD weights, data).
+        resolution: latent side of the student (``None``: the cache's latent side, a divisor of
+            it downscales the latents; for the synthetic data ``proxy.resolution``).
+        warmup: linear warm-up steps (``None``: ``min(500, steps // 20)``, at least 1).
+        schedule: ``cosine`` (decay to 10 %) or ``constant`` after the warm-up.
+        grad_accum: micro-batches per optimizer step.
+        mixed_precision: ``no`` | ``bf16`` | ``fp16``; ``teacher_dtype``: ``None`` | ``bf16`` | ``fp16``.
+        gradient_checkpointing: re-compute each block in backward (less memory, ~30 % slower).
+        ema_decay: EMA of the weights (``0`` turns it off; the EMA weights are the output).
+        optimizer: ``adamw`` | ``adamw8bit``; ``clip``: gradient-norm limit (``None``: off).
+        checkpoint_every, keep: checkpoint interval (``0``: only at the end) and how many to keep.
+        log_every, eval_every, sample_every: intervals (steps; ``0`` turns eval / samples off).
+        sample_prompts, sample_seeds, sample_steps, sample_guidance: the sample grid.
+        nan: ``raise`` | ``skip``.
+        init_from_teacher: copy matching teacher tensors into the student first.
+        spatial_from: an image ``train`` output whose spatial layers a video student takes;
+            ``unfreeze_spatial``: train them too (default: frozen, only temporal layers train).
+        distributed: ``ddp`` | ``fsdp`` (several processes only).
+    """
+
+    proxy: ProxyConfig
+    resolution: int | None = None
+    warmup: int | None = None
+    schedule: str = "cosine"
+    grad_accum: int = 1
+    mixed_precision: str = "no"
+    teacher_dtype: str | None = None
+    gradient_checkpointing: bool = False
+    ema_decay: float = 0.999
+    optimizer: str = "adamw"
+    clip: float | None = 1.0
+    checkpoint_every: int = 500
+    keep: int = 3
+    log_every: int = 10
+    eval_every: int = 0
+    sample_every: int = 0
+    sample_prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    sample_seeds: tuple[int, ...] = (0, 1, 2, 3)
+    sample_steps: int = 20
+    sample_guidance: float = 5.0
+    nan: str = "raise"
+    init_from_teacher: bool = True
+    spatial_from: str | None = None
+    unfreeze_spatial: bool = False
+    distributed: str = "ddp"
+
+    def check(self) -> None:
+        """One-line errors naming the parameter."""
+        def bad(name: str, value: Any, allowed: str) -> None:
+            raise ArchsearchError(f"{name}: bad value {value!r} (allowed: {allowed})")
+
+        if self.schedule not in SCHEDULES:
+            bad("schedule", self.schedule, ", ".join(SCHEDULES))
+        if self.mixed_precision not in MIXED_PRECISION:
+            bad("mixed_precision", self.mixed_precision, ", ".join(MIXED_PRECISION))
+        if self.teacher_dtype not in (None, "bf16", "fp16", "fp32"):
+            bad("teacher_dtype", self.teacher_dtype, "bf16, fp16, fp32")
+        if self.distributed not in DISTRIBUTED:
+            bad("distributed", self.distributed, ", ".join(DISTRIBUTED))
+        if self.nan not in ("raise", "skip"):
+            bad("nan", self.nan, "raise, skip")
+        for name in ("grad_accum", "keep"):
+            if int(getattr(self, name)) < 1:
+                bad(name, getattr(self, name), "an integer >= 1")
+        for name in ("checkpoint_every", "log_every", "eval_every", "sample_every"):
+            if int(getattr(self, name)) < 0:
+                bad(name, getattr(self, name), "an integer >= 0")
+        if self.warmup is not None and self.warmup < 0:
+            bad("warmup", self.warmup, "an integer >= 0")
+        if not 0 <= self.ema_decay < 1:
+            bad("ema_decay", self.ema_decay, "a number in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["proxy"] = self.proxy.to_dict()
+        d["sample_prompts"], d["sample_seeds"] = list(self.sample_prompts), list(self.sample_seeds)
+        return d
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` leaves (also in ``out/metrics.json``)."""
+
+    out: Path
+    steps: int
+    start_step: int
+    loss_curve: list[float]
+    quality: float  # held-out KD MSE of the output (EMA) weights against the teacher
+    quality_raw: float
+    params: int
+    wall_time_s: float
+    samples_per_s: float
+    skipped_steps: int
+    copy_report: dict[str, Any] | None
+    pipeline: Path | None
+    processes: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("steps", "start_step", "loss_curve", "quality", "quality_raw", "params",
+                                           "wall_time_s", "samples_per_s", "skipped_steps", "copy_report",
+                                           "processes")}
+        d["pipeline"] = str(self.pipeline) if self.pipeline else None
+        return {**d, **self.metrics}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """The complete checkpoints in ``folder`` (those with a ``state.json``), oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name)
+             and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def find_checkpoint(resume: str | os.PathLike, out: str | os.PathLike) -> Path | None:
+    """``resume``: ``latest`` (the newest complete checkpoint under ``out/checkpoints``, or
+    ``None`` when there is none) or a checkpoint folder."""
+    if str(resume) == "latest":
+        found = list_checkpoints(Path(out) / "checkpoints")
+        return found[-1] if found else None
+    p = Path(resume)
+    if not (p / "state.json").is_file():
+        raise ArchsearchError(f"resume: {p}: not a complete checkpoint (no state.json; allowed: latest or a "
+                              f"{CHECKPOINT_PREFIX}N folder under OUT/checkpoints)")
+    return p
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"cuda{i}"] = s
+    return out
+
+
+def _set_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+
+
+class _Checkpointer(LoopCallback):
+    """Every ``every`` steps (and at the end): an atomic, self-describing checkpoint."""
+
+    def __init__(self, run: "_Run") -> None:
+        self.run = run
+        self.last_saved = -1
+
+    def on_step(self, state: StepState) -> None:
+        every = self.run.cfg.checkpoint_every
+        if every and state.step % every == 0:
+            self.save(state.step)
+
+    def on_end(self, state: StepState | None) -> None:
+        if state is not None and self.last_saved != state.step and not self.run.stopped_early:
+            self.save(state.step)
+
+    def save(self, step: int) -> Path:
+        run = self.run
+        acc = run.accelerator
+        for p in run.student.parameters():
+            if not torch.isfinite(p).all():
+                raise ArchsearchError(f"the weights are not finite at step {step}: no checkpoint written "
+                                      "(lower the learning rate, or nan='skip')")
+        root = run.out / "checkpoints"
+        final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
+        tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step:08d}"
+        if acc.is_main_process:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        acc.wait_for_everyone()
+        with _quiet("accelerate"):  # "removed shared tensor" notes about diffusers' Downsample2D alias
+            acc.save_state(str(tmp / "accelerate"), safe_serialization=True)
+        from safetensors.torch import save_file
+
+        save_file(_rng_tensors(), str(tmp / f"rng-{acc.process_index}.safetensors"))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if run.ema is not None:
+                names = [n for n, _ in run.student.named_parameters()]
+                save_file({n: t.detach().cpu().contiguous() for n, t in zip(names, run.ema.shadow_params)},
+                          str(tmp / "ema.safetensors"))
+            state = {
+                "step": step,
+                "data_position": step * run.cfg.grad_accum,  # batches read (the stream is a function of it)
+                "steps": run.cfg.proxy.steps,
+                "processes": acc.num_processes,
+                "lr_scheduler": _sched_state(run.sched),
+                "ema_step": run.ema.optimization_step if run.ema is not None else None,
+                "candidate": run.candidate_id,
+                "teacher": run.teacher.fingerprint,
+                "settings": run.cfg.to_dict(),
+                "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            atomic_write_text(tmp / "state.json", json.dumps(state, indent=1, default=str))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in list_checkpoints(root)[: -run.cfg.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+            for stale in root.glob(f".tmp-{CHECKPOINT_PREFIX}*"):
+                if stale != tmp:
+                    shutil.rmtree(stale, ignore_errors=True)
+        acc.wait_for_everyone()
+        self.last_saved = step
+        return final
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    import logging
+
+    lg = logging.getLogger(name)
+    old = lg.level
+    lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        lg.setLevel(old)
+
+
+def _sched_state(sched: Any) -> dict[str, Any] | None:
+    if sched is None:
+        return None
+    return {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
+
+
+# --------------------------------------------------------------------------- logging, EMA, samples
+
+
+class _EMA(LoopCallback):
+    def __init__(self, run: "_Run") -> None:
+        self.run = run
+
+    def on_step(self, state: StepState) -> None:
+        if not state.skipped:
+            self.run.ema.step(self.run.student.parameters())
+
+
+class _Logger(LoopCallback):
+    """Progress (loss, samples/s), ``log.csv`` and TensorBoard; the held-out KD loss at intervals."""
+
+    COLUMNS = ("step", "loss", "task", "kd_output", "kd_feature", "lr", "samples_per_s", "holdout_kd", "elapsed_s")
+
+    def __init__(self, run: "_Run", progress: Progress | None) -> None:
+        self.run = run
+        self.progress = progress
+        self.avg = 0.0
+        self.n = 0
+        self.t_last = time.perf_counter()
+        self.samples = 0
+        self.writer: Any = None
+        self.rate = float("nan")
+
+    def on_start(self, step: int, steps: int) -> None:
+        if not self.run.accelerator.is_main_process:
+            return
+        path = self.run.out / "log.csv"
+        if not path.exists() or step == 0:
+            with open(path, "w", newline="") as fh:
+                csv.writer(fh).writerow(self.COLUMNS)
+        else:  # resumed: drop rows past the checkpoint
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.reader(fh)]
+            keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+            with open(path, "w", newline="") as fh:
+                csv.writer(fh).writerows(keep)
+        self.writer = _tensorboard(self.run.out / "tb")
+        if self.progress is not None:
+            self.progress("train", f"{self.run.label}loss -", step, steps)
+
+    def on_step(self, state: StepState) -> None:
+        run = self.run
+        self.samples += state.samples
+        if not state.skipped:
+            self.n += 1
+            self.avg = 0.98 * self.avg + 0.02 * state.loss
+        every = run.cfg.log_every or 1
+        evaluate = run.cfg.eval_every and state.step % run.cfg.eval_every == 0
+        hold = run.holdout_kd() if evaluate else None
+        if not run.accelerator.is_main_process:
+            return
+        if state.step % every == 0 or state.step == state.steps or hold is not None:
+            now = time.perf_counter()
+            self.rate = self.samples / max(now - self.t_last, 1e-9)
+            self.t_last, self.samples = now, 0
+            row = [state.step, state.loss, state.parts.get("task", ""), state.parts.get("kd_output", ""),
+                   state.parts.get("kd_feature", ""), state.lr, self.rate, "" if hold is None else hold,
+                   state.elapsed_s]
+            with open(run.out / "log.csv", "a", newline="") as fh:
+                csv.writer(fh).writerow(row)
+            if self.writer is not None:
+                for name, value in zip(self.COLUMNS[1:-1], row[1:-1]):
+                    if value != "":
+                        self.writer.add_scalar(f"train/{name}", float(value), state.step)
+                self.writer.flush()
+        if self.progress is not None:
+            shown = self.avg / (1 - 0.98 ** self.n) if self.n else float("nan")
+            self.progress("train", f"{run.label}loss {shown:.4f}, {self.rate:.1f} samples/s", state.step, state.steps)
+
+    def on_end(self, state: StepState | None) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _tensorboard(folder: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+    except ImportError:
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            return None
+    return SummaryWriter(str(folder))
+
+
+class _Samples(LoopCallback):
+    def __init__(self, run: "_Run") -> None:
+        self.run = run
+
+    def on_step(self, state: StepState) -> None:
+        every = self.run.cfg.sample_every
+        if every and (state.step % every == 0 or state.step == state.steps):
+            if self.run.accelerator.is_main_process:
+                self.run.sample_grid(state.step)
+            self.run.accelerator.wait_for_everyone()
+
+
+class _Student(nn.Module):
+    """The student and its feature projections as one module: what DDP wraps and syncs."""
+
+    def __init__(self, student: nn.Module, projections: nn.ModuleDict) -> None:
+        super().__init__()
+        self.student = student
+        self.projections = projections
+
+    def forward(self, xt: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor):
+        return self.student.forward_features(xt, t, ctx)
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Re-compute every block of an ``ArchUNet`` in backward (``torch.utils.checkpoint``)."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.blocks:
+        orig = block.forward
+
+        def fwd(self: nn.Module, x: Any, temb: Any = None, context: Any = None, _orig: Callable = orig) -> Any:
+            if not (torch.is_grad_enabled() and self.training):
+                return _orig(x, temb, context)
+            return checkpoint(_orig, x, temb, context, use_reentrant=False)
+
+        block.forward = types.MethodType(fwd, block)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Run:
+    """State shared by the callbacks of one :func:`train` call."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+        self.stopped_early = False
+
+    @torch.no_grad()
+    def holdout_kd(self, weights: str = "raw") -> float:
+        h = self.hold
+        model = self.student
+        was = model.training
+        model.eval()
+        ctx = self.ema_weights() if weights == "ema" and self.ema is not None else contextlib.nullcontext()
+        preds = []
+        with ctx:
+            for i in range(0, h["xt"].shape[0], 16):
+                with self.accelerator.autocast():
+                    preds.append(model(h["xt"][i:i + 16], h["t"][i:i + 16], h["ctx"][i:i + 16]).float())
+        model.train(was)
+        return float(torch.mean((torch.cat(preds) - h["teacher"]) ** 2))
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """The EMA weights in the student inside the block, the raw ones restored after."""
+        params = list(self.student.parameters())
+        self.ema.store(params)
+        self.ema.copy_to(params)
+        try:
+            yield
+        finally:
+            self.ema.restore(params)
+
+    def sample_grid(self, step: int) -> Path | None:
+        from archsearch.distill._samples import sample_grid
+
+        folder = self.out / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        ctx = self.ema_weights() if self.ema is not None else contextlib.nullcontext()
+        with ctx:
+            img = sample_grid(self.student, self.teacher, list(self.cfg.sample_prompts), list(self.cfg.sample_seeds),
+                              self.cfg.sample_steps, self.cfg.sample_guidance, self.accelerator.device,
+                              cache=self.sample_cache)
+        path = folder / f"step-{step:08d}.png"
+        tmp = path.with_name(f".{path.name}.tmp")
+        img.save(tmp, format="PNG")
+        os.replace(tmp, path)
+        return path
+
+
+def _accelerator(cfg: TrainConfig, device: torch.device) -> Any:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not distributed:  # one process: a fresh state per run (tests run several in one process)
+        AcceleratorState._reset_state(reset_partial_state=True)
+    kw: dict[str, Any] = {"mixed_precision": cfg.mixed_precision, "cpu": device.type == "cpu"}
+    if cfg.distributed == "fsdp" and distributed:
+        from accelerate import FullyShardedDataParallelPlugin
+
+        kw["fsdp_plugin"] = FullyShardedDataParallelPlugin()
+    return Accelerator(**kw)
+
+
+def _teacher_dtype(name: str | None) -> torch.dtype | None:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(name or "")
+
+
+def train(
+    candidate: Any,
+    teacher: Teacher,
+    data: str | os.PathLike | None,
+    config: TrainConfig,
+    out: str | os.PathLike,
+    progress: Progress | None = None,
+    *,
+    device: str | torch.device | None = "auto",
+    resume: str | os.PathLike | None = None,
+    callbacks: list[LoopCallback] | tuple = (),
+    log: Callable[[str], None] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``candidate`` against ``teacher`` (see the module docstring) into ``out``.
+
+    Args:
+        candidate: a full-scale :class:`~archsearch.candidate.Candidate`, built at
+            ``config.proxy.width_mult`` and ``resolution`` (``None``: the cache's latent side,
+            else ``proxy.resolution``) with the teacher's text width and latent channels.
+        teacher: from :func:`~archsearch.distill.load_teacher`.
+        data: a latent cache folder (``archsearch data prepare``); ``None``: ``config.proxy.data``,
+            else the built-in synthetic data.
+        config: the settings (:class:`TrainConfig`).
+        out: the output folder.
+        progress: ``progress(phase, description, done, total)`` (phase ``train``; main process only).
+        device: ``auto`` | ``cpu`` | ``cuda`` | ``mps`` (under ``accelerate launch`` each process
+            takes its own GPU).
+        resume: ``latest`` or a checkpoint folder (``None``: start afresh).
+        callbacks: extra :class:`~archsearch.distill.LoopCallback` hooks.
+        log: where one-line reports go (the copy report); ``None``: quiet.
+        meta: extra entries for ``metrics.json`` (e.g. the spec it came from).
+    """
+    from archsearch.distill._cachedata import CacheBatches, check_resolution, latent_side, open_cache_for
+    from archsearch.distill._distill import _cache_holdout, _embeddings, _holdout
+    from archsearch.distill._init_from_teacher import init_from_teacher
+    from archsearch.model import ArchUNet, build_model
+
+    config.check()
+    proxy = config.proxy
+    t_start = time.perf_counter()
+    if candidate.kind != teacher.kind:
+        raise ArchsearchError(f"candidate {candidate.id} is kind {candidate.kind!r} but the teacher is "
+                              f"{teacher.kind!r} (allowed: a {teacher.kind} teacher)")
+    check_prediction(proxy.prediction, teacher.prediction, proxy.source)
+    dev = resolve_device(device)
+    acc = _accelerator(config, dev)
+    dev = acc.device
+    out = Path(out)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    acc.wait_for_everyone()
+    say = (log if acc.is_main_process else None) or (lambda _msg: None)
+
+    # data
+    data_path = Path(data) if data is not None else proxy.data_path()
+    cache = None
+    frames = proxy.frames if teacher.kind == "video" else None
+    if data_path is not None:
+        cache = open_cache_for(data_path, teacher, kind=teacher.kind, latent_channels=teacher.latent_channels,
+                               frames=frames, param="data")
+        resolution = config.resolution or latent_side(cache)
+        factor = check_resolution(cache, resolution, "resolution")
+    else:
+        resolution, factor = config.resolution or proxy.resolution, None
+    run_proxy = ProxyConfig(**{**{k: getattr(proxy, k) for k in ProxyConfig._keys()}, "resolution": resolution,
+                               "source": proxy.source})
+
+    # teacher: eval, no gradients, optionally lower precision
+    teacher.to(dev)
+    teacher.module.eval().requires_grad_(False)
+    tdtype = _teacher_dtype(config.teacher_dtype)
+    if tdtype is not None:
+        teacher.module.to(tdtype)
+    small = candidate.for_proxy(width_mult=proxy.width_mult, resolution=resolution, frames=frames,
+                                context_dim=teacher.context_dim, context_length=teacher.context_length,
+                                latent_channels=teacher.latent_channels)
+    if cache is None:
+        hold = _holdout(teacher, run_proxy, dev)
+    else:
+        hold = _cache_holdout(teacher, cache, run_proxy, factor, dev)
+    with seeded(proxy.seed, dev):
+        student = build_model(small).to(dev)
+    report = None
+    if config.init_from_teacher:
+        rep = init_from_teacher(student, teacher)
+        report = rep.to_dict()
+        say(rep.summary())
+    spatial_report = None
+    if config.spatial_from:
+        if small.kind != "video":
+            raise ArchsearchError("spatial_from: only a video candidate takes spatial layers from an image model")
+        image = ArchUNet.from_pretrained(config.spatial_from)
+        rep = init_from_teacher(student, image, skip=("temporal",))
+        spatial_report = rep.to_dict()
+        say(f"spatial layers from {config.spatial_from}: " + rep.summary().split(": ", 1)[1])
+        if not config.unfreeze_spatial:
+            for spec, block in zip(student.block_specs, student.blocks):
+                if not spec.type.startswith("temporal"):
+                    block.requires_grad_(False)
+    params = sum(p.numel() for p in student.parameters())
+    trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
+
+    with torch.no_grad(), acc.autocast():
+        _, s_feats = student.forward_features(hold["xt"][:1], hold["t"][:1], hold["ctx"][:1])
+        _, t_feats = teacher.forward_features(hold["xt"][:1], hold["t"][:1], hold["ctx"][:1])
+    pairs = pair_taps({k: tuple(v.shape) for k, v in s_feats.items()},
+                      {k: tuple(v.shape) for k, v in t_feats.items()}) if proxy.kd_feature > 0 else []
+    with seeded(proxy.seed + 1, dev):
+        projections = make_projections(pairs, s_feats, t_feats).to(dev)
+    del s_feats, t_feats
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(student)
+
+    wrapper = _Student(student, projections)
+    steps = int(proxy.steps)
+    warmup = config.warmup if config.warmup is not None else max(1, min(500, steps // 20))
+    opt, sched = make_optimizer([p for p in wrapper.parameters() if p.requires_grad], proxy, config.schedule,
+                                warmup, config.optimizer)
+    wrapper, opt = acc.prepare(wrapper, opt)
+
+    ema = None
+    if config.ema_decay > 0:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(student.parameters(), decay=config.ema_decay)
+        ema.to(dev)
+
+    uses_teacher = proxy.kd_output > 0 or bool(pairs)
+    rank, world = acc.process_index, acc.num_processes
+    if cache is None:
+        ds = teacher.dataset(resolution, frames or 1)
+        emb = _embeddings(teacher, ds)
+        batches: Any = StepBatches(ds, emb, teacher.process, proxy.batch, proxy.seed, dev,
+                                   teacher=teacher if uses_teacher else None, rank=rank, world=world)
+    else:
+        batches = CacheBatches(cache, teacher, proxy.batch, proxy.seed, dev, use_teacher=uses_teacher, factor=factor,
+                               rank=rank, world=world)
+
+    # resume
+    start = 0
+    ckpt = find_checkpoint(resume, out) if resume is not None else None
+    if ckpt is not None:
+        state = json.loads((ckpt / "state.json").read_text())
+        if state.get("candidate") not in (None, small.id):
+            raise ArchsearchError(f"resume: {ckpt} is a checkpoint of candidate {state.get('candidate')}, not {small.id}")
+        acc.load_state(str(ckpt / "accelerate"))
+        if sched is not None and state.get("lr_scheduler"):
+            sched.load_state_dict({**state["lr_scheduler"], "lr_lambdas": [None] * len(sched.lr_lambdas)})
+        from safetensors.torch import load_file
+
+        if ema is not None and (ckpt / "ema.safetensors").is_file():
+            saved = load_file(str(ckpt / "ema.safetensors"))
+            for (name, _), shadow in zip(student.named_parameters(), ema.shadow_params):
+                shadow.data.copy_(saved[name].to(shadow.device))
+            ema.optimization_step = int(state.get("ema_step") or 0)
+        rng = ckpt / f"rng-{acc.process_index}.safetensors"
+        if rng.is_file():
+            _set_rng(load_file(str(rng)))
+        start = int(state["step"])
+        say(f"resumed from {ckpt} at step {start}")
+
+    run = _Run(cfg=config, accelerator=acc, student=student, teacher=teacher, ema=ema, sched=sched, out=out,
+               hold=hold, candidate_id=small.id, label=f"{candidate.id} ", sample_cache={})
+    cbs: list[LoopCallback] = []
+    if ema is not None:
+        cbs.append(_EMA(run))
+    cbs += [_Logger(run, progress if acc.is_main_process else None), _Samples(run)]
+    cbs += list(callbacks)
+    cbs.append(_Checkpointer(run))  # last: a checkpoint holds the EMA step and the logs before it
+    try:
+        loop_log = train_loop(wrapper, batches, proxy, device=dev, pairs=pairs, projections=projections,
+                              forward=wrapper, optimizer=opt, lr_scheduler=sched, start_step=start,
+                              accumulate=config.grad_accum, accelerator=acc, clip=config.clip, nan=config.nan,
+                              callbacks=cbs, samples_per_batch=proxy.batch * world)
+    except TrialFailed as exc:
+        last = list_checkpoints(out / "checkpoints")
+        raise ArchsearchError(f"training stopped: the {exc.reason} (no checkpoint written from it; last good: "
+                              f"{last[-1] if last else 'none'}; lower the learning rate, or nan='skip' to skip "
+                              "such steps)") from None
+    run.stopped_early = loop_log.stopped
+    acc.wait_for_everyone()
+
+    quality_raw = run.holdout_kd("raw")
+    quality = run.holdout_kd("ema") if ema is not None else quality_raw
+    pipeline = None
+    ran = len(loop_log.loss_curve)
+    sps = ran * config.grad_accum * proxy.batch * world / loop_log.train_s if loop_log.train_s > 0 else float("nan")
+    result = TrainResult(out=out, steps=start + ran, start_step=start, loss_curve=loop_log.loss_curve,
+                         quality=quality, quality_raw=quality_raw, params=int(params),
+                         wall_time_s=time.perf_counter() - t_start, samples_per_s=sps,
+                         skipped_steps=loop_log.skipped, copy_report=report, pipeline=None, processes=world,
+                         metrics={"trainable_params": int(trainable), "spatial_report": spatial_report,
+                                  "data": str(cache.root) if cache is not None else "synthetic",
+                                  "resolution": resolution, "train_s": loop_log.train_s,
+                                  "feature_pairs": [list(p) for p in pairs], "proxy_candidate": small.id,
+                                  "teacher": teacher.fingerprint, "stopped_early": loop_log.stopped})
+    if acc.is_main_process and not loop_log.stopped:
+        (out / "raw").mkdir(exist_ok=True)
+        final = build_model(small)
+        final.load_state_dict(student.state_dict())
+        final.cpu().save_pretrained(out / "raw")
+        if ema is not None:
+            ema.copy_to(final.parameters())
+        final.save_pretrained(out)  # the EMA weights: what the pipeline ships
+        if teacher.source == "diffusers" and (Path(teacher.info["path"]) / "model_index.json").is_file():
+            from archsearch.distill._pipeline import export_pipeline
+
+            pipeline = export_pipeline(final, teacher.info["path"], out / "pipeline")
+            result.pipeline = pipeline
+        metrics = {"candidate": candidate.id, **(meta or {}), "settings": config.to_dict(), **result.to_dict()}
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str))
+    acc.wait_for_everyone()
+    if not math.isfinite(quality):
+        raise ArchsearchError(f"the held-out KD loss is {quality} after {result.steps} steps")
+    return result
