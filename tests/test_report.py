@@ -441,3 +441,12 @@ def test_wide_parallel_coordinates_scroll_instead_of_squeezing(study: Path) -> N
     assert fig.layout.width >= F.PARCOORDS_AXIS_PX * len(dims)
     page = write_report(study).read_text(encoding="utf-8")
     assert '<div class="hscroll">' in page.split('<section id="choices">')[1].split("</section>")[0]
+
+
+def test_summary_says_which_data_the_study_used(study: Path) -> None:
+    _edit_meta(study, proxy={"steps": 30, "data": "/data/laion-cache"})
+    page = write_report(study).read_text(encoding="utf-8")
+    assert "latent cache /data/laion-cache" in page.split('<section id="summary">')[1].split("</section>")[0]
+    _edit_meta(study, proxy={"steps": 30})
+    page = write_report(study).read_text(encoding="utf-8")
+    assert "built-in synthetic" in page.split('<section id="summary">')[1].split("</section>")[0]

@@ -79,6 +79,18 @@ def _header(study: StudyData) -> str:
     return f"<h1>archsearch report: {esc(study.name)}</h1><p class=\"note\">{' · '.join(bits)}</p>"
 
 
+def _data_used(meta: dict) -> str:
+    """Which data the proxy runs learned from: a prepared latent cache, else the built-in set."""
+    proxy = meta.get("proxy") if isinstance(meta.get("proxy"), dict) else {}
+    data = proxy.get("data")
+    teacher = proxy.get("teacher") if isinstance(proxy.get("teacher"), dict) else {}
+    if data:
+        return f"latent cache {data} (archsearch data prepare)"
+    if "diffusers" in teacher:
+        return "built-in synthetic shapes and captions, fed to the diffusers teacher"
+    return "built-in synthetic shapes and captions (no download)"
+
+
 def _summary(study: StudyData, reference: np.ndarray | None, ref_origin: str, n_front: int) -> str:
     meta = study.meta
     counts = study.trials["state"].value_counts()
@@ -95,6 +107,7 @@ def _summary(study: StudyData, reference: np.ndarray | None, ref_origin: str, n_
         ("target / latency table",
          esc(f"{meta.get('target') or 'not set'} / {meta.get('latency_table') or 'none'}")),
         ("sampler / seed", esc(f"{meta.get('sampler', 'n/a')} / {meta.get('seed', 'n/a')}")),
+        ("data", esc(_data_used(meta))),
         ("Pareto candidates", str(n_front)),
     ]  # fmt: skip
     if reference is not None:
