@@ -19,13 +19,14 @@ DEFAULT_SPEC = Path("search_spaces/unet_mobile.yaml")
 
 SourceArg = Annotated[
     Optional[Path],
-    typer.Argument(help="Search-space YAML, or a candidate YAML (its blocks only). "
-                        "Default: search_spaces/unet_mobile.yaml", show_default=False),
+    typer.Argument(help="Search-space YAML (or a bundled space by name), or a candidate YAML (its "
+                        "blocks only). Default: search_spaces/unet_mobile.yaml", show_default=False),
 ]
 
 
 def _load_source(path: Path) -> tuple[Any, Any]:
-    """(space, None) for a search-space file, (None, candidate) for a candidate file."""
+    """(space, None) for a search-space file, (None, candidate) for a candidate file; ``path``
+    as found by :func:`archsearch._resources.find_space` (a bundled space by name)."""
     from archsearch.candidate import Candidate
     from archsearch.spec import load_space, load_yaml
 
@@ -98,7 +99,9 @@ def register(app: typer.Typer) -> None:
             raise ArchsearchError(f"--max-time {max_time} is below --min-time {min_time} (allowed: max >= min)")
         if keys_out is not None and not dry_run:
             raise ArchsearchError("--keys-out works with --dry-run only")
-        path = source or DEFAULT_SPEC
+        from archsearch._resources import find_space
+
+        path = find_space(source or DEFAULT_SPEC)  # a path, or a bundled space by name
         space, cand = _load_source(path)
         name = space.name if space is not None else f"candidate-{cand.id}"
         src = space if space is not None else [cand]
@@ -171,17 +174,21 @@ def register(app: typer.Typer) -> None:
           archsearch predict candidates/1a2b3c4d5e6f.yaml --table latency_tables/tiny-cpu-r16.csv
           archsearch predict search_spaces/tiny.yaml --table latency_tables/tiny-cpu-r16.csv -n 5
         """
+        from archsearch._resources import describe, find_file, find_space
         from archsearch.cost.latency import InterpolationWarning, at_resolution, load_predictor, sample_candidates
 
+        if not table_path.exists():  # a shipped table by its repository path (latency_tables/...)
+            table_path = find_file(table_path) or table_path
         predictor = load_predictor(table_path)
         table = predictor.table
+        source = find_space(source)  # a path, or a bundled space by name
         space, cand = _load_source(source)
         if space is not None:
             res = resolution or table.meta.get("resolution")
             cands = sample_candidates(space, n, seed, res)
         else:
             cands = [at_resolution(cand, resolution)]
-        console.print(f"table {escape(str(table_path))}: target {table.meta.get('target')}, "
+        console.print(f"table {escape(describe(table_path))}: target {table.meta.get('target')}, "
                       f"{escape(str(table.meta.get('device', '?')))}, {len(table)} blocks, source {table.source}")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", InterpolationWarning)

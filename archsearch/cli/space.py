@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from archsearch.cli._common import console, user_errors
 from archsearch.errors import ArchsearchError
 
-SpecArg = Annotated[Path, typer.Argument(help="Search-space YAML file, e.g. search_spaces/unet_mobile.yaml")]
+SpecArg = Annotated[Path, typer.Argument(help="Search-space YAML file, e.g. search_spaces/unet_mobile.yaml, "
+                                              "or the name of a bundled space (unet_mobile, tiny, ...)")]
 
 
 def _fmt_int(n: int) -> str:
@@ -67,13 +69,17 @@ def register(app: typer.Typer) -> None:
 
         Example: archsearch validate search_spaces/unet_mobile.yaml
         """
+        from archsearch._resources import describe, find_space
         from archsearch.search import check_space
         from archsearch.spec import load_space
 
+        spec = find_space(spec)  # a path, or a bundled space by name
         space = load_space(spec)
         checked = check_space(space)  # search:, proxy: (teacher), constraints:, as a run checks them
-        typer.echo(f"ok {spec}: space {space.name!r} ({space.kind}), "
+        typer.echo(f"ok {describe(spec)}: space {space.name!r} ({space.kind}), "
                    f"{space.n_stages} stages, {space.size():,} candidates")
+        if checked.latency_table is not None:
+            typer.echo(f"latency table: {describe(checked.latency_table)}")
         for note in checked.notes:
             typer.echo(f"note: {note}", err=True)
 
@@ -88,12 +94,14 @@ def register(app: typer.Typer) -> None:
 
         Example: archsearch show search_spaces/unet_mobile.yaml -n 3
         """
+        from archsearch._resources import describe, find_space
         from archsearch.candidate import sample_many
         from archsearch.cost import count_params, flops
         from archsearch.spec import load_space
 
+        spec = find_space(spec)  # a path, or a bundled space by name
         space = load_space(spec)
-        console.print(f"[bold]{space.name}[/bold] ({space.kind}) from {spec}: {space.n_stages} stages, "
+        console.print(f"[bold]{space.name}[/bold] ({space.kind}) from {escape(describe(spec))}: {space.n_stages} stages, "
                       f"latent {space.data.get('resolution', 64)}x{space.data.get('resolution', 64)}, "
                       f"hash {space.hash}")
         dims = Table(title="Searchable dimensions")
@@ -133,10 +141,11 @@ def register(app: typer.Typer) -> None:
 
         Example: archsearch sample search_spaces/tiny.yaml -n 4 --seed 1 -o candidates/
         """
+        from archsearch._resources import find_space
         from archsearch.candidate import enumerate_candidates, sample_many
         from archsearch.spec import load_space
 
-        space = load_space(spec)
+        space = load_space(find_space(spec))  # a path, or a bundled space by name
         size = space.size()
         if n > size:  # checked first: drawing more distinct candidates than exist never ends well
             console.print(f"[yellow]the space has only {size:,} distinct candidates: drawing all of them[/yellow]")
@@ -168,9 +177,10 @@ def register(app: typer.Typer) -> None:
         Examples: archsearch build candidates/1a2b3c4d5e6f.yaml
                   archsearch build search_spaces/reference/sd15_unet.yaml
         """
+        from archsearch._resources import find_space
         from archsearch.candidate import load_candidate
 
-        cand = load_candidate(candidate)
+        cand = load_candidate(find_space(candidate))  # a path, or a bundled space (reference/sd15_unet)
         console.print(_stage_table(cand, f"candidate {cand.id} ({cand.kind}, latent {cand.resolution}px)"))
         if save is not None:
             from archsearch.model import build_model

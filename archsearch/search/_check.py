@@ -10,7 +10,7 @@ from typing import Any
 from archsearch.errors import ArchsearchError
 from archsearch.search._study import SearchSettings
 
-__all__ = ["SpaceCheck", "check_space"]
+__all__ = ["SpaceCheck", "check_space", "resolve_latency_table"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,6 @@ def check_space(space: Any, *, need_table: bool = False) -> SpaceCheck:
     """
     from archsearch.cost.latency import TARGETS
     from archsearch.distill import ProxyConfig, check_teacher
-    from archsearch.search._run import resolve_latency_table
 
     settings = SearchSettings.from_space(space)
     for path, value in ((("search", "target"), space.search.get("target")),
@@ -94,3 +93,45 @@ def check_space(space: Any, *, need_table: bool = False) -> SpaceCheck:
             raise
         notes.append(str(exc))
     return SpaceCheck(settings, proxy, table, notes)
+
+
+def resolve_latency_table(settings: SearchSettings, space: Any) -> Path | None:
+    """The latency table file of a search.
+
+    ``search.latency_table`` if set; else the table ``archsearch profile SPEC --target T``
+    writes by default (``latency_tables/<space>-<T>-r<resolution>[-estimate].csv``, looked up
+    in the user's folders first -- ``latency_tables/`` in the spec's folder, beside it and in
+    the working directory -- then among the tables shipped with archsearch). Returns None when
+    the search needs no latency (no latency objective nor ``max_latency_ms``).
+    """
+    needs = "latency_ms" in settings.objectives or settings.max_latency_ms is not None
+    if settings.latency_table is not None:
+        p = Path(settings.latency_table)
+        if not p.is_file():
+            raise ArchsearchError(f"{space.path}: search.latency_table: {p} does not exist "
+                                  "(allowed: a table written by `archsearch profile`)")
+        return p
+    if not needs:
+        return None
+    target = settings.target or "cpu"
+    res = space.data.get("resolution", 64)
+    names = [f"{space.name}-{target}-r{res}.csv", f"{space.name}-{target}-r{res}-estimate.csv"]
+    from archsearch._resources import TABLES, find_file, is_bundled
+
+    spec_dir = Path(space.path).resolve().parent
+    # the user's folders (never the package's: a bundled spec's own folder comes last)
+    bases = [b for b in (spec_dir, spec_dir.parent) if not is_bundled(b / TABLES)] + [Path.cwd()]
+    for base in bases:
+        for name in names:
+            p = base / TABLES / name
+            if p.is_file():
+                return p
+    for name in names:
+        p = find_file(Path(TABLES) / name)  # the tables shipped with archsearch
+        if p is not None and p.is_file():
+            return p
+    raise ArchsearchError(
+        f"{space.path}: search.latency_table: not set and latency_tables/{names[0]} does not exist; "
+        f"make it with `archsearch profile {space.path} --target {target}` or set search.latency_table "
+        "(or remove latency from search.objectives and constraints.max_latency_ms)"
+    )

@@ -21,6 +21,7 @@ import optuna
 
 from archsearch._util import short_hash
 from archsearch.errors import ArchsearchError, ParameterError
+from archsearch.search._check import check_space, resolve_latency_table
 from archsearch.search._objective import TrialContext
 from archsearch.search._progress import Progress, TrialsProgress
 from archsearch.search._study import (
@@ -62,48 +63,6 @@ def _table_fingerprint(table: Any) -> str:
     """What predictions depend on: every (key, ms) row and the calibration (not timestamps)."""
     rows = sorted(zip(table.df["key"].tolist(), (round(float(x), 9) for x in table.df["ms"])))
     return short_hash({"rows": rows, "calibration": list(table.calibration)}, 16)
-
-
-def resolve_latency_table(settings: SearchSettings, space: Any) -> Path | None:
-    """The latency table file of a search.
-
-    ``search.latency_table`` if set; else the table ``archsearch profile SPEC --target T``
-    writes by default (``latency_tables/<space>-<T>-r<resolution>[-estimate].csv``, looked up
-    in the user's folders first -- ``latency_tables/`` in the spec's folder, beside it and in
-    the working directory -- then among the tables shipped with archsearch). Returns None when
-    the search needs no latency (no latency objective nor ``max_latency_ms``).
-    """
-    needs = "latency_ms" in settings.objectives or settings.max_latency_ms is not None
-    if settings.latency_table is not None:
-        p = Path(settings.latency_table)
-        if not p.is_file():
-            raise ArchsearchError(f"{space.path}: search.latency_table: {p} does not exist "
-                                  "(allowed: a table written by `archsearch profile`)")
-        return p
-    if not needs:
-        return None
-    target = settings.target or "cpu"
-    res = space.data.get("resolution", 64)
-    names = [f"{space.name}-{target}-r{res}.csv", f"{space.name}-{target}-r{res}-estimate.csv"]
-    from archsearch._resources import TABLES, find_file, is_bundled
-
-    spec_dir = Path(space.path).resolve().parent
-    # the user's folders (never the package's: a bundled spec's own folder comes last)
-    bases = [b for b in (spec_dir, spec_dir.parent) if not is_bundled(b / TABLES)] + [Path.cwd()]
-    for base in bases:
-        for name in names:
-            p = base / TABLES / name
-            if p.is_file():
-                return p
-    for name in names:
-        p = find_file(Path(TABLES) / name)  # the tables shipped with archsearch
-        if p is not None and p.is_file():
-            return p
-    raise ArchsearchError(
-        f"{space.path}: search.latency_table: not set and latency_tables/{names[0]} does not exist; "
-        f"make it with `archsearch profile {space.path} --target {target}` or set search.latency_table "
-        "(or remove latency from search.objectives and constraints.max_latency_ms)"
-    )
 
 
 def _default_device(device: str | None) -> str | None:
@@ -162,8 +121,6 @@ def run_search(
     if address is not None and backend != "ray":
         raise ParameterError("address", f"{address}: needs backend 'ray' (got {backend!r})")
     dev = _default_device(device)
-    from archsearch.search._check import check_space
-
     checked = check_space(space, need_table=True)  # the same checks as `archsearch validate`
     settings = checked.settings.with_overrides(
         trials=trials, timeout=timeout, seed=seed, storage=storage, study=study, workers=workers,

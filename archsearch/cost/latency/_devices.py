@@ -22,6 +22,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from archsearch._resources import bundled_root, device_profile_names, find_device_profile
 from archsearch.errors import ArchsearchError
 
 __all__ = [
@@ -37,14 +38,14 @@ __all__ = [
 ]
 
 DEVICE_FORMAT = "archsearch.device/v1"
-#: Shipped device profiles: ``latency_tables/devices/*.yaml`` at the repository root.
-DEVICES_DIR = Path(__file__).resolve().parents[3] / "latency_tables" / "devices"
+#: Shipped device profiles: ``latency_tables/devices/*.yaml``, bundled with the package
+#: (the repository's folder when run from a checkout; see :mod:`archsearch._resources`).
+DEVICES_DIR = bundled_root() / "latency_tables" / "devices"
 
 
-def _devices_dir() -> Path:
-    """``./latency_tables/devices`` when run from a checkout, else the package's repository."""
-    local = Path.cwd() / "latency_tables" / "devices"
-    return local if local.is_dir() else DEVICES_DIR
+def _user_devices_dirs() -> list[Path]:
+    """The user's own profiles, which win over the shipped ones: ``./latency_tables/devices``."""
+    return [Path.cwd() / "latency_tables" / "devices"]
 OP_CLASSES = ("conv", "dwconv", "matmul", "attention", "norm", "elementwise", "data")
 _NUMBERS = ("peak_flops", "memory_bandwidth", "memory_efficiency", "op_overhead_us", "onchip_bytes",
             "spill_efficiency")
@@ -276,23 +277,34 @@ def _load_profile_file(path: Path) -> DeviceProfile:
 
 
 def available_devices(directory: str | os.PathLike | None = None) -> list[str]:
-    """Names of the shipped device profiles."""
-    d = Path(directory) if directory else _devices_dir()
-    return sorted(p.stem for p in d.glob("*.yaml"))
+    """Names of the device profiles: those in ``directory`` if given, else the user's
+    (``./latency_tables/devices``) and the shipped ones."""
+    if directory:
+        return sorted(p.stem for p in Path(directory).glob("*.yaml"))
+    return device_profile_names(_user_devices_dirs())
 
 
 def load_device(name_or_path: str | os.PathLike, directory: str | os.PathLike | None = None) -> DeviceProfile:
-    """A device profile by shipped name (``apple-a18-pro-ane``) or by YAML path."""
+    """A device profile by name (``apple-a18-pro-ane``) or by YAML path.
+
+    A name is looked up in ``directory`` if given, else in ``./latency_tables/devices`` (the
+    user's own profiles win) and then among the shipped ones. The profile's ``path`` says
+    which file was read.
+    """
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         return _load_profile_file(p)
-    d = Path(directory) if directory else _devices_dir()
-    candidate = d / f"{name_or_path}.yaml"
-    if not candidate.exists():
-        names = available_devices(d)
+    if directory:
+        found = Path(directory) / f"{name_or_path}.yaml"
+        found = found if found.is_file() else None
+        names = available_devices(directory)
+    else:
+        found = find_device_profile(str(name_or_path), _user_devices_dirs())
+        names = available_devices()
+    if found is None:
         raise ArchsearchError(f"unknown device profile {str(name_or_path)!r} "
                               f"(allowed: {', '.join(names) or 'none shipped'}, or a path to a .yaml)")
-    return _load_profile_file(candidate)
+    return _load_profile_file(found)
 
 
 def check_published(profile: DeviceProfile, root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
@@ -302,7 +314,7 @@ def check_published(profile: DeviceProfile, root: str | os.PathLike | None = Non
     from archsearch.model import build_model
     from archsearch.spec import load_space
 
-    base = Path(root) if root else DEVICES_DIR.parents[1]
+    base = Path(root) if root else bundled_root()  # checks name shipped spaces: search_spaces/...
     out = []
     for chk in profile.checks:
         space = load_space(base / chk["space"])
