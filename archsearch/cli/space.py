@@ -112,7 +112,7 @@ def register(app: typer.Typer) -> None:
             dims.add_row(d.name, ", ".join(map(str, d.options)), str(d.line or ""))
         console.print(dims)
         console.print(f"space size: [bold]{space.size():,}[/bold] distinct candidates "
-                      "(exact count of define-by-run assignments)")
+                      "(exact count; assignments that build the same architecture count once)")
         if samples > 0:
             table = Table(title=f"{samples} samples (seed {seed})")
             for col in ("id", "widths", "resnets", "transformer depth", "params", "FLOPs (MAC)"):
