@@ -66,7 +66,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "purelib": purelib}
 
 
-def test_the_wheel_carries_the_shipped_files_and_the_sdist_metadata(installed: dict):
+def test_the_wheel_carries_the_shipped_files_and_an_spdx_license(installed: dict):
     names = set(zipfile.ZipFile(installed["wheel"]).namelist())
     for f in ("search_spaces/unet_mobile.yaml", "search_spaces/video_mobile.yaml", "search_spaces/tiny.yaml",
               "search_spaces/reference/sd15_unet.yaml", "latency_tables/devices/apple-a18-pro-ane.yaml",
@@ -112,3 +112,20 @@ def test_installed_archsearch_runs_from_an_empty_folder(installed: dict, tmp_pat
     trials = (report / "trials.csv").read_text().strip().splitlines()
     assert len(trials) == 1 + 2, trials
     assert not list(bundled.rglob("*.db")) and not (installed["purelib"] / "archsearch" / "reports").exists()
+
+
+def test_the_sdist_holds_what_the_tests_need(tmp_path: Path):
+    import tarfile
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    _run([sys.executable, "-m", "hatchling", "build", "-t", "sdist", "-d", str(tmp_path)], ROOT, env)
+    (sdist,) = tmp_path.glob("archsearch-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    tracked = subprocess.run(["git", "ls-files", "tests", "search_spaces", "latency_tables", "docs", "archsearch"],
+                             cwd=ROOT, capture_output=True, text=True)
+    wanted = set(tracked.stdout.split()) if tracked.returncode == 0 else set()
+    wanted |= {"tests/conftest.py", "tests/search_helpers.py", "docs/design.md", "search_spaces/tiny.yaml",
+               "latency_tables/tiny-cpu-r16.csv", "latency_tables/devices/apple-a18-pro-ane.yaml",
+               "pyproject.toml", "constraints.txt", "Makefile", "README.md"}
+    assert not wanted - names, sorted(wanted - names)
