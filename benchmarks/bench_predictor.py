@@ -3,6 +3,7 @@
     python benchmarks/bench_predictor.py                       # all three on unet_mobile @ 16
     python benchmarks/bench_predictor.py --skip-build --n 50   # reuse the shipped table
     python benchmarks/bench_predictor.py --ane-anchors         # device profiles vs published
+    python benchmarks/bench_predictor.py --ane-anchors --fit   # ... and the efficiency each fit gives
 
 Targets (issue 3, on this 2-core CPU): >= 99 % of candidates within ±10 % and Spearman >= 0.99,
 better than a FLOPs-only fit on the same run; >= 100,000 candidates scored per second; the
@@ -35,6 +36,8 @@ def bench_build(space, resolution: int, threads: int, out: Path, statistic: str)
     table = profile_space(space, "cpu", out, resolution=resolution, threads=threads,
                           settings=MeasureSettings(0.2, 2.0, 0.05, statistic), calibrate=5)
     dt = time.perf_counter() - t0
+    table.meta["build_seconds"] = round(dt, 1)
+    table.save()
     info = table.meta["enumeration"]
     print(f"LUT build: {len(table)} blocks ({info['method']}, {info['samples']} samples) + 5 whole models "
           f"in {dt:.1f} s ({dt / 60:.2f} min) -> {out}")
@@ -70,29 +73,67 @@ def bench_throughput(space, table, resolution: int, n: int) -> None:
           f"{len(batch) / t_warm:,.0f} candidates/s over {len(batch):,} scores")
 
 
-def bench_accuracy(space, table, n: int, seed: int, html: Path | None) -> None:
-    from archsearch.cost.latency import validate_table
+def bench_accuracy(space, table, n: int, seed: int, html: Path | None, memory: int) -> None:
+    from archsearch.cost.latency import ImplausibleCalibrationError, validate_table
 
+    from archsearch.cost.latency import check_calibration
+
+    try:
+
+        cal = table.meta.get("calibration") or {}
+        why = check_calibration(*table.calibration, [p["measured_ms"] for p in cal.get("points", [])])
+        if why:
+            raise ImplausibleCalibrationError(why, scale=table.calibration[0], overhead_ms=table.calibration[1])
+    except ImplausibleCalibrationError as exc:
+        print(f"  note: `profile --validate` would refuse this table: {exc}; scored anyway")
     t0 = time.perf_counter()
-    res = validate_table(table, space, n, seed=seed, html=html, repeat=True)
+    res = validate_table(table, space, n, seed=seed, html=html, repeat=True, check_calibration=False, memory=memory)
     dt = time.perf_counter() - t0
-    print(f"accuracy on {n} random candidates (seed {seed}, {dt:.0f} s; whole models measured end to end):")
-    print(f"  lookup table : {res.lut.line()}")
-    print(f"  FLOPs fit    : {res.flops.line()}  (fitted in sample)")
-    print(f"  re-measuring : {res.repeat.line()}  (the same models measured again: the noise floor)")
+    print(f"accuracy on {n} unseen random candidates (seed {seed}, {dt:.0f} s; whole models measured end to end):")
+    print(f"  {'predictor':<36s} {'±5%':>6s} {'±10%':>6s} {'MAPE':>7s} {'Spearman':>9s}")
+    for label, acc in (("lookup table (shipped/built table)", res.lut), ("FLOPs linear fit (in sample)", res.flops),
+                       ("the machine again (noise floor)", res.repeat)):
+        print(f"  {label:<36s} {100 * acc.within_5:5.1f}% {100 * acc.within_10:5.1f}% {acc.mape:6.2f}% "
+              f"{acc.spearman:9.4f}")
+    if res.memory is not None:
+        print(f"  memory predictor vs whole-model measurement: {res.memory.line()}")
+    sen = table.meta.get("sentinel") or {}
+    if sen:
+        print(f"  table's sentinel: {sen.get('checks')} checks, {sen.get('remeasured_rows')} rows measured again")
     if res.added_blocks:
         print(f"  note: {res.added_blocks} blocks of these candidates were missing from the table and were measured")
     if html:
         print(f"  scatter: {res.html}")
 
 
-def bench_anchors() -> None:
+def bench_anchors(fit: bool = False) -> None:
+    """Every profile's checks (estimate vs published, the ratio between two UNets), and with
+    ``fit`` the compute efficiency that would reproduce each ``role: fit`` anchor."""
+    from archsearch.candidate import sample
     from archsearch.cost.latency import available_devices, check_published, load_device
+    from archsearch.cost.latency._ane_layout import ane_model_ops
+    from archsearch.cost.latency import fit_efficiency
+    from archsearch.spec import load_space
 
     for name in available_devices():
-        for r in check_published(load_device(name), ROOT):
-            print(f"{name:18s} {Path(r['space']).stem:16s} estimate {r['estimate_ms']:8.1f} ms   "
+        prof = load_device(name)
+        rows = check_published(prof, ROOT)
+        for r in rows:
+            print(f"{name:18s} {Path(r['space']).stem:16s} b{r['batch']} estimate {r['estimate_ms']:8.1f} ms   "
                   f"published {r['published_ms']:7.1f} ms   x{r['ratio']:.2f}  ({r['role']})")
+        if len(rows) >= 2:
+            a, b = rows[0], rows[1]
+            est, pub = a["estimate_ms"] / b["estimate_ms"], a["published_ms"] / b["published_ms"]
+            print(f"{name:18s} ratio {Path(a['space']).stem}/{Path(b['space']).stem}: estimate {est:.2f}, "
+                  f"published {pub:.2f} ({100 * (est / pub - 1):+.0f}%)")
+        if fit:
+            for chk in prof.checks:
+                if chk.get("role") != "fit":
+                    continue
+                cand = sample(load_space(ROOT / chk["space"]), 0)
+                e = fit_efficiency(prof, ane_model_ops(cand, int(chk.get("batch", 1))), float(chk["published_ms"]))
+                print(f"{name:18s} fit on {Path(chk['space']).stem}: efficiency {e:.4f} "
+                      f"(profile has {prof.efficiency['conv']:.4f})")
 
 
 def main() -> None:
@@ -110,10 +151,12 @@ def main() -> None:
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--html", type=Path, default=None)
     ap.add_argument("--ane-anchors", action="store_true", help="only compare device profiles with published figures")
+    ap.add_argument("--fit", action="store_true", help="with --ane-anchors: the efficiency each fit anchor gives")
+    ap.add_argument("--memory", type=int, default=20, help="validation candidates whose peak memory is measured")
     args = ap.parse_args()
     os.chdir(ROOT)  # relative paths in the table's metadata, shipped device profiles found
     if args.ane_anchors:
-        bench_anchors()
+        bench_anchors(args.fit)
         return
 
     import torch
@@ -131,6 +174,8 @@ def main() -> None:
         print(f"table: {path} ({len(table)} blocks, built {table.meta.get('created')}, "
               f"{table.meta.get('threads')} threads, statistic {table.meta['measure'].get('statistic')}; "
               "validation measures with the table's settings)")
+        if table.meta.get("build_seconds"):
+            print(f"table build time (recorded): {table.meta['build_seconds'] / 60:.2f} min")
     else:
         tmp = Path(tempfile.mkdtemp(prefix="archsearch-bench-"))
         path = Path(args.table) if args.table else tmp / f"{space.name}-cpu-r{args.resolution}.csv"
@@ -141,7 +186,7 @@ def main() -> None:
         table = load_table(path)
     bench_throughput(space, table, args.resolution, args.throughput_n)
     if not args.skip_accuracy:
-        bench_accuracy(space, table, args.n, args.seed, args.html)
+        bench_accuracy(space, table, args.n, args.seed, args.html, args.memory)
     print(f"load average at the end: {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "")
 
 

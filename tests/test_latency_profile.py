@@ -85,7 +85,7 @@ def test_resume_after_an_interrupted_profile(tiny_space, tmp_path, monkeypatch):
     first = _FakeClock(fail_after=7)
     monkeypatch.setattr(_backends, "time_module", first)
     with pytest.raises(KeyboardInterrupt):
-        profile_space(cands, "cpu", out, threads=1, calibrate=0, blocks=blocks)
+        profile_space(cands, "cpu", out, threads=1, calibrate=0, blocks=blocks, sentinel=None)
     kept = load_table(out)  # the file is complete and readable after the kill
     assert len(kept) == 7
     kept_ms = {k: kept.ms(k) for k in kept.keys()}
@@ -94,7 +94,8 @@ def test_resume_after_an_interrupted_profile(tiny_space, tmp_path, monkeypatch):
     assert (plan.existing, len(plan.todo), len(plan.calibration)) == (7, len(blocks) - 7, 2)
     second = _FakeClock()
     monkeypatch.setattr(_backends, "time_module", second)
-    table = profile_space(cands, "cpu", out, threads=1, calibrate=2, blocks=blocks)
+    # (no sentinel: its re-timings would be counted too; tests/test_latency_sentinel.py covers it)
+    table = profile_space(cands, "cpu", out, threads=1, calibrate=2, blocks=blocks, sentinel=None)
     assert len(second.calls) == len(blocks) - 7 + 2  # the rest of the blocks + 2 whole models
     assert set(table.keys()) == set(blocks.specs)  # no row lost
     assert all(table.ms(k) == v for k, v in kept_ms.items())  # none measured again
@@ -172,10 +173,13 @@ def test_ane_estimate_path_converts_blocks_with_coremltools(tiny_space, tmp_path
         pytest.skip("on macOS the ane target measures instead of estimating")
     quick = profile_space([cand], "ane", tmp_path / "ane.csv", calibrate=0, blocks=blocks, convert=False)
     assert (quick.df["coreml"] == "").all()
-    # a run with conversion checks the rows the quick run left unchecked; estimates do not change
+    assert (quick.df["note"] == "ops: ANE layout (torch, meta)").all()
+    # a run with conversion checks the rows the quick run left unchecked; the estimate then
+    # counts the converted program's ops (what the device runs), close to the layout's own
     table = profile_space([cand], "ane", tmp_path / "ane.csv", calibrate=0, blocks=blocks)
     df = table.df
-    assert np.allclose(df.set_index("key")["ms"], quick.df.set_index("key")["ms"])
+    assert np.allclose(df.set_index("key")["ms"], quick.df.set_index("key")["ms"], rtol=0.15, atol=0.01)
+    assert (df["note"] == "ops: converted program").all()
     assert (df["source"] == "estimate").all() and (df["ms"] > 0).all()
     assert (df["coreml"] == "ok").all()  # the conversion really ran (torch.export -> mlprogram)
     flags = dict(zip(df["type"], df["ane_flags"]))
@@ -206,18 +210,28 @@ def test_roofline_by_hand():
     conv = OpRecord("conv2d", "conv", macs=10**9, bytes=10**6, elems=0)
     t_compute = 2e9 / (prof.peak_flops * prof.efficiency["conv"]) * 1e3
     assert prof.op_ms(conv) == pytest.approx(t_compute + prof.op_overhead_us / 1e3)
-    add = OpRecord("add", "elementwise", macs=0, bytes=3 * 10**8, elems=10**8)
+    copy = OpRecord("cat", "data", macs=0, bytes=3 * 10**8, elems=10**8)
     t_mem = 3e8 / (prof.memory_bandwidth * prof.memory_efficiency) * 1e3
-    assert prof.op_ms(add) == pytest.approx(t_mem + prof.op_overhead_us / 1e3)
+    assert prof.op_ms(copy) == pytest.approx(t_mem + prof.op_overhead_us / 1e3)
+    # elementwise ops run fused into their neighbours: their compute, no DRAM round trip
+    assert prof.fused_elementwise
+    add = OpRecord("add", "elementwise", macs=0, bytes=3 * 10**8, elems=10**8)
+    t_add = 1e8 / (prof.peak_flops * prof.efficiency["elementwise"]) * 1e3
+    assert prof.op_ms(add) == pytest.approx(t_add + prof.op_overhead_us / 1e3)
 
 
 def test_published_anchor_checks_of_the_a16_profile():
-    from archsearch.cost.latency._devices import check_published
+    from archsearch.cost.latency import check_published
 
-    rows = check_published(load_device("apple-a16-ane"), ROOT)
-    assert {r["space"].split("/")[-1] for r in rows} == {"sd15_unet.yaml", "snapfusion_unet.yaml"}
-    for r in rows:  # fitted anchors: the profile as shipped still reproduces them
-        assert r["ratio"] == pytest.approx(1.0, abs=0.02), r
+    rows = {r["space"].split("/")[-1]: r for r in check_published(load_device("apple-a16-ane"), ROOT)}
+    assert set(rows) == {"sd15_unet.yaml", "snapfusion_unet.yaml"}
+    fit, held = rows["snapfusion_unet.yaml"], rows["sd15_unet.yaml"]
+    assert fit["role"] == "fit" and fit["ratio"] == pytest.approx(1.0, abs=0.02)  # the profile reproduces its fit
+    # held back (Apple's SPLIT_EINSUM_V2 SD-2.1 figure, batch 2): what the estimate is judged on
+    assert held["role"] == "check" and held["batch"] == 2 and "ml-stable-diffusion" in held["source"]
+    assert 0.5 < held["ratio"] < 3.0  # as shipped: ~1.9x slow (the +-50% aim is not reached; README)
+    a18 = check_published(load_device("apple-a18-pro-ane"), ROOT)
+    assert [(r["role"], round(r["ratio"], 1)) for r in a18] == [("fit", 1.0)]
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -271,8 +285,10 @@ def test_cli_profile_validate_and_predict_on_the_tiny_space(tmp_path):
     html = tmp_path / "val.html"
     args = ["profile", str(SPACES / "tiny.yaml"), "--target", "cpu", "--threads", "1", "--resolution", "8",
             "--min-time", "0.003", "--max-time", "0.03", "--threshold", "0.5", "--calibrate", "3",
-            "--out", str(out)]
-    res = runner.invoke(app, [*args, "--validate", "6", "--repeat", "--plot", str(html)])
+            "--out", str(out), "--sentinel-every", "0", "--flush-mb", "0"]
+    # 3 ms timings on a shared machine cannot pass the calibration's plausibility check (the
+    # refusal has its own test in test_latency_sentinel.py): this test is about the flow
+    res = runner.invoke(app, [*args, "--validate", "6", "--repeat", "--plot", str(html), "--max-overhead", "1"])
     assert res.exit_code == 0, res.output
     flat = _flat(res.output)
     assert "wrote" in flat and "calibration: ms =" in flat
@@ -283,9 +299,11 @@ def test_cli_profile_validate_and_predict_on_the_tiny_space(tmp_path):
     val = table.meta["validation"]
     assert val["n"] == 6 and 0.0 <= val["lut"]["within_10"] <= 1.0 and np.isfinite(val["lut"]["mape"])
     assert val["repeat_measurement"]["n"] == 6
+    assert val["memory"]["n"] == 6 and val["memory"]["mape"] < 10  # peak memory, predicted vs measured
+    assert "memory predictor" in flat
     assert set(table.keys()) >= set(enumerate_blocks(_tiny(), resolution=8).specs)
     assert table.meta["command"].startswith(f"archsearch profile {SPACES / 'tiny.yaml'} --target cpu --resolution 8 "
-                                            "--threads 1 --min-time 0.003 --max-time 0.03 --threshold 0.5")
+                                            "--threads 1 --min-time 0.003 --max-time 0.03 --threshold 0.5 --flush-mb 0")
 
     # a second run resumes: nothing left to measure
     res = runner.invoke(app, [*args, "--calibrate", "0"])
@@ -310,3 +328,29 @@ def _tiny():
     from archsearch.spec import load_space
 
     return load_space(SPACES / "tiny.yaml")
+
+
+def test_the_time_estimate_comes_from_blocks_timed_now(tiny_space, tmp_path, monkeypatch):
+    """`profile --dry-run` quotes a time from a few of the run's own blocks done for real
+    (here each 'timing' sleeps in proportion to the block's size, as a slow machine would),
+    writes nothing, and lands near what the run then takes."""
+    import time
+
+    def slow_clock(module, inputs, threads, settings):
+        n = sum(p.numel() for p in module.parameters())
+        time.sleep(0.03 + 2e-6 * n)
+        return Timing(0.01, 0.01, 0.001, 10)
+
+    monkeypatch.setattr(_backends, "time_module", slow_clock)
+    cands = sample_many(tiny_space, 3, seed=5)
+    blocks = enumerate_blocks(cands)
+    out = tmp_path / "t.csv"
+    plan = plan_profile(cands, "cpu", out, threads=1, calibrate=0, blocks=blocks, sentinel=None)
+    est = plan.estimate_time(samples=3)
+    assert est.sampled == 3 and "3 of its blocks" in est.how and not out.exists()
+    t0 = time.perf_counter()
+    profile_space(cands, "cpu", out, threads=1, calibrate=0, blocks=blocks, sentinel=None)
+    took = time.perf_counter() - t0
+    assert 0.5 * took < est.seconds < 2.0 * took, (est, took)
+    # the nominal figure ignores what a block costs here: the measured one does not
+    assert abs(est.seconds - took) < abs(plan.eta_seconds - took)

@@ -109,3 +109,30 @@ def test_ms_array_is_aligned_with_index():
     for key in table.keys():
         assert table.ms_array[table.index_of(key)] == table.ms(key)
     assert isinstance(table.ms_array, np.ndarray)
+
+
+def test_duplicated_keys_and_a_cut_short_last_line_are_refused(tmp_path):
+    """A table is checked, not trusted: two rows for one block (different ms) name both
+    lines; a file cut in the middle of its last row is not read as 'measured'."""
+    from tests.conftest import ROOT
+
+    text = (ROOT / "latency_tables" / "tiny-cpu-r16.csv").read_text()
+    lines = text.splitlines(keepends=True)
+    n = len(lines)
+    dup = tmp_path / "dup.csv"
+    head, tail = lines[-1].rsplit(",measured,", 1)
+    ms_at = head.rindex(",", 0, head.rindex(",", 0, head.rindex(",")))  # ...,in_shape,ms,ms_iqr,runs
+    again = head[:ms_at] + ",9.99" + head[head.index(",", ms_at + 1):] + ",measured," + tail
+    assert again != lines[-1]
+    dup.write_text(text + again)
+    with pytest.raises(ArchsearchError, match=rf"dup.csv:{n}: key .* appears on lines {n}, {n + 1}") as e:
+        load_table(dup)
+    assert "\n" not in str(e.value)
+    cut = tmp_path / "cut.csv"
+    last = lines[-1]
+    cut.write_text("".join(lines[:-1]) + last[: last.index(",measured,") - 4])  # '...,1x48x8x8,0.3'
+    with pytest.raises(ArchsearchError, match=rf"cut.csv:{n}: .*cut short"):
+        load_table(cut)
+    ok = tmp_path / "ok.csv"
+    ok.write_text(text.rstrip("\n"))  # no final newline but a whole row: fine
+    assert len(load_table(ok).df) == len(load_table(ROOT / "latency_tables" / "tiny-cpu-r16.csv").df)

@@ -19,7 +19,7 @@ from archsearch.search import SearchSettings, run_search, storage_url
 from archsearch.spec import load_space, load_space_text
 from archsearch.store import write_store
 
-from search_helpers import PROXY, make_spec, tiny_table, tiny_video_table  # noqa: F401 (fixtures)
+from search_helpers import PROXY, ROOT, make_spec, tiny_table, tiny_video_table  # noqa: F401 (fixtures)
 
 runner = CliRunner()
 
@@ -106,8 +106,14 @@ def test_short_search_end_to_end_and_infeasible_candidates_are_never_trained(
     from archsearch.cli.main import app
 
     trained = _trained_ids(monkeypatch)
-    # a latency limit near the space's 75th percentile: some candidates are rejected
-    spec = make_spec(tmp_path, tiny_table, constraints={"max_latency_ms": 5.0}, search={"n_trials": 4, "warm_start": False})
+    # a latency limit at the space's median (the table's own predictions): some candidates
+    # are rejected, whatever the device profile's absolute figures
+    from archsearch.candidate import enumerate_candidates
+    from archsearch.cost.latency import load_predictor
+
+    lat = load_predictor(tiny_table).predict(list(enumerate_candidates(load_space(ROOT / "search_spaces" / "tiny.yaml"))))
+    budget = float(np.median(lat))
+    spec = make_spec(tmp_path, tiny_table, constraints={"max_latency_ms": budget}, search={"n_trials": 4, "warm_start": False})
     # (random: the model-based samplers start from feasible candidates only)
     res = runner.invoke(app, ["run", str(spec), "--reports-dir", str(tmp_path / "reports"), "--no-progress",
                               "--sampler", "random"])
@@ -117,16 +123,16 @@ def test_short_search_end_to_end_and_infeasible_candidates_are_never_trained(
     assert len(df) == 4 and set(df["state"]) <= {"complete", "infeasible"}
     meta = json.loads((out / "meta.json").read_text())
     assert meta["sampler"] == "random" and meta["n_trials"] == 4
-    assert meta["constraints"]["max_latency_ms"] == 5.0
+    assert meta["constraints"]["max_latency_ms"] == budget
 
     done = df[df["state"] == "complete"]
     bad = df[df["state"] == "infeasible"]
     assert len(done) >= 1 and len(bad) >= 1, "the seeded trials should include both kinds"
-    assert (done["latency_ms"] <= 5.0).all() and np.isfinite(done["quality"]).all()
+    assert (done["latency_ms"] <= budget).all() and np.isfinite(done["quality"]).all()
     assert all(len(json.loads(c)) == PROXY["steps"] for c in done["loss_curve"])
     # infeasible: over the limit, recorded with costs and reason, never trained
-    assert (bad["latency_ms"] > 5.0).all() and bad["quality"].isna().all()
-    assert all("max_latency_ms 5" in r for r in bad["fail_reason"])
+    assert (bad["latency_ms"] > budget).all() and bad["quality"].isna().all()
+    assert all(f"max_latency_ms {budget:g}" in r for r in bad["fail_reason"])
     assert set(bad["candidate_id"]).isdisjoint(trained)
     assert set(trained) == set(done.loc[done["duplicate_of"].isna(), "candidate_id"])
 
@@ -188,12 +194,16 @@ def test_an_existing_study_is_only_continued_with_resume(tmp_path: Path, tiny_ta
     spec_path = make_spec(tmp_path, tiny_table, search={"n_trials": 1, "sampler": "random"})
     space = load_space(spec_path)
     run_search(space, reports_dir=tmp_path / "reports", progress=None)
-    with pytest.raises(ArchsearchError, match=r"study 't' already exists .* with 1 trials: add --resume"):
+    with pytest.raises(ArchsearchError, match=r"resume not set and study 't' already exists .* with 1 trials: set it to continue"):
         run_search(space, reports_dir=tmp_path / "reports", progress=None)
+    from archsearch.cli.main import app  # the command names its flag
+
+    res = runner.invoke(app, ["run", str(spec_path), "--reports-dir", str(tmp_path / "reports"), "--no-progress"])
+    assert res.exit_code == 2 and "error: --resume not set and study 't' already exists" in res.output
     again = run_search(space, resume=True, reports_dir=tmp_path / "reports", progress=None)
     assert again.resumed and len(again.study.trials) == 1  # nothing left to run
     changed = load_space(make_spec(tmp_path, tiny_table, proxy={"steps": 4}, search={"n_trials": 1}))
-    with pytest.raises(ArchsearchError, match=r"--resume: study 't' was made with another proxy"):
+    with pytest.raises(ArchsearchError, match=r"resume set but study 't' was made with another proxy"):
         run_search(changed, resume=True, reports_dir=tmp_path / "reports", progress=None)
 
 
@@ -305,7 +315,10 @@ def test_the_warm_start_spreads_feasible_candidates_over_cost(tiny_space, tiny_t
 
     table = load_table(tiny_table)
     settings = SearchSettings.from_space(tiny_space)
-    settings = settings.__class__(**{**settings.__dict__, "max_latency_ms": 5.0})
+    from archsearch.candidate import enumerate_candidates
+
+    budget = float(np.median(predict(list(enumerate_candidates(tiny_space)), table)))  # half the space
+    settings = settings.__class__(**{**settings.__dict__, "max_latency_ms": budget})
     picks = spread_start(tiny_space, settings, table, k=6, seed=0)
     assert len(picks) == 6
 
@@ -322,7 +335,7 @@ def test_the_warm_start_spreads_feasible_candidates_over_cost(tiny_space, tiny_t
 
     cands = [resolve(tiny_space, Fixed(p)) for p in picks]
     lat = predict(cands, table)
-    assert len({c.id for c in cands}) == 6 and (lat <= 5.0).all()
+    assert len({c.id for c in cands}) == 6 and (lat <= budget).all()
     # spread over the feasible range: both ends of a larger feasible sample are reached
     pool_lat = predict([resolve(tiny_space, Fixed(p)) for p in spread_start(tiny_space, settings, table, k=64)], table)
     assert lat.min() <= np.percentile(pool_lat, 10) and lat.max() >= np.percentile(pool_lat, 75)

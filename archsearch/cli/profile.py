@@ -84,6 +84,19 @@ def register(app: typer.Typer) -> None:
         flush_mb: Annotated[Optional[float], typer.Option(help="CPU: MiB written before every timed call, so "
                                                           "blocks start cold as inside a model (default: twice "
                                                           "the last-level cache; 0: off).", min=0.0)] = None,
+        stable_time: Annotated[Optional[float], typer.Option(help="Seconds after which a block that is already "
+                                                             "stable stops (default: a quarter of --min-time).",
+                                                             min=0.0)] = None,
+        sentinel_every: Annotated[int, typer.Option(help="Re-time a sentinel block after every N blocks; a "
+                                                    "disturbed stretch is measured again (0: off).", min=0)] = 25,
+        sentinel_drift: Annotated[float, typer.Option(help="Sentinel change that counts as disturbed.",
+                                                      min=0.0)] = 0.10,
+        max_overhead: Annotated[float, typer.Option(help="With --validate: refuse a calibration whose overhead "
+                                                    "exceeds this share of the smallest calibration model.",
+                                                    min=0.0)] = 0.15,
+        compute_units: Annotated[Optional[str], typer.Option(help="coreml/ane: CPU_ONLY, CPU_AND_GPU, CPU_AND_NE "
+                                                             "or ALL (default: CPU_AND_NE for ane, ALL for "
+                                                             "coreml).")] = None,
     ) -> None:
         """Measure every distinct block of a space once into a latency table (resumable).
 
@@ -93,7 +106,7 @@ def register(app: typer.Typer) -> None:
           archsearch profile --target ane            (Linux: Core ML conversion + roofline estimate)
           archsearch profile --import iphone.csv --target ane --out latency_tables/unet_mobile-ane-r128.csv
         """
-        from archsearch.cost.latency import MeasureSettings, import_table, plan_profile, run_profile
+        from archsearch.cost.latency import MeasureSettings, SentinelSettings, import_table, plan_profile, run_profile
 
         if max_time < min_time:
             raise ArchsearchError(f"--max-time {max_time} is below --min-time {min_time} (allowed: max >= min)")
@@ -118,19 +131,24 @@ def register(app: typer.Typer) -> None:
             return
 
         settings = MeasureSettings(min_time, max_time, threshold, statistic,
-                                   None if flush_mb is None else int(flush_mb * (1 << 20)))
+                                   None if flush_mb is None else int(flush_mb * (1 << 20)), stable_time)
+        sentinel = SentinelSettings(every=sentinel_every, drift=sentinel_drift) if sentinel_every else None
         with console.status(f"enumerating the blocks of {escape(str(path))} ..."):
             plan = plan_profile(src, target, out, resolution=resolution, batch=batch, dtype=dtype, threads=threads,
                                 settings=settings, calibrate=calibrate, device_profile=device_profile,
-                                convert=not no_convert, export_dir=export_coreml, name=name)
+                                convert=not no_convert, export_dir=export_coreml, name=name, sentinel=sentinel,
+                                check_calibration=bool(validate), max_overhead_share=max_overhead,
+                                compute_units=compute_units)
         _print_plan(plan, path)
         if dry_run:
             from collections import Counter
 
             counts = Counter(s.type for s in plan.blocks.specs.values())
             console.print("blocks by type: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-            console.print(f"estimated time: about {_fmt_s(plan.eta_seconds)} ({plan.seconds_per_block:.2f} s a "
-                          f"block{', plus whole-model calibration' if plan.calibration else ''})")
+            with console.status("timing a few blocks for the estimate ..."):
+                eta = plan.estimate_time()
+            console.print(f"estimated time: about {_fmt_s(eta.seconds)} (from {eta.how}"
+                          f"{', plus whole-model calibration' if plan.calibration_todo else ''}; an estimate)")
             if keys_out is not None:
                 from archsearch.cost.latency import write_import_template
 
@@ -145,6 +163,10 @@ def register(app: typer.Typer) -> None:
         console.print(f"[green]wrote[/green] {escape(str(plan.out))}: {len(table)} blocks "
                       f"({n_new} {'measured' if plan.source == 'measured' else 'estimated'} now, "
                       f"{plan.existing} kept), source {table.source}, device {escape(str(table.meta.get('device')))}")
+        sen = table.meta.get("sentinel") or {}
+        if sen and plan.sentinel is not None:
+            console.print(f"sentinel: {sen['checks']} checks, {sen['disturbed_checks']} disturbed, "
+                          f"{sen['remeasured_rows']} rows measured again, {sen['kept_disturbed_rows']} kept disturbed")
         cal = table.meta.get("calibration") or {}
         if cal:
             console.print(f"calibration: ms = {cal['scale']:.4f} x sum(blocks) + {cal['overhead_ms']:.4f} "
@@ -152,7 +174,7 @@ def register(app: typer.Typer) -> None:
         if plan.target in ("coreml", "ane"):
             _print_coreml_summary(table)
         if validate:
-            _run_validation(table, space, validate, seed, resolution, plot, plan.out, repeat)
+            _run_validation(table, space, validate, seed, resolution, plot, plan.out, repeat, max_overhead)
 
     @app.command("predict")
     @user_errors
@@ -241,6 +263,8 @@ _FLAGS = {
     "threads": "--threads", "min_run_time": "--min-time", "max_run_time": "--max-time",
     "threshold": "--threshold", "statistic": "--statistic", "flush_bytes": "--flush-mb",
     "device_profile": "--device-profile", "out": "--out", "n": "--validate", "seed": "--seed",
+    "stable_time": "--stable-time", "compute_units": "--compute-units", "max_overhead_share": "--max-overhead",
+    "sentinel.every": "--sentinel-every", "sentinel.drift": "--sentinel-drift",
 }
 
 
@@ -319,7 +343,7 @@ def _print_coreml_summary(table: Any) -> None:
 
 
 def _run_validation(table: Any, space: Any, n: int, seed: int, resolution: Optional[int],
-                    plot: Optional[Path], out_path: Path, repeat: bool) -> None:
+                    plot: Optional[Path], out_path: Path, repeat: bool, max_overhead: float = 0.15) -> None:
     from archsearch.cost.latency import validate_table
 
     if space is None:
@@ -327,7 +351,7 @@ def _run_validation(table: Any, space: Any, n: int, seed: int, resolution: Optio
     html = plot or Path("reports") / "latency" / f"{out_path.stem}-validation.html"
     with progress_bars() as bar:
         result = validate_table(table, space, n, seed=seed, resolution=resolution, html=html, progress=bar,
-                                repeat=repeat)
+                                repeat=repeat, max_overhead_share=max_overhead)
     t = Table(title=f"accuracy on {n} random candidates measured end to end (seed {seed})")
     for col in ("predictor", "±5%", "±10%", "MAPE", "Spearman"):
         t.add_column(col, justify="left" if col == "predictor" else "right")
@@ -339,6 +363,8 @@ def _run_validation(table: Any, space: Any, n: int, seed: int, resolution: Optio
         t.add_row(label, f"{100 * acc.within_5:.1f}%", f"{100 * acc.within_10:.1f}%", f"{acc.mape:.2f}%",
                   f"{acc.spearman:.4f}")
     console.print(t)
+    if result.memory is not None:
+        console.print(f"memory predictor vs whole-model measurement: {escape(result.memory.line())}")
     if result.added_blocks:
         console.print(f"[yellow]{result.added_blocks} block(s) of these candidates were not in the table "
                       "and were measured first[/yellow]")

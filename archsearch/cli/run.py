@@ -19,7 +19,7 @@ __all__ = ["FLAGS", "register", "summary_table"]
 FLAGS = {
     "trials": "--trials", "timeout": "--timeout", "seed": "--seed", "sampler": "--sampler",
     "storage": "--storage", "study": "--study", "workers": "--workers", "backend": "--backend",
-    "address": "--address", "device": "--device",
+    "address": "--address", "device": "--device", "resume": "--resume",
 }
 
 

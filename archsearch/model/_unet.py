@@ -112,7 +112,7 @@ class ArchUNet(nn.Module):
                 per_frame = True
             if spec.pop_skip is not None:
                 x = torch.cat([x, stacks[spec.pop_skip].pop()], dim=1)
-            x = block(x, temb, context)
+            x = self._call_block(block, x, temb, context)
             if spec.push_skip is not None:
                 stacks[spec.push_skip].append(x)
             if taps and spec.tap:
@@ -120,6 +120,12 @@ class ArchUNet(nn.Module):
         if self.is_video:
             x = x.reshape(b, frames, *x.shape[1:]).permute(0, 2, 1, 3, 4)
         return x, feats
+
+    def _call_block(self, block: nn.Module, x: torch.Tensor, temb: torch.Tensor | None,
+                    context: torch.Tensor) -> torch.Tensor:
+        """One block's call in :meth:`forward_features` (a layout that changes how blocks are
+        called, such as the Neural Engine's, overrides this and nothing else)."""
+        return block(x, temb, context)
 
     @staticmethod
     def _added_input(spec: BlockSpec, batch: int, sample: torch.Tensor,

@@ -35,6 +35,7 @@ __all__ = [
     "evaluated_mask",
     "feasible_mask",
     "fmt_count",
+    "fmt_mb",
     "fmt_ms",
     "fmt_value",
     "front_data",
@@ -73,6 +74,17 @@ def fmt_ms(value: Any) -> str:
     except (TypeError, ValueError):
         return "n/a"
     return f"{v:.3g} ms" if math.isfinite(v) else "n/a"
+
+
+def fmt_mb(value: Any) -> str:
+    """Peak memory in MiB: '512 MiB', '1.25 GiB'; 'n/a' for a store without it."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    if not math.isfinite(v):
+        return "n/a"
+    return f"{v / 1024:.3g} GiB" if v >= 1024 else f"{v:.3g} MiB"
 
 
 def fmt_value(value: Any) -> str:
@@ -176,6 +188,8 @@ def _hover(row: pd.Series, study: StudyData, groups: dict, status: str) -> str:
     if X_COL not in study.objective_names:
         lines.append(f"latency: {fmt_ms(row[X_COL])} ({e(str(row.get('latency_source') or ''))})")
     lines.append(f"params: {fmt_count(row.get('params'))}, FLOPs: {fmt_count(row.get('flops'))}")
+    if "memory_mb" in row and math.isfinite(float(row["memory_mb"])):
+        lines.append(f"peak memory: {fmt_mb(row['memory_mb'])} ({e(str(row.get('memory_source') or ''))})")
     for stage, items in groups.items():
         parts = ", ".join(f"{e(k)}={e(_cell(row[c]))}" for k, c in items if _cell(row[c]) != "-")
         if parts:

@@ -31,7 +31,7 @@ STATES = ("complete", "failed", "infeasible", "running")
 LATENCY_SOURCES = ("measured", "estimate", "imported", "mixed")
 ARCH_PREFIX = "arch."
 REQUIRED_TRIAL_COLUMNS = ("number", "state", "candidate_id", "quality", "latency_ms", "pareto")
-NUMERIC_COLUMNS = ("quality", "latency_ms", "params", "flops", "wall_time_s")
+NUMERIC_COLUMNS = ("quality", "latency_ms", "params", "flops", "memory_mb", "wall_time_s")
 BREAKDOWN_COLUMNS = ("candidate_id", "stage", "block_type", "ms")
 VALIDATION_COLUMNS = ("candidate_id", "measured_ms", "predicted_ms")
 
@@ -163,7 +163,7 @@ def _parse_constraints(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     raw = meta.get("constraints") or {}
     if not isinstance(raw, dict):
         raise ArchsearchError(f"{path}: key 'constraints' must be an object")
-    for key in ("max_latency_ms", "max_params"):
+    for key in ("max_latency_ms", "max_params", "max_memory_mb"):
         value = raw.get(key)
         if value is not None and _opt_float(value) is None:
             raise ArchsearchError(
@@ -266,7 +266,7 @@ def _load_trials(path: Path, objectives: list[Objective], meta_path: Path) -> pd
     for col in set(NUMERIC_COLUMNS) | {o.name for o in objectives}:
         if col in df.columns:
             df[col] = _numeric(df, col, path)
-    for col in ("params", "flops"):
+    for col in ("params", "flops", "memory_mb"):  # memory_mb: stores written before it existed
         if col not in df.columns:
             df[col] = np.nan
     df["pareto"] = _boolean(df, "pareto", path)  # the store's front: the report draws it
@@ -287,7 +287,7 @@ def _load_trials(path: Path, objectives: list[Objective], meta_path: Path) -> pd
         df["latency_source"] = src
     else:
         df["latency_source"] = ""
-    for col in ("fail_reason", "candidate", "loss_curve", "datetime_start", "datetime_complete"):
+    for col in ("fail_reason", "candidate", "loss_curve", "datetime_start", "datetime_complete", "memory_source"):
         if col in df.columns:
             df[col] = _text(df[col])
         else:

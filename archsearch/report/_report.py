@@ -252,7 +252,7 @@ def _pareto_table_section(study: StudyData, out_dir: Path) -> str:
     if tab.empty:
         return '<p class="missing">No Pareto candidate yet.</p>'
     extra_obj = [o for o in study.objectives if o.name not in ("quality", "latency_ms", "params")]
-    headers = ["#", "candidate", "quality", "latency", "params", "FLOPs"]
+    headers = ["#", "candidate", "quality", "latency", "peak memory", "params", "FLOPs"]
     headers += [o.name for o in extra_obj] + ["trial", "train it"]
     rows = []
     for i, r in enumerate(tab.itertuples(index=False), start=1):
@@ -272,6 +272,7 @@ def _pareto_table_section(study: StudyData, out_dir: Path) -> str:
             link,
             _fmt_float(rd["quality"]),
             esc(C.fmt_ms(rd["latency_ms"]) + (f" ({src})" if src else "")),
+            esc(C.fmt_mb(rd.get("memory_mb")) + (f" ({rd.get('memory_source')})" if rd.get("memory_source") else "")),
             esc(C.fmt_count(rd.get("params"))),
             esc(C.fmt_count(rd.get("flops"))),
         ]
@@ -283,7 +284,7 @@ def _pareto_table_section(study: StudyData, out_dir: Path) -> str:
         '<p class="note">Sorted by latency. Each YAML file is a complete candidate; the '
         "command trains it.</p>"
     )
-    return note + Page.table(headers, rows, numeric=(0, 2, 3, 4, 5))
+    return note + Page.table(headers, rows, numeric=(0, 2, 3, 4, 5, 6))
 
 
 def render_report(study: StudyData, out_dir: Path) -> str:

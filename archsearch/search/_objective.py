@@ -69,6 +69,8 @@ class TrialRecord:
     flops: int | None = None
     latency_ms: float | None = None
     latency_source: str | None = None
+    memory_mb: float | None = None
+    memory_source: str | None = None
     constraints: dict[str, float] = field(default_factory=dict)
     quality: float | None = None
     fail_reason: str | None = None
@@ -95,6 +97,8 @@ class TrialRecord:
             "flops": self.flops,
             "latency_ms": self.latency_ms,
             "latency_source": self.latency_source,
+            "memory_mb": self.memory_mb,
+            "memory_source": self.memory_source,
             "feasible": self.feasible,
             "quality": self.quality,
             "fail_reason": self.fail_reason,
@@ -114,6 +118,8 @@ class TrialRecord:
             flops=attrs.get("flops"),
             latency_ms=attrs.get("latency_ms"),
             latency_source=attrs.get("latency_source"),
+            memory_mb=attrs.get("memory_mb"),
+            memory_source=attrs.get("memory_source"),
             constraints=dict(constraints or {}),
             quality=attrs.get("quality"),
             fail_reason=attrs.get("fail_reason"),
@@ -150,16 +156,28 @@ def resolve_candidate(trial: Any, space: Any) -> Candidate:
     return resolve(space, OptunaChooser(trial))
 
 
-def costs_of(candidate: Candidate, table: Any | None) -> dict[str, Any]:
-    """Params and FLOPs of the full-scale candidate, its predicted latency and the source."""
+def costs_of(candidate: Candidate, table: Any | None, need_memory: bool = False) -> dict[str, Any]:
+    """Params and FLOPs of the full-scale candidate; with a latency table its predicted
+    latency and the source, and its peak memory (the table's memory columns, or a ``meta``
+    estimate for rows without them); without a table the memory only when ``need_memory``
+    (a ``max_memory_mb`` constraint), estimated on ``meta``."""
     from archsearch.cost import count_params, flops
 
     out: dict[str, Any] = {"params": int(count_params(candidate)), "flops": int(flops(candidate).total)}
     if table is not None:
-        from archsearch.cost.latency import predict
+        from archsearch.cost.latency import predict, predictor_for
 
         out["latency_ms"] = float(predict([candidate], table)[0])
         out["latency_source"] = table.source_for(candidate)
+        mem = predictor_for(table).memory(candidate)
+    elif need_memory:
+        from archsearch.cost.latency import estimate_memory
+
+        mem = estimate_memory(candidate)
+    else:
+        return out
+    out["memory_mb"] = float(mem.peak_mb)
+    out["memory_source"] = mem.source
     return out
 
 
@@ -170,6 +188,8 @@ def constraint_values(costs: dict[str, Any], settings: Any) -> dict[str, float]:
         out["max_latency_ms"] = costs["latency_ms"] / float(settings.max_latency_ms) - 1.0
     if settings.max_params is not None:
         out["max_params"] = costs["params"] / float(settings.max_params) - 1.0
+    if getattr(settings, "max_memory_mb", None) is not None and costs.get("memory_mb") is not None:
+        out["max_memory_mb"] = costs["memory_mb"] / float(settings.max_memory_mb) - 1.0
     return out
 
 
@@ -179,6 +199,8 @@ def _violation_text(costs: dict[str, Any], settings: Any, cons: dict[str, float]
         parts.append(f"latency {costs['latency_ms']:.3g} ms > max_latency_ms {settings.max_latency_ms:g}")
     if cons.get("max_params", 0) > 0:
         parts.append(f"params {costs['params'] / 1e6:.4g}M > max_params {settings.max_params / 1e6:g}M")
+    if cons.get("max_memory_mb", 0) > 0:
+        parts.append(f"peak memory {costs['memory_mb']:.4g} MiB > max_memory_mb {settings.max_memory_mb:g}")
     return "; ".join(parts)
 
 
@@ -195,13 +217,14 @@ def evaluate(candidate: Candidate, ctx: TrialContext) -> TrialRecord:
     t0 = time.perf_counter()
     rec = TrialRecord(candidate=candidate, state="failed")
     try:
-        costs = costs_of(candidate, ctx.table)
+        costs = costs_of(candidate, ctx.table, need_memory=getattr(ctx.settings, "max_memory_mb", None) is not None)
     except Exception as exc:  # a block the table cannot price, a model that cannot be built
         rec.fail_reason = f"cost model: {_one_line(exc)}"
         rec.wall_time_s = time.perf_counter() - t0
         return rec
     rec.params, rec.flops = costs["params"], costs["flops"]
     rec.latency_ms, rec.latency_source = costs.get("latency_ms"), costs.get("latency_source")
+    rec.memory_mb, rec.memory_source = costs.get("memory_mb"), costs.get("memory_source")
     rec.constraints = constraint_values(costs, ctx.settings)
     if not rec.feasible:
         rec.state = "infeasible"

@@ -20,7 +20,8 @@ The ``search:`` section of a spec (every key optional)::
       trial_resources: {cpu: 1, gpu: 0}       # per Ray trial
 
 Constraints come from the spec's top-level ``constraints:`` (``max_latency_ms``,
-``max_params``): they are recorded on every trial with ``trial.set_constraint`` as relative
+``max_params``, ``max_memory_mb``: the predicted peak memory of one forward call, weights,
+activations and the skip tensors held for the up path): they are recorded on every trial with ``trial.set_constraint`` as relative
 violations (``value / limit - 1``, > 0 = violated), and a candidate that breaks one is never
 trained.
 
@@ -123,6 +124,7 @@ class SearchSettings:
     trial_resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
     max_latency_ms: float | None = None
     max_params: float | None = None
+    max_memory_mb: float | None = None
 
     # ----------------------------------------------------------------- from the spec
     @classmethod
@@ -213,6 +215,7 @@ class SearchSettings:
         cons = space.constraints
         out["max_latency_ms"] = cons.get("max_latency_ms")
         out["max_params"] = cons.get("max_params")
+        out["max_memory_mb"] = cons.get("max_memory_mb")
         ctarget = cons.get("latency_target")
         if ctarget is not None:
             if "target" in out and out["target"] != ctarget:
@@ -285,7 +288,8 @@ class SearchSettings:
 
     @property
     def constraints(self) -> dict[str, float | None]:
-        return {"max_latency_ms": self.max_latency_ms, "max_params": self.max_params}
+        return {"max_latency_ms": self.max_latency_ms, "max_params": self.max_params,
+                "max_memory_mb": self.max_memory_mb}
 
     def population(self) -> int:
         """NSGA-II population: the spec's, else ``clamp(n_trials // 4, 8, 50)``.
@@ -569,19 +573,19 @@ def open_study(
         existing = None
     if existing is not None and existing.trials:
         if not resume:
-            raise ArchsearchError(
-                f"study {settings.study!r} already exists in {_describe_storage(storage)} with "
-                f"{len(existing.trials)} trials: add --resume to continue it, or --study NEW_NAME"
+            raise ParameterError(
+                "resume", f"not set and study {settings.study!r} already exists in {_describe_storage(storage)} "
+                f"with {len(existing.trials)} trials: set it to continue the study, or name a new study"
             )
         attrs = existing.user_attrs
         for key in _IDENTITY:
             old = attrs.get(_ATTR + key)
             new = identity[key]
             if _normal(old) != _normal(new):
-                raise ArchsearchError(
-                    f"--resume: study {settings.study!r} was made with another {key.replace('_', ' ')} "
+                raise ParameterError(
+                    "resume", f"set but study {settings.study!r} was made with another {key.replace('_', ' ')} "
                     f"({_short(old)} != {_short(new)} now); resume with the same spec, teacher and table, "
-                    "or start a new study with --study NEW_NAME"
+                    "or name a new study"
                 )
         study, resumed = existing, True
     else:
@@ -595,8 +599,8 @@ def open_study(
                 study.set_metric_names(list(settings.objectives))
         resumed = False
     if [d.name.lower() for d in study.directions] != settings.directions:
-        raise ArchsearchError(f"study {settings.study!r}: its directions differ from the objectives "
-                              f"{list(settings.objectives)}; use --study NEW_NAME")
+        raise ParameterError("study", f"{settings.study!r}: its directions differ from the objectives "
+                             f"{list(settings.objectives)}; name a new study")
     for key, value in {**identity, **(extra or {})}.items():
         study.set_user_attr(_ATTR + key, value)
     for key in ("sampler", "seed", "n_trials", "target", "population_size"):

@@ -75,6 +75,16 @@ def spread_start(space: Any, settings: Any, table: Any | None, k: int, seed: int
         feats.insert(0, lat)
         if settings.max_latency_ms is not None:
             ok &= lat <= settings.max_latency_ms
+    if getattr(settings, "max_memory_mb", None) is not None:
+        if table is not None:
+            from archsearch.cost.latency import predict_memory
+
+            mem = np.asarray(predict_memory(cands, table), dtype=float)
+        else:
+            from archsearch.cost.latency import estimate_memory
+
+            mem = np.asarray([estimate_memory(c).peak_mb for c in cands], dtype=float)
+        ok &= mem <= settings.max_memory_mb
     idx = np.flatnonzero(ok)
     if len(idx) == 0:
         return []

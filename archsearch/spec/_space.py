@@ -69,7 +69,7 @@ STAGE_KEYS = {
 ADDED_CONDITIONING_KEYS = {"type", "pooled_dim", "time_ids", "time_id_dim"}
 ADDED_CONDITIONING_DEFAULTS: dict[str, Any] = {"type": "none", "pooled_dim": 1280, "time_ids": 6, "time_id_dim": 256}
 TEMPORAL_KEYS = {"type", "count", "placement"}
-CONSTRAINT_KEYS = {"max_params", "max_latency_ms", "latency_target"}
+CONSTRAINT_KEYS = {"max_params", "max_latency_ms", "max_memory_mb", "latency_target"}
 
 STAGE_DEFAULTS: dict[str, Any] = {
     "resnet_blocks": 2,

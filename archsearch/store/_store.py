@@ -3,7 +3,8 @@
 ``reports/<study>/``:
 
 * ``trials.csv`` -- one row per trial (complete, failed, infeasible, running): number, state,
-  candidate_id, quality, latency_ms, params, flops, latency_source, feasible, fail_reason,
+  candidate_id, quality, latency_ms, params, flops, latency_source, memory_mb (predicted peak
+  MiB of one forward call), memory_source, feasible, fail_reason,
   wall_time_s, datetime_start, datetime_complete (ISO), loss_curve (JSON list), candidate
   (JSON), duplicate_of, pareto, then the candidate's ``summary()`` as ``arch.*`` columns;
 * ``meta.json`` -- the study, spec, objectives and directions, reference point, constraints,
@@ -47,7 +48,7 @@ __all__ = ["BASE_COLUMNS", "StoreSummary", "check_store", "load_trials", "pareto
 
 BASE_COLUMNS = (
     "number", "state", "candidate_id", "quality", "latency_ms", "params", "flops", "latency_source",
-    "feasible", "fail_reason", "wall_time_s", "datetime_start", "datetime_complete", "loss_curve",
+    "memory_mb", "memory_source", "feasible", "fail_reason", "wall_time_s", "datetime_start", "datetime_complete", "loss_curve",
     "candidate", "duplicate_of", "pareto",
 )
 _ID = re.compile(r"^[0-9a-f]{12}$")
@@ -84,6 +85,8 @@ def _row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "params": _num(a.get("params")),
         "flops": _num(a.get("flops")),
         "latency_source": a.get("latency_source") or "",
+        "memory_mb": _num(a.get("memory_mb")),
+        "memory_source": a.get("memory_source") or "",
         "feasible": bool(a.get("feasible", all(v <= 0 for v in t.constraints.values()))),
         "fail_reason": a.get("fail_reason") or "",
         "wall_time_s": _num(a.get("wall_time_s")),

@@ -22,7 +22,9 @@ Modules: ``_table`` (the file format), ``_keys`` (a candidate's block keys), ``_
 ``_measure`` (torch timing), ``_coreml``, ``_devices`` (roofline profiles), ``_validate``.
 """
 
+from archsearch.cost.latency._anchors import check_published, fit_efficiency
 from archsearch.cost.latency._backends import (
+    COMPUTE_UNITS,
     DEFAULT_DEVICE_PROFILE,
     TARGETS,
     Backend,
@@ -46,13 +48,26 @@ from archsearch.cost.latency._devices import (
     DeviceProfile,
     OpRecord,
     available_devices,
-    check_published,
     count_ops,
     load_device,
 )
-from archsearch.cost.latency._errors import MissingBlocksError, ParameterError, UnknownBlockKeyError
+from archsearch.cost.latency._errors import (
+    ImplausibleCalibrationError,
+    MissingBlocksError,
+    ParameterError,
+    UnknownBlockKeyError,
+)
 from archsearch.cost.latency._keys import CandidateBlocks, candidate_blocks
 from archsearch.cost.latency._measure import MeasureSettings, Timing, time_module
+from archsearch.cost.latency._memory import (
+    BlockMemory,
+    MemoryEstimate,
+    estimate_block_memory,
+    estimate_memory,
+    measure_block_memory,
+    measure_model_memory,
+    model_peak,
+)
 from archsearch.cost.latency._predictor import (
     InterpolationWarning,
     LatencyPredictor,
@@ -61,11 +76,15 @@ from archsearch.cost.latency._predictor import (
     load_predictor,
     predict,
     predict_breakdown,
+    predict_memory,
     predictor_for,
 )
 from archsearch.cost.latency._profile import (
     CALIBRATION_SEED,
+    SCALE_RANGE,
     ProfilePlan,
+    TimeEstimate,
+    check_calibration,
     default_table_path,
     fit_calibration,
     import_table,
@@ -74,33 +93,60 @@ from archsearch.cost.latency._profile import (
     run_profile,
     write_import_template,
 )
-from archsearch.cost.latency._table import COLUMNS, SOURCES, LatencyTable, load_table, read_import_csv
-from archsearch.cost.latency._validate import Accuracy, ValidationResult, accuracy, flops_linear_fit, validate_table
+from archsearch.cost.latency._sentinel import SentinelMonitor, SentinelSettings, choose_sentinel
+from archsearch.cost.latency._table import (
+    COLUMNS,
+    MEMORY_COLUMNS,
+    SOURCES,
+    LatencyTable,
+    load_table,
+    read_import_csv,
+)
+from archsearch.cost.latency._validate import (
+    Accuracy,
+    MemoryAccuracy,
+    ValidationResult,
+    accuracy,
+    flops_linear_fit,
+    memory_accuracy,
+    validate_memory,
+    validate_table,
+)
 
 __all__ = [
     "CALIBRATION_SEED",
     "COLUMNS",
+    "COMPUTE_UNITS",
     "DEFAULT_DEVICE_PROFILE",
+    "MEMORY_COLUMNS",
     "OP_CLASSES",
+    "SCALE_RANGE",
     "SOURCES",
     "TARGETS",
     "Accuracy",
     "Backend",
     "BlockCensus",
+    "BlockMemory",
     "BlockSet",
     "CandidateBlocks",
     "CoreMLBackend",
     "DeviceProfile",
+    "ImplausibleCalibrationError",
     "ImportBackend",
     "InterpolationWarning",
     "LatencyPredictor",
     "LatencyTable",
     "MeasureSettings",
+    "MemoryAccuracy",
+    "MemoryEstimate",
     "MissingBlocksError",
     "OpRecord",
     "ParameterError",
     "ProfilePlan",
+    "TimeEstimate",
     "RooflineBackend",
+    "SentinelMonitor",
+    "SentinelSettings",
     "Timing",
     "TorchBackend",
     "UnknownBlockKeyError",
@@ -111,11 +157,16 @@ __all__ = [
     "block_census",
     "block_sums",
     "candidate_blocks",
+    "check_calibration",
     "check_published",
+    "choose_sentinel",
     "count_ops",
     "default_table_path",
     "enumerate_blocks",
+    "estimate_block_memory",
+    "estimate_memory",
     "fit_calibration",
+    "fit_efficiency",
     "flops_linear_fit",
     "import_table",
     "interpolate",
@@ -123,9 +174,14 @@ __all__ = [
     "load_predictor",
     "load_table",
     "make_backend",
+    "measure_block_memory",
+    "measure_model_memory",
+    "memory_accuracy",
+    "model_peak",
     "plan_profile",
     "predict",
     "predict_breakdown",
+    "predict_memory",
     "predictor_for",
     "profile_space",
     "read_import_csv",
@@ -133,6 +189,7 @@ __all__ = [
     "run_profile",
     "sample_candidates",
     "time_module",
+    "validate_memory",
     "validate_table",
     "write_import_template",
 ]

@@ -25,8 +25,9 @@ from typing import Any, Iterator
 import pandas as pd
 import torch
 
+from archsearch.cost.latency._ane_layout import ane_layout_ops, ane_model_ops
 from archsearch.cost.latency._blocks import BlockCensus
-from archsearch.cost.latency._devices import DeviceProfile, count_ops, load_device
+from archsearch.cost.latency._devices import DeviceProfile, load_device
 from archsearch.cost.latency._errors import ParameterError
 from archsearch.cost.latency._measure import (
     DTYPES,
@@ -40,6 +41,7 @@ from archsearch.cost.latency._measure import (
 from archsearch.errors import ArchsearchError
 
 __all__ = [
+    "COMPUTE_UNITS",
     "DEFAULT_DEVICE_PROFILE",
     "TARGETS",
     "Backend",
@@ -86,6 +88,8 @@ class Backend(abc.ABC):
     settings: MeasureSettings | None = None
     #: whether whole candidates can be run to fit the table's calibration
     calibrates: bool = True
+    #: whether a profile run re-times a sentinel block to notice a disturbed machine
+    watches_sentinel: bool = False
 
     def describe(self) -> dict[str, Any]:
         """Table metadata about the device: at least ``device``."""
@@ -118,14 +122,31 @@ class Backend(abc.ABC):
         """About how long :meth:`block_row` takes (for the dry run's time estimate)."""
         return 0.0
 
+    def block_memory(self, spec: Any, census: BlockCensus) -> dict[str, Any]:
+        """The memory columns of ``spec``'s row (``weight_bytes``, ``act_bytes``,
+        ``out_bytes``, ``mem_source``); default: estimated from a ``meta`` run at
+        :attr:`elem_bytes` per element (``mem_source: estimate``)."""
+        from archsearch.cost.latency._memory import estimate_block_memory
+
+        return estimate_block_memory(spec, self.batch, elem_bytes=self.elem_bytes).row()
+
+    def sentinel_ms(self, spec: Any) -> float:
+        """One timing of the sentinel block (see ``_sentinel``); default: its row's ``ms``."""
+        return float(self.block_row(spec, None, None)["ms"])
+
 
 # ----------------------------------------------------------------------------- torch
 
 
 class TorchBackend(Backend):
-    """Times blocks and whole models with torch on cpu, cuda or mps."""
+    """Times blocks and whole models with torch on cpu, cuda or mps.
+
+    Memory columns are measured on cpu (torch's memory profiler) and cuda
+    (``max_memory_allocated``), estimated on mps.
+    """
 
     source = "measured"
+    watches_sentinel = True
 
     def __init__(self, target: str, dtype: str = "float32", batch: int = 1, threads: int | None = None,
                  settings: MeasureSettings = MeasureSettings()) -> None:
@@ -157,15 +178,40 @@ class TorchBackend(Backend):
         finally:
             torch.set_num_threads(old)
 
-    def block_row(self, spec: Any, census: BlockCensus, existing: dict[str, Any] | None) -> dict[str, Any]:
+    def _built(self, spec: Any) -> tuple[torch.nn.Module, tuple]:
         from archsearch.model import build_block, example_inputs
 
         block = build_block(spec, device=self.device, dtype=self.torch_dtype).eval()
         inputs = example_inputs(spec, self.batch, device=self.device, dtype=self.torch_dtype,
                                 generator=torch.Generator(device=self.device).manual_seed(0)
                                 if self.device.type == "cpu" else None)
+        return block, inputs
+
+    def block_row(self, spec: Any, census: BlockCensus, existing: dict[str, Any] | None) -> dict[str, Any]:
+        block, inputs = self._built(spec)
         t = time_module(block, inputs, self.threads, self.settings)
         return {"ms": t.ms, "ms_iqr": t.iqr_ms, "runs": t.runs}
+
+    def sentinel_ms(self, spec: Any) -> float:
+        # the mean over the full min_run_time: a busy machine shows as a longer mean
+        cached = getattr(self, "_sentinel", None)
+        if cached is None or cached[0] != spec.key:
+            cached = self._sentinel = (spec.key, *self._built(spec))
+        s = self.settings
+        settings = replace(s, statistic="mean", stable_time=s.min_run_time)
+        return time_module(cached[1], cached[2], self.threads, settings).ms
+
+    def block_memory(self, spec: Any, census: BlockCensus) -> dict[str, Any]:
+        if self.device.type not in ("cpu", "cuda"):
+            return super().block_memory(spec, census)
+        from archsearch.cost.latency._memory import measure_block_memory
+
+        old = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return measure_block_memory(spec, self.batch, self.device, self.torch_dtype).row()
+        finally:
+            torch.set_num_threads(old)
 
     def model_ms(self, candidate: Any) -> float:
         from archsearch.model import build_model
@@ -198,8 +244,14 @@ class _CoreMLConversion:
 
         block = build_block(spec, device="cpu").eval()
         inputs = example_inputs(spec, self.batch, device="cpu")
-        result = convert_module(block, inputs, self.compute_units, keep_model=keep or self.export_dir is not None)
-        row = {"coreml": result.status, "ane_flags": result.flags_text}
+        # the Neural-Engine layout (apple/ml-stable-diffusion's), as the device would run it
+        result = convert_module(block, inputs, self.compute_units, keep_model=keep or self.export_dir is not None,
+                                layout="ane")
+        flags = result.flags_text
+        if result.off_ane:
+            off = ";".join(f"off_ane:{k}:{v}" for k, v in sorted(result.off_ane.items()))
+            flags = f"{flags};{off}" if flags else off
+        row = {"coreml": result.status, "ane_flags": flags}
         if result.ok and self.export_dir is not None:
             from archsearch._util import short_hash
 
@@ -214,7 +266,15 @@ class _CoreMLConversion:
         return {"coremltools": coreml_version()}
 
 
-def _compute_units(target: str) -> str:
+#: Core ML compute units (``coremltools.ComputeUnit`` names)
+COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
+
+
+def _compute_units(target: str, given: str | None = None) -> str:
+    if given is not None:
+        if given not in COMPUTE_UNITS:
+            raise ParameterError("compute_units", f"{given}: unknown (allowed: {', '.join(COMPUTE_UNITS)})")
+        return given
     return "CPU_AND_NE" if target == "ane" else "ALL"
 
 
@@ -222,13 +282,14 @@ class CoreMLBackend(_CoreMLConversion, Backend):
     """macOS: converts each block with coremltools and times ``MLModel.predict``."""
 
     source = "measured"
+    watches_sentinel = True
 
     def __init__(self, target: str, batch: int = 1, settings: MeasureSettings = MeasureSettings(),
-                 export_dir: str | os.PathLike | None = None) -> None:
+                 export_dir: str | os.PathLike | None = None, compute_units: str | None = None) -> None:
         self.target = target
         self.batch = batch
         self.settings = settings
-        self.compute_units = _compute_units(target)
+        self.compute_units = _compute_units(target, compute_units)
         self.export_dir = Path(export_dir) if export_dir is not None else None
 
     def describe(self) -> dict[str, Any]:
@@ -274,12 +335,12 @@ class RooflineBackend(_CoreMLConversion, Backend):
     source = "estimate"
 
     def __init__(self, target: str, profile: DeviceProfile, batch: int = 1, convert: bool = True,
-                 export_dir: str | os.PathLike | None = None) -> None:
+                 export_dir: str | os.PathLike | None = None, compute_units: str | None = None) -> None:
         self.target = target
         self.profile = profile
         self.batch = batch
         self.convert = convert
-        self.compute_units = _compute_units(target)
+        self.compute_units = _compute_units(target, compute_units)
         self.export_dir = Path(export_dir) if export_dir is not None else None
 
     def describe(self) -> dict[str, Any]:
@@ -304,15 +365,21 @@ class RooflineBackend(_CoreMLConversion, Backend):
         return todo + [s for k, s in specs.items() if k in unchecked]
 
     def block_row(self, spec: Any, census: BlockCensus, existing: dict[str, Any] | None) -> dict[str, Any]:
-        row = self._convert_block(spec, keep=False)[0] if self.convert else {}
-        return {**row, "ms": self.profile.estimate_ms(census.ops), "ms_iqr": float("nan"), "runs": 0}
+        # what the device runs: the converted program's ops; without a conversion (or if it
+        # failed), the ops of the block's Neural-Engine layout, counted on meta
+        row: dict[str, Any] = {}
+        ops = None
+        if self.convert:
+            row, result, _ = self._convert_block(spec, keep=False)
+            if result.ok and result.mil_ops:
+                ops, row["note"] = result.mil_ops, "ops: converted program"
+        if ops is None:
+            ops = ane_layout_ops(spec, self.batch)
+            row.setdefault("note", "ops: ANE layout (torch, meta)")
+        return {**row, "ms": self.profile.estimate_ms(ops), "ms_iqr": float("nan"), "runs": 0}
 
     def model_ms(self, candidate: Any) -> float:
-        from archsearch.model import build_model
-
-        model = build_model(candidate, device="meta")
-        ops = count_ops(model, model_inputs(candidate, self.batch, device="meta"), 2)
-        return self.profile.estimate_ms(ops)
+        return self.profile.estimate_ms(ane_model_ops(candidate, self.batch))
 
     def seconds_per_block(self) -> float:
         return (1.0 if self.convert else 0.0) + 0.01
@@ -360,7 +427,8 @@ class ImportBackend(Backend):
 
 def make_backend(target: str | Backend, *, dtype: str = "float32", batch: int = 1, threads: int | None = None,
                  settings: MeasureSettings = MeasureSettings(), device_profile: str | None = None,
-                 convert: bool = True, export_dir: str | os.PathLike | None = None) -> Backend:
+                 convert: bool = True, export_dir: str | os.PathLike | None = None,
+                 compute_units: str | None = None) -> Backend:
     """The backend of a target name (a :class:`Backend` instance is returned as is).
 
     ``cpu``/``cuda``/``mps``: :class:`TorchBackend`; ``coreml``/``ane``: :class:`CoreMLBackend`
@@ -380,7 +448,7 @@ def make_backend(target: str | Backend, *, dtype: str = "float32", batch: int = 
     from archsearch.cost.latency._coreml import is_macos
 
     if is_macos():
-        return CoreMLBackend(target, batch, settings, export_dir)
+        return CoreMLBackend(target, batch, settings, export_dir, compute_units)
     try:
         profile = load_device(device_profile or DEFAULT_DEVICE_PROFILE)
     except ArchsearchError as exc:
@@ -389,4 +457,4 @@ def make_backend(target: str | Backend, *, dtype: str = "float32", batch: int = 
             reason = text.replace(f" {str(device_profile)!r}", "", 1)
             raise ParameterError("device_profile", f"{device_profile}: {reason}") from None
         raise
-    return RooflineBackend(target, profile, batch, convert, export_dir)
+    return RooflineBackend(target, profile, batch, convert, export_dir, compute_units)

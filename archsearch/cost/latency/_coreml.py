@@ -31,8 +31,13 @@ import torch
 from archsearch.errors import ArchsearchError
 
 __all__ = [
+    "LAYOUTS",
+    "PALETTIZE_BITS",
     "ConversionResult",
+    "NumericCheck",
     "ane_flags",
+    "check_numerics",
+    "convert_model",
     "convert_module",
     "coreml_version",
     "import_coremltools",
@@ -81,9 +86,38 @@ def coreml_version() -> str:
         return ""
 
 
+#: ``ane``: Apple's Neural-Engine layout (``_ane_layout``); ``torch``: the module as it is
+LAYOUTS = ("ane", "torch")
+#: weight palettization through ``coremltools.optimize`` (bits per weight)
+PALETTIZE_BITS = (4, 6, 8)
+
+
+@dataclass
+class NumericCheck:
+    """The converted program evaluated with numpy (``_mil.run_mil``) against torch (fp32).
+
+    ``ok``: ``max_rel_error`` (largest absolute difference / largest absolute torch
+    output) within ``tolerance``; ``done`` is False when the program has an op the
+    evaluator does not implement (``reason`` names it): nothing could be checked.
+    """
+
+    done: bool
+    ok: bool = False
+    max_rel_error: float = float("nan")
+    max_abs_error: float = float("nan")
+    tolerance: float = 0.0
+    reason: str = ""
+
+    def line(self) -> str:
+        if not self.done:
+            return f"not checked: {self.reason}"
+        return (f"{'matches' if self.ok else 'DIFFERS from'} torch through MIL: max |diff| {self.max_abs_error:.3g} "
+                f"= {100 * self.max_rel_error:.3f}% of the output's range (tolerance {100 * self.tolerance:.1f}%)")
+
+
 @dataclass
 class ConversionResult:
-    """What converting one block taught us."""
+    """What converting one block (or model) taught us."""
 
     ok: bool
     error: str = ""
@@ -91,6 +125,15 @@ class ConversionResult:
     op_counts: Counter = field(default_factory=Counter)
     flags: dict[str, int] = field(default_factory=dict)
     mlmodel: Any = None
+    #: the MIL program (what the device runs), kept for the op census and the numeric check
+    program: Any = None
+    layout: str = "ane"
+    #: ops that would fall off the Neural Engine (``_mil.off_ane_ops``)
+    off_ane: Counter = field(default_factory=Counter)
+    check: NumericCheck | None = None
+    palettized: int | None = None
+    #: the program's ops as roofline records (``_mil.mil_ops``): what the estimator counts
+    mil_ops: list = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -144,16 +187,35 @@ def ane_flags(program: Any) -> tuple[Counter, dict[str, int]]:
 
 
 def convert_module(module: torch.nn.Module, inputs: tuple, compute_units: str = "CPU_AND_NE",
-                   keep_model: bool = False) -> ConversionResult:
-    """Convert ``module(*inputs)`` to an fp16 mlprogram through ``torch.export``.
+                   keep_model: bool = False, *, layout: str = "ane", palettize: int | None = None,
+                   check: bool = False, tolerance: float = 0.02, keep_program: bool = False) -> ConversionResult:
+    """Convert ``module(*inputs)`` to an fp16 mlprogram (minimum iOS 17) through ``torch.export``.
 
+    ``layout="ane"`` converts the Neural-Engine form of the module (``_ane_layout``: a block
+    or an ArchUNet; others as they are); ``palettize``: 4-, 6- or 8-bit k-means weight
+    palettization (``coremltools.optimize.coreml``); ``check``: evaluate the converted MIL
+    program with numpy on ``inputs`` and compare with the torch module (fp32).
     Never raises for a conversion failure: the result says ``ok=False`` and why.
     """
     from archsearch.cost import PositionalCall  # calls block(x, temb, ctx) from the non-None inputs
 
+    if layout not in LAYOUTS:
+        from archsearch.errors import ParameterError
+
+        raise ParameterError("layout", f"{layout}: unknown (allowed: {', '.join(LAYOUTS)})")
+    if palettize is not None and palettize not in PALETTIZE_BITS:
+        from archsearch.errors import ParameterError
+
+        raise ParameterError("palettize", f"{palettize}: bad value (allowed: {', '.join(map(str, PALETTIZE_BITS))})")
     ct = import_coremltools()
     t0 = time.perf_counter()
-    wrapped = PositionalCall(module.eval(), [a is not None for a in inputs]).eval()
+    module = module.eval()
+    if layout == "ane":
+        from archsearch.cost.latency._ane_layout import ane_block, ane_model
+        from archsearch.model import ArchUNet
+
+        module = ane_model(module) if isinstance(module, ArchUNet) else ane_block(module)
+    wrapped = PositionalCall(module, [a is not None for a in inputs]).eval()
     args = tuple(a for a in inputs if a is not None)
     try:
         with _quiet(), torch.no_grad():
@@ -165,13 +227,77 @@ def convert_module(module: torch.nn.Module, inputs: tuple, compute_units: str = 
                 compute_units=getattr(ct.ComputeUnit, compute_units),
                 minimum_deployment_target=ct.target.iOS17,
             )
+            if palettize is not None:
+                from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig, palettize_weights
+
+                config = OptimizationConfig(global_config=OpPalettizerConfig(nbits=palettize, mode="kmeans"))
+                mlmodel = palettize_weights(mlmodel, config)
     except Exception as exc:  # noqa: BLE001 - any converter failure is a result, not a crash
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
         return ConversionResult(ok=False, error=f"{exc.__class__.__name__}: {first}"[:200],
-                                seconds=time.perf_counter() - t0)
-    counts, flags = ane_flags(mlmodel._mil_program)
-    return ConversionResult(ok=True, seconds=time.perf_counter() - t0, op_counts=counts, flags=flags,
-                            mlmodel=mlmodel if keep_model else None)
+                                seconds=time.perf_counter() - t0, layout=layout)
+    from archsearch.cost.latency._mil import off_ane_ops
+
+    program = mlmodel._mil_program
+    counts, flags = ane_flags(program)
+    result = ConversionResult(ok=True, seconds=time.perf_counter() - t0, op_counts=counts, flags=flags,
+                              mlmodel=mlmodel if keep_model else None, program=program if keep_program or check
+                              else None, layout=layout, off_ane=off_ane_ops(program), palettized=palettize)
+    if check:
+        result.check = check_numerics(program, module if layout == "torch" else wrapped, inputs, tolerance)
+    if not keep_program:
+        result.program = None
+    # the census of the program, for the estimator (cheap, kept even without the program)
+    from archsearch.cost.latency._mil import mil_ops
+
+    result.mil_ops = mil_ops(program)
+    return result
+
+
+def check_numerics(program: Any, module: torch.nn.Module, inputs: tuple, tolerance: float = 0.02) -> NumericCheck:
+    """Evaluate ``program`` (MIL) with numpy on ``inputs`` and compare with ``module``."""
+    from archsearch.cost import PositionalCall
+    from archsearch.cost.latency._mil import UnsupportedMILOp, run_mil
+
+    call = module if isinstance(module, PositionalCall) else PositionalCall(module, [a is not None for a in inputs])
+    args = tuple(a for a in inputs if a is not None)
+    with torch.no_grad():
+        ref = call(*args).detach().float().numpy()
+    fn = program.functions["main"]
+    feed = {name: t.detach().float().numpy() for name, t in zip(fn.inputs, args)}
+    try:
+        out = next(iter(run_mil(program, feed).values()))
+    except UnsupportedMILOp as exc:
+        return NumericCheck(done=False, reason=str(exc), tolerance=tolerance)
+    if out.shape != ref.shape:
+        return NumericCheck(done=True, ok=False, reason=f"shape {out.shape} != torch {ref.shape}", tolerance=tolerance)
+    diff = float(np.abs(out - ref).max())
+    scale = float(np.abs(ref).max()) or 1.0
+    return NumericCheck(done=True, ok=diff / scale <= tolerance, max_rel_error=diff / scale, max_abs_error=diff,
+                        tolerance=tolerance)
+
+
+#: numeric-check tolerance (largest difference / output range) by palettization bits: fp16
+#: rounding alone, then the weight error a k-means palette of that size adds
+CHECK_TOLERANCE = {None: 0.02, 8: 0.03, 6: 0.06, 4: 0.2}
+
+
+def convert_model(candidate_or_model: Any, *, compute_units: str = "CPU_AND_NE", layout: str = "ane",
+                  palettize: int | None = None, check: bool = True, batch: int = 1,
+                  tolerance: float | None = None) -> ConversionResult:
+    """Convert a whole UNet (a candidate, built with random weights, or an ArchUNet) to an
+    fp16 mlprogram in the Neural-Engine layout; the model is kept (``result.mlmodel``).
+    ``tolerance`` of the numeric check: default :data:`CHECK_TOLERANCE` of ``palettize``."""
+    if tolerance is None:
+        tolerance = CHECK_TOLERANCE.get(palettize, 0.2)
+    from archsearch.cost.latency._measure import model_inputs
+    from archsearch.model import ArchUNet, build_model
+
+    model = candidate_or_model if isinstance(candidate_or_model, ArchUNet) else build_model(candidate_or_model)
+    model = model.float().eval()
+    inputs = model_inputs(model.candidate, batch)
+    return convert_module(model, inputs, compute_units, keep_model=True, layout=layout, palettize=palettize,
+                          check=check, tolerance=tolerance)
 
 
 def time_mlmodel(mlmodel: Any, inputs: tuple, *, min_run_time: float = 0.5, max_run_time: float = 5.0,

@@ -32,7 +32,6 @@ __all__ = [
     "DeviceProfile",
     "OpRecord",
     "available_devices",
-    "check_published",
     "count_ops",
     "load_device",
 ]
@@ -183,6 +182,9 @@ class DeviceProfile:
     spill_efficiency: float
     efficiency: dict[str, float]
     fused_attention: bool = False
+    #: elementwise ops and norms run fused into their neighbours (no DRAM round trip of
+    #: their own): they cost their compute only
+    fused_elementwise: bool = False
     sources: dict[str, str] = field(default_factory=dict)
     path: str = ""
     checks: list[dict[str, Any]] = field(default_factory=list)
@@ -192,6 +194,8 @@ class DeviceProfile:
         compute = 2.0 * op.macs + op.elems  # FLOPs: 2 per multiply-add, 1 per output element
         eff = self.efficiency[op.op_class]
         bandwidth = self.memory_bandwidth * self.memory_efficiency
+        if self.fused_elementwise and op.op_class in ("elementwise", "norm"):
+            return 1e3 * compute / (self.peak_flops * eff) + self.op_overhead_us * 1e-3
         t = max(compute / (self.peak_flops * eff), op.bytes / bandwidth)
         if op.op_class == "attention" and not self.fused_attention:
             # unfused: write the fp16 scores, softmax reads and writes them, the PV matmul reads them
@@ -229,7 +233,8 @@ def _load_profile_file(path: Path) -> DeviceProfile:
     data = load_yaml(path).data
     if not isinstance(data, dict):
         raise ArchsearchError(f"{path}: a device profile must be a YAML mapping")
-    known = {"format", "name", "target", "description", "fused_attention", "efficiency", "checks", *_NUMBERS}
+    known = {"format", "name", "target", "description", "fused_attention", "fused_elementwise", "efficiency",
+             "checks", *_NUMBERS}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ArchsearchError(f"{path}: {unknown[0]}: unknown key (allowed: {', '.join(sorted(known))})")
@@ -260,6 +265,9 @@ def _load_profile_file(path: Path) -> DeviceProfile:
     fused = data.get("fused_attention", False)
     if not isinstance(fused, bool):
         raise ArchsearchError(f"{path}: fused_attention: bad value {fused!r} (allowed: true, false)")
+    fused_ew = data.get("fused_elementwise", False)
+    if not isinstance(fused_ew, bool):
+        raise ArchsearchError(f"{path}: fused_elementwise: bad value {fused_ew!r} (allowed: true, false)")
     checks = data.get("checks") or []
     if not isinstance(checks, list):
         raise ArchsearchError(f"{path}: checks: expected a list of {{space, published_ms, source}}")
@@ -272,7 +280,7 @@ def _load_profile_file(path: Path) -> DeviceProfile:
         peak_flops=vals["peak_flops"], memory_bandwidth=vals["memory_bandwidth"],
         memory_efficiency=vals["memory_efficiency"], op_overhead_us=vals["op_overhead_us"],
         onchip_bytes=vals["onchip_bytes"], spill_efficiency=vals["spill_efficiency"],
-        efficiency=efficiency, fused_attention=fused, sources=sources, path=str(path), checks=checks,
+        efficiency=efficiency, fused_attention=fused, fused_elementwise=fused_ew, sources=sources, path=str(path), checks=checks,
     )
 
 
@@ -305,23 +313,3 @@ def load_device(name_or_path: str | os.PathLike, directory: str | os.PathLike | 
         raise ArchsearchError(f"unknown device profile {str(name_or_path)!r} "
                               f"(allowed: {', '.join(names) or 'none shipped'}, or a path to a .yaml)")
     return _load_profile_file(found)
-
-
-def check_published(profile: DeviceProfile, root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """The profile's estimate of each reference model in its ``checks:`` next to the published figure."""
-    from archsearch.candidate import sample
-    from archsearch.cost.latency._measure import model_inputs
-    from archsearch.model import build_model
-    from archsearch.spec import load_space
-
-    base = Path(root) if root else bundled_root()  # checks name shipped spaces: search_spaces/...
-    out = []
-    for chk in profile.checks:
-        space = load_space(base / chk["space"])
-        cand = sample(space, 0)
-        model = build_model(cand, device="meta")
-        ops = count_ops(model, model_inputs(cand, int(chk.get("batch", 1)), device="meta"), 2)
-        est = profile.estimate_ms(ops)
-        out.append({"space": chk["space"], "role": chk.get("role", "check"), "published_ms": float(chk["published_ms"]),
-                    "estimate_ms": est, "ratio": est / float(chk["published_ms"]), "source": chk["source"]})
-    return out

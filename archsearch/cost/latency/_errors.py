@@ -11,7 +11,7 @@ from typing import Any
 
 from archsearch.errors import ArchsearchError, MissingBlockError, ParameterError
 
-__all__ = ["MissingBlocksError", "ParameterError", "UnknownBlockKeyError"]
+__all__ = ["ImplausibleCalibrationError", "MissingBlocksError", "ParameterError", "UnknownBlockKeyError"]
 
 
 class MissingBlocksError(MissingBlockError):
@@ -76,3 +76,21 @@ class UnknownBlockKeyError(ArchsearchError):
         self.target = target
         super().__init__(f"{path}: key {key!r} is not a block of {source} at resolution {resolution} "
                          f"({n_unknown} unknown key(s))")
+
+
+class ImplausibleCalibrationError(ArchsearchError):
+    """A whole-model calibration was refused (``check_calibration``): its overhead or scale
+    is implausible, so the block and whole-model measurements disagree (a busy machine).
+
+    Fields: ``reason`` (the numbers, one line), ``scale``, ``overhead_ms``, ``table_path``.
+    """
+
+    def __init__(self, reason: str, *, scale: float, overhead_ms: float, table_path: Any = None) -> None:
+        self.reason = reason
+        self.scale = scale
+        self.overhead_ms = overhead_ms
+        self.table_path = table_path
+        where = f"{table_path}: " if table_path else ""
+        super().__init__(f"{where}calibration refused: {reason} (ms = {scale:.3f} x sum(blocks) + "
+                         f"{overhead_ms:.1f}; the block and whole-model measurements disagree: re-measure "
+                         "on a quiet machine)")

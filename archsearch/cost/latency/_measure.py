@@ -56,6 +56,11 @@ class MeasureSettings:
     it evicted its weights (a block timed back to back keeps weights of up to the last-level
     cache's size on chip and looks up to 1.5x faster than inside the model). ``None``: twice
     the last-level cache (64 MiB if unknown); 0: off, timed calls run back to back.
+    ``stable_time``: a block that is already stable stops early, after this many seconds
+    (and five samples) instead of ``min_run_time``: stable = the statistic's relative
+    standard error below ``threshold / 5`` (mean, min) or IQR/median below
+    ``threshold / 2`` (median). ``None``: a quarter of ``min_run_time``; set it to
+    ``min_run_time`` for the old fixed budget.
     """
 
     min_run_time: float = 0.2
@@ -63,16 +68,22 @@ class MeasureSettings:
     threshold: float = 0.05
     statistic: str = "median"
     flush_bytes: int | None = None
+    stable_time: float | None = None
 
     def __post_init__(self) -> None:
         if self.statistic not in STATISTICS:
             raise ParameterError("statistic", f"{self.statistic}: unknown (allowed: {', '.join(STATISTICS)})")
         if self.flush_bytes is None:
             object.__setattr__(self, "flush_bytes", 2 * last_level_cache_bytes())
+        if self.stable_time is None:
+            object.__setattr__(self, "stable_time", round(self.min_run_time / 4, 6))
+        if not 0 <= self.stable_time:
+            raise ParameterError("stable_time", f"{self.stable_time}: bad value (allowed: a number >= 0)")
 
     def as_dict(self) -> dict[str, Any]:
         return {"min_run_time": self.min_run_time, "max_run_time": self.max_run_time,
-                "threshold": self.threshold, "statistic": self.statistic, "flush_bytes": self.flush_bytes}
+                "threshold": self.threshold, "statistic": self.statistic, "flush_bytes": self.flush_bytes,
+                "stable_time": self.stable_time}
 
 
 @dataclass(frozen=True)
@@ -159,7 +170,8 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings = MeasureSett
     The loop of ``torch.utils.benchmark``'s ``adaptive_autorange``: warm up, then take
     samples (``sync`` before each clock read) until ``min_run_time`` has been spent on five
     or more samples (three for calls over 50 ms) and, for the median, IQR/median is below
-    ``threshold``; at most ``max_run_time``. Without ``flush`` a sample is ``number`` calls
+    ``threshold``; at most ``max_run_time``. A call that is already stable after
+    ``stable_time`` (see :class:`MeasureSettings`) stops there. Without ``flush`` a sample is ``number`` calls
     back to back (about a millisecond; its fixed 50 ms block estimate would cost ~0.3 s a
     block on sub-millisecond calls); with it, every sample is one call after ``flush()``,
     and the budget counts the flushing too.
@@ -187,6 +199,8 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings = MeasureSett
         t = run(number)
         times.append(t / number)
         spent = time.perf_counter() - start
+        if len(times) >= max(5, min_samples) and spent >= settings.stable_time and _stable(times, settings):
+            break
         if len(times) >= min_samples and spent >= settings.min_run_time:
             if settings.statistic != "median":
                 break
@@ -198,6 +212,17 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings = MeasureSett
     q25, med, q75 = np.percentile(times, [25, 50, 75])
     value = {"min": min(times), "mean": float(np.mean(times))}.get(settings.statistic, med)
     return Timing(float(value) * 1e3, float(med) * 1e3, float(q75 - q25) * 1e3, len(times) * number)
+
+
+def _stable(times: list[float], settings: MeasureSettings) -> bool:
+    """Whether the samples already pin the statistic down (the early stop of ``stable_time``)."""
+    arr = np.asarray(times)
+    if settings.statistic == "median":
+        q25, med, q75 = np.percentile(arr, [25, 50, 75])
+        return bool(med > 0 and (q75 - q25) / med < settings.threshold / 2)
+    mean = float(arr.mean())
+    sem = float(arr.std(ddof=1)) / np.sqrt(len(arr))
+    return bool(mean > 0 and sem / mean < settings.threshold / 5)
 
 
 def time_module(module: torch.nn.Module, inputs: tuple, threads: int,

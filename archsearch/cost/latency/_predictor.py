@@ -37,6 +37,7 @@ __all__ = [
     "load_predictor",
     "predict",
     "predict_breakdown",
+    "predict_memory",
     "predictor_for",
 ]
 
@@ -90,6 +91,8 @@ class LatencyPredictor:
         self._entries: dict[Any, _Entry] = {}
         self._interpolated: dict[str, float] = {}
         self._rows: list[tuple[str, dict[str, Any], np.ndarray, float, float]] | None = None
+        self._memory: dict[Any, Any] = {}
+        self._block_memory: dict[str, tuple[int, int, int, str]] = {}
 
     def __repr__(self) -> str:
         return f"LatencyPredictor({self.table!r})"
@@ -101,6 +104,8 @@ class LatencyPredictor:
             self._entries = {}
             self._interpolated = {}
             self._rows = None
+            self._memory = {}
+            self._block_memory = {}
 
     @property
     def calibration(self) -> tuple[float, float]:
@@ -187,6 +192,53 @@ class LatencyPredictor:
     def source_for(self, candidate: Any) -> str:
         """'measured' | 'estimate' | 'imported' | 'mixed' for the rows ``candidate`` uses."""
         return self.table.source_for(candidate)
+
+    # ----------------------------------------------------------------- memory
+    @property
+    def elem_bytes(self) -> int:
+        """Bytes per element at the table's dtype."""
+        return 2 if str(self.table.meta.get("dtype", "float32")) in ("float16", "bfloat16") else 4
+
+    def block_memory(self, spec: Any) -> tuple[int, int, int, str]:
+        """``(weight_bytes, act_bytes, out_bytes, mem_source)`` of one block: its table row,
+        or (a table written before the memory columns, or a block missing from it) an
+        estimate from a ``meta`` run at the table's dtype and batch."""
+        self._sync()
+        found = self._block_memory.get(spec.key)
+        if found is not None:
+            return found
+        i = self.table.index_of(spec.key)
+        vals = None
+        if i is not None:
+            df = self.table._df  # read-only access to the row's memory columns
+            w, a, o = (df.at[i, c] for c in ("weight_bytes", "act_bytes", "out_bytes"))
+            if all(v == v for v in (w, a, o)):  # not NaN
+                vals = (int(w), int(a), int(o), str(df.at[i, "mem_source"]) or "estimate")
+        if vals is None:
+            from archsearch.cost.latency._memory import estimate_block_memory
+
+            m = estimate_block_memory(spec, int(self.table.meta.get("batch", 1)), elem_bytes=self.elem_bytes)
+            vals = (m.weight_bytes, m.act_bytes, m.out_bytes, m.source)
+        self._block_memory[spec.key] = vals
+        return vals
+
+    def memory(self, candidate: Any) -> Any:
+        """Peak memory of one forward call of ``candidate`` (a :class:`MemoryEstimate`):
+        every block's weights, plus the largest sum, along the model's own block order, of
+        the inputs, the skip tensors alive from the down path to the up path, and a block's
+        input and activations. ``.peak_mb`` is what ``max_memory_mb`` compares."""
+        self._sync()
+        found = self._memory.get(candidate)
+        if found is None:
+            from archsearch.cost.latency._memory import model_peak
+
+            found = model_peak(candidate, self.block_memory, int(self.table.meta.get("batch", 1)), self.elem_bytes)
+            self._memory[candidate] = found
+        return found
+
+    def predict_memory(self, candidates: Any) -> np.ndarray:
+        """Peak memory (MiB) of each candidate (see :meth:`memory`)."""
+        return np.asarray([self.memory(c).peak_mb for c in _as_list(candidates)], dtype=float)
 
     # ----------------------------------------------------------------- interpolation
     def interpolate(self, spec: Any, k: int = 4) -> tuple[float, str]:
@@ -306,6 +358,11 @@ def predictor_for(table: LatencyTable | LatencyPredictor) -> LatencyPredictor:
 def predict(candidates: Any, table: LatencyTable | LatencyPredictor, allow_missing: bool = False) -> np.ndarray:
     """``predictor_for(table).predict(candidates, allow_missing)``: see :meth:`LatencyPredictor.predict`."""
     return predictor_for(table).predict(candidates, allow_missing)
+
+
+def predict_memory(candidates: Any, table: LatencyTable | LatencyPredictor) -> np.ndarray:
+    """``predictor_for(table).predict_memory(candidates)``: peak MiB per candidate."""
+    return predictor_for(table).predict_memory(candidates)
 
 
 def predict_breakdown(candidate: Any, table: LatencyTable | LatencyPredictor,

@@ -25,14 +25,17 @@ import pandas as pd
 
 from archsearch.cost.latency._backends import DEFAULT_DEVICE_PROFILE, TARGETS, Backend, ImportBackend, make_backend
 from archsearch.cost.latency._blocks import BlockSet, block_census, enumerate_blocks, resolution_of, sample_candidates
-from archsearch.cost.latency._errors import ParameterError, UnknownBlockKeyError
+from archsearch.cost.latency._errors import ImplausibleCalibrationError, ParameterError, UnknownBlockKeyError
 from archsearch.cost.latency._measure import MeasureSettings
+from archsearch.cost.latency._sentinel import SentinelMonitor, SentinelSettings, choose_sentinel
 from archsearch.cost.latency._table import LatencyTable, load_table, read_import_csv
 from archsearch.errors import ArchsearchError
 
 __all__ = [
     "CALIBRATION_SEED",
+    "SCALE_RANGE",
     "ProfilePlan",
+    "check_calibration",
     "default_table_path",
     "fit_calibration",
     "import_table",
@@ -98,6 +101,17 @@ def _open_table(out: Path, meta: dict[str, Any], whole_space: bool) -> LatencyTa
     return table
 
 
+@dataclass(frozen=True)
+class TimeEstimate:
+    """:meth:`ProfilePlan.estimate_time`: ``seconds`` the run should take; ``sampled`` blocks
+    were done to get it, in ``spent_s``; ``how``: one line saying how it was made."""
+
+    seconds: float
+    sampled: int
+    spent_s: float
+    how: str
+
+
 @dataclass
 class ProfilePlan:
     """One profile run, worked out and checked, nothing measured or written yet.
@@ -118,6 +132,11 @@ class ProfilePlan:
     todo: list[Any]
     existing: int
     arguments: dict[str, Any] = field(default_factory=dict)
+    #: the sentinel of a measuring run (None: off)
+    sentinel: SentinelSettings | None = None
+    #: refuse an implausible calibration (see :func:`check_calibration`) instead of storing it
+    check_calibration: bool = False
+    max_overhead_share: float = 0.15
 
     @property
     def target(self) -> str:
@@ -154,9 +173,62 @@ class ProfilePlan:
 
     @property
     def eta_seconds(self) -> float:
-        """About how long the run takes (blocks, then whole models)."""
+        """About how long the run takes from the backend's nominal time per block (nothing
+        measured; :meth:`estimate_time` times a few blocks for a figure worth quoting)."""
         models = len(self.calibration_todo) if self.backend.source == "measured" else 0
         return len(self.todo) * self.seconds_per_block + models * 3.0
+
+    def estimate_time(self, samples: int = 3) -> "TimeEstimate":
+        """How long the run takes, from a few of its own blocks done now.
+
+        A measuring backend does the whole work of a row (build, op census, memory, timing)
+        for ``samples`` blocks of ``todo`` spread over their MACs (nothing is written), fits
+        ``seconds = a + b * MACs`` (a, b >= 0) and sums it over ``todo``; whole calibration
+        models add five times ``min_run_time`` plus a few calls each, at the ms per MAC the
+        sampled blocks ran at; a sentinel check costs about ``min_run_time`` every
+        ``sentinel.every`` rows. Other backends (estimates, imports) use their nominal
+        :attr:`seconds_per_block`.
+        """
+        import time
+
+        todo = self.todo
+        settings = self.backend.settings
+        if self.backend.source != "measured" or settings is None or not todo or samples <= 0:
+            return TimeEstimate(self.eta_seconds, 0, 0.0, f"{self.seconds_per_block:.2f} s a block (nominal)")
+        b_, e_ = self.backend.batch, self.backend.elem_bytes
+        macs = np.array([block_census(s, b_, e_).macs for s in todo], dtype=float)
+        order = np.argsort(macs, kind="stable")
+        picks = sorted({int(order[round(q * (len(todo) - 1))]) for q in np.linspace(0, 1, min(samples, len(todo)))})
+        scratch = LatencyTable()
+        secs, ms = [], []
+        t_all = time.perf_counter()
+        with self.backend.session():
+            for i in picks:
+                t0 = time.perf_counter()
+                row = _measure_row(scratch, todo[i], self.backend)
+                secs.append(time.perf_counter() - t0)
+                ms.append(float(row["ms"]))
+        spent = time.perf_counter() - t_all
+        x, y = macs[picks], np.array(secs)
+        b = float(np.polyfit(x, y, 1)[0]) if len(x) >= 2 and np.ptp(x) > 0 else 0.0
+        b = max(b, 0.0)
+        a = max(float(np.mean(y - b * x)), 0.0)
+        blocks_s = float(np.sum(a + b * macs))
+        ms_per_mac = float(np.sum(ms) / max(np.sum(x), 1.0))
+        models_s = 0.0
+        if self.calibration_todo:
+            from archsearch.cost.latency._keys import candidate_blocks
+
+            for c in self.calibration_todo:
+                model_macs = sum(block_census(s, b_, e_).macs for s in candidate_blocks(c).specs)
+                models_s += 5 * settings.min_run_time + 4 * ms_per_mac * model_macs / 1e3 + a
+        sentinel_s = 0.0
+        if self.sentinel is not None and self.backend.watches_sentinel:
+            sentinel_s = (len(todo) / self.sentinel.every + 1) * (settings.min_run_time + 0.05)
+        total = blocks_s + models_s + sentinel_s
+        how = (f"{len(picks)} of its blocks done now in {spent:.1f} s: {a:.2f} s a block + "
+               f"{b * 1e9:.3g} s per GMAC")
+        return TimeEstimate(total, len(picks), spent, how)
 
 
 def plan_profile(
@@ -175,6 +247,10 @@ def plan_profile(
     export_dir: str | os.PathLike | None = None,
     blocks: BlockSet | None = None,
     name: str | None = None,
+    sentinel: SentinelSettings | None = SentinelSettings(),
+    check_calibration: bool = False,
+    max_overhead_share: float = 0.15,
+    compute_units: str | None = None,
 ) -> ProfilePlan:
     """Work out a profile run of ``source`` on ``target``; measures and writes nothing.
 
@@ -184,10 +260,18 @@ def plan_profile(
     ``name``: the space's name, or 'candidates'). An existing table there is resumed; one
     made with other settings (target, device, dtype, batch, threads, device profile,
     statistic) is refused. ``calibrate`` whole candidates (seeded, never drawn by
-    validation) are measured at the end to fit ``ms = scale * sum(blocks) + overhead_ms``.
+    validation) are measured at the end to fit ``ms = scale * sum(blocks) + overhead_ms``;
+    with ``check_calibration`` an implausible fit (:func:`check_calibration`, at
+    ``max_overhead_share``) is refused instead of stored. ``sentinel``: how a measuring
+    run notices a disturbed machine and re-measures (None: off; see ``_sentinel``).
+    ``compute_units``: Core ML compute units on macOS (default: CPU_AND_NE for ane, ALL
+    for coreml).
     """
+    if not (isinstance(max_overhead_share, (int, float)) and 0 < max_overhead_share <= 1):
+        raise ParameterError("max_overhead_share", f"{max_overhead_share!r}: bad value (allowed: a number in (0, 1])")
     backend = make_backend(target, dtype=dtype, batch=batch, threads=threads, settings=settings,
-                           device_profile=device_profile, convert=convert, export_dir=export_dir)
+                           device_profile=device_profile, convert=convert, export_dir=export_dir,
+                           compute_units=compute_units)
     if blocks is None:
         blocks = enumerate_blocks(source, resolution)
     space = blocks.space
@@ -247,24 +331,87 @@ def plan_profile(
     prof = getattr(backend, "profile", None)
     if prof is not None and prof.name != DEFAULT_DEVICE_PROFILE:
         arguments["device_profile"] = prof.name
+    cu = getattr(backend, "compute_units", None)
+    if compute_units is not None and cu is not None:
+        arguments["compute_units"] = cu
     arguments["out"] = str(out)
     return ProfilePlan(backend=backend, blocks=blocks, table=table, out=out, resolution=res, calibration=calib,
                        todo=backend.select(specs, table), existing=sum(1 for k in blocks.specs if k in table),
-                       arguments=arguments)
+                       arguments=arguments, sentinel=sentinel if measured else None,
+                       check_calibration=check_calibration, max_overhead_share=float(max_overhead_share))
+
+
+def _measure_row(table: LatencyTable, spec: Any, backend: Backend) -> dict[str, Any]:
+    """One block's row from ``backend`` (identity, op census, memory, then the backend's columns)."""
+    census = block_census(spec, backend.batch, backend.elem_bytes)
+    existing = table.row(spec.key) if spec.key in table else None
+    row = {**_row_identity(spec), "source": backend.source, "macs": census.macs, "bytes": census.bytes,
+           "coreml": "", "ane_flags": "", "note": ""}
+    row.update(backend.block_memory(spec, census))
+    row.update(backend.block_row(spec, census, existing))
+    return row
 
 
 def _fill(table: LatencyTable, todo: list[Any], backend: Backend, out: Path, progress: Progress | None,
-          save_every_row: bool = True) -> None:
-    """One row per block of ``todo`` from ``backend``; the table is written after each."""
-    for i, spec in enumerate(todo):
+          save_every_row: bool = True, sentinel: SentinelSettings | None = None) -> None:
+    """One row per block of ``todo`` from ``backend``; the table is written after each.
+
+    With ``sentinel`` (and a backend that measures), a sentinel block is re-timed every
+    ``sentinel.every`` rows; a disturbed stretch is measured again (see ``_sentinel``).
+    """
+    monitor = None
+    sentinel_spec = None
+    if sentinel is not None and backend.watches_sentinel and todo:
+        sentinel_spec = choose_sentinel(todo, lambda s: block_census(s, backend.batch, backend.elem_bytes).macs)
+        monitor = SentinelMonitor(lambda: backend.sentinel_ms(sentinel_spec), sentinel,
+                                  threads=backend.threads or 1)
+        if progress:
+            progress("blocks", f"sentinel {sentinel_spec.type} {sentinel_spec.name}: baseline", 0, len(todo))
+        monitor.start()
+    i = start = retries = 0
+    remeasured = kept_disturbed = 0
+    while i < len(todo):
+        spec = todo[i]
         if progress:
             progress("blocks", f"{spec.type} {spec.name}", i, len(todo))
-        census = block_census(spec, backend.batch, backend.elem_bytes)
-        existing = table.row(spec.key) if spec.key in table else None
-        row = {**_row_identity(spec), "source": backend.source, "macs": census.macs, "bytes": census.bytes,
-               "coreml": "", "ane_flags": "", "note": ""}
-        row.update(backend.block_row(spec, census, existing))
-        table.add_rows([row])
+        table.add_rows([_measure_row(table, spec, backend)])
+        if save_every_row:
+            table.save(out)
+        i += 1
+        if monitor is None or (i - start < sentinel.every and i < len(todo)):
+            continue
+        ok, reason = monitor.check()
+        if ok:
+            start, retries = i, 0
+        elif retries < sentinel.max_retries:
+            if progress:
+                progress("sentinel", f"disturbed: {reason}; measuring rows {start + 1}-{i} again", i, len(todo))
+            remeasured += i - start
+            retries += 1
+            i = start
+        else:
+            if progress:
+                progress("sentinel", f"still disturbed after {retries} retries: {reason}; keeping rows "
+                         f"{start + 1}-{i}", i, len(todo))
+            for s in todo[start:i]:
+                row = table.row(s.key)
+                note = row.get("note") or ""
+                if "disturbed" not in note:
+                    table.add_rows([{**row, "note": (note + "; " if note else "") + "disturbed"}])
+            kept_disturbed += i - start
+            start, retries = i, 0
+    if monitor is not None:
+        old = table.meta.get("sentinel") or {}
+        table.meta["sentinel"] = {
+            "block": sentinel_spec.key,
+            "baseline_ms": round(float(monitor.baseline_ms or 0.0), 6),
+            **sentinel.as_dict(),
+            "checks": int(old.get("checks", 0)) + monitor.checks,
+            "disturbed_checks": int(old.get("disturbed_checks", 0)) + monitor.disturbed_checks,
+            "remeasured_rows": int(old.get("remeasured_rows", 0)) + remeasured,
+            "kept_disturbed_rows": int(old.get("kept_disturbed_rows", 0)) + kept_disturbed,
+            "events": (list(old.get("events") or []) + monitor.events)[-20:],
+        }
         if save_every_row:
             table.save(out)
     if progress:
@@ -283,9 +430,10 @@ def run_profile(plan: ProfilePlan, progress: Progress | None = None, *, command:
     if hasattr(os, "getloadavg"):
         table.meta["loadavg_start"] = round(os.getloadavg()[0], 2)
     with backend.session():
-        _fill(table, plan.todo, backend, out, progress)
+        _fill(table, plan.todo, backend, out, progress, sentinel=plan.sentinel)
         if plan.calibration:
-            _calibrate(table, backend, plan.calibration, out, progress)
+            _calibrate(table, backend, plan.calibration, out, progress,
+                       plan.max_overhead_share if plan.check_calibration else None)
     if hasattr(os, "getloadavg"):
         table.meta["loadavg_end"] = round(os.getloadavg()[0], 2)
     table.save(out)
@@ -324,7 +472,37 @@ def fit_calibration(sums: np.ndarray, measured: np.ndarray) -> tuple[float, floa
     return 1.0, 0.0, "none"
 
 
-def _calibrate(table: LatencyTable, backend: Backend, calib: list[Any], out: Path, progress: Progress | None) -> None:
+#: scales a plausible calibration stays within (blocks inside a model run a little slower
+#: or faster than alone; beyond this the measurements disagree, not the blocks)
+SCALE_RANGE = (0.8, 1.25)
+
+
+def check_calibration(scale: float, overhead_ms: float, measured_ms: Any,
+                      max_overhead_share: float = 0.15) -> str:
+    """'' if ``ms = scale * sum(blocks) + overhead_ms`` is plausible for whole models that
+    took ``measured_ms``, else why not (one line, with the numbers).
+
+    Plausible: ``scale`` in :data:`SCALE_RANGE` and ``|overhead_ms|`` at most
+    ``max_overhead_share`` of the smallest measured model (what a model adds to its blocks —
+    skip concatenations, dispatch between blocks — is a few percent of it; an overhead of
+    half the smallest model says the whole-model runs and the block runs saw different
+    machines, e.g. a busy one).
+    """
+    measured = np.asarray(measured_ms, float)
+    if not len(measured):
+        return ""
+    smallest = float(measured.min())
+    problems = []
+    if abs(overhead_ms) > max_overhead_share * smallest:
+        problems.append(f"overhead {overhead_ms:.1f} ms is {100 * abs(overhead_ms) / smallest:.0f}% of the smallest "
+                        f"calibration model ({smallest:.1f} ms; allowed: within {100 * max_overhead_share:.0f}%)")
+    if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+        problems.append(f"scale {scale:.3f} (allowed: {SCALE_RANGE[0]}-{SCALE_RANGE[1]})")
+    return "; ".join(problems)
+
+
+def _calibrate(table: LatencyTable, backend: Backend, calib: list[Any], out: Path, progress: Progress | None,
+               max_overhead_share: float | None = None) -> None:
     from archsearch.cost.latency._predictor import LatencyPredictor
 
     cal = table.meta.get("calibration") or {}
@@ -349,6 +527,17 @@ def _calibrate(table: LatencyTable, backend: Backend, calib: list[Any], out: Pat
     scale, over, method = fit_calibration(sums, measured)
     pts = [{"id": i, "measured_ms": points[i]["measured_ms"], "blocks_ms": round(float(s), 6)}
            for i, s in zip(ids, sums)]
+    why = check_calibration(scale, over, measured, max_overhead_share) if max_overhead_share is not None else ""
+    if why:
+        # not stored: the points go aside (for a look), so the next run measures them afresh
+        table.meta.pop("calibration", None)
+        table.meta["calibration_refused"] = {"scale": round(float(scale), 6), "overhead_ms": round(float(over), 6),
+                                             "reason": why, "points": pts,
+                                             "loadavg": table.meta.get("loadavg_start")}
+        table.version += 1
+        table.save(out)
+        raise ImplausibleCalibrationError(why, scale=scale, overhead_ms=over, table_path=out)
+    table.meta.pop("calibration_refused", None)
     table.set_calibration(scale, over, pts, method)
 
 

@@ -9,6 +9,7 @@ a half-written table, and a resumed one finds every row it had measured.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -29,6 +30,7 @@ from archsearch.spec import load_yaml_text
 __all__ = [
     "COLUMNS",
     "IMPORT_COLUMNS",
+    "MEMORY_COLUMNS",
     "SOURCES",
     "TABLE_FORMAT",
     "LatencyTable",
@@ -43,12 +45,17 @@ SOURCES = ("measured", "estimate", "imported")
 #: at the table's batch size; ``ms_iqr`` its interquartile range; ``runs`` the number of
 #: timed calls; ``macs`` multiply-accumulates of one call; ``bytes`` the memory traffic
 #: estimate (inputs + outputs + weights of every op) used by the roofline model.
+#: ``weight_bytes``/``act_bytes``/``out_bytes``/``mem_source``: the block's memory (see
+#: ``_memory.py``); optional on read (tables written before them load, with the columns empty).
 COLUMNS = (
     "key", "type", "params", "in_shape", "ms", "ms_iqr", "runs", "source",
-    "macs", "bytes", "coreml", "ane_flags", "example", "note",
+    "macs", "bytes", "weight_bytes", "act_bytes", "out_bytes", "mem_source",
+    "coreml", "ane_flags", "example", "note",
 )
+MEMORY_COLUMNS = ("weight_bytes", "act_bytes", "out_bytes", "mem_source")
+MEM_SOURCES = ("measured", "estimate")
 _FLOAT_COLS = ("ms", "ms_iqr")
-_INT_COLS = ("runs", "macs", "bytes")
+_INT_COLS = ("runs", "macs", "bytes", "weight_bytes", "act_bytes", "out_bytes")
 _STR_COLS = tuple(c for c in COLUMNS if c not in _FLOAT_COLS + _INT_COLS)
 
 #: Columns a device CSV given to ``archsearch profile --import`` may have. ``key`` and ``ms``
@@ -106,7 +113,26 @@ def _read_csv_file(path: Path, what: str) -> tuple[dict[str, Any], pd.DataFrame]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise ArchsearchError(f"{path}: not a valid CSV ({str(exc).splitlines()[0]})") from None
     df.columns = [str(c).strip() for c in df.columns]
+    _check_rows_complete(body, text.count("\n") - body.count("\n"), path, what)
     return meta, df
+
+
+def _check_rows_complete(body: str, before: int, path: Path, what: str) -> None:
+    """Refuse a row with fewer fields than the header (pandas would fill them with NaN): a
+    file cut short in the middle of its last line, or a row a hand edit broke."""
+    reader = csv.reader(io.StringIO(body))
+    try:
+        n = len(next(reader))
+        for row in reader:
+            if row and len(row) < n:
+                line = before + reader.line_num
+                last = reader.line_num == body.count("\n") + (0 if body.endswith("\n") else 1)
+                why = ("the file ends in the middle of its last line (cut short?)" if last and not body.endswith("\n")
+                       else "a row cut short")
+                raise ArchsearchError(f"{path}:{line}: {len(row)} of {n} columns: {why}; "
+                                      f"re-run archsearch profile or delete the line (a {what} row needs every column)")
+    except csv.Error as exc:
+        raise ArchsearchError(f"{path}: not a valid CSV ({exc})") from None
 
 
 def _numeric(df: pd.DataFrame, col: str, path: Path, line0: int, *, required: bool, positive: bool) -> pd.Series:
@@ -310,10 +336,22 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
     if empty_key.any():
         i = int(np.flatnonzero(empty_key.to_numpy())[0])
         raise ArchsearchError(f"{path}:{line0 + i}: column key: empty (every row needs a block key)")
+    dup = df["key"].duplicated(keep=False)
+    if dup.any():
+        first = df["key"][dup].iloc[0]
+        lines = [str(line0 + i) for i in np.flatnonzero((df["key"] == first).to_numpy())]
+        raise ArchsearchError(f"{path}:{lines[0]}: key {first!r} appears on lines {', '.join(lines)} "
+                              "(one row per block; keep the one you trust)")
     df["ms"] = _numeric(df, "ms", path, line0, required=True, positive=True)
-    for c in ("ms_iqr", "runs", "macs", "bytes"):
+    for c in ("ms_iqr", "runs", "macs", "bytes", "weight_bytes", "act_bytes", "out_bytes"):
         if c in df:
             df[c] = _numeric(df, c, path, line0, required=False, positive=False)
+    if "mem_source" in df:
+        bad = ~df["mem_source"].isin(MEM_SOURCES + ("",))
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ArchsearchError(f"{path}:{line0 + i}: column mem_source: bad value {df['mem_source'].iloc[i]!r} "
+                                  f"(allowed: {', '.join(MEM_SOURCES)})")
     if "source" in df:
         bad = ~df["source"].isin(SOURCES + ("",))
         if bad.any():

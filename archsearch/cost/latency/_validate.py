@@ -21,7 +21,8 @@ from archsearch.cost.latency._errors import ParameterError
 from archsearch.cost.latency._keys import candidate_blocks
 from archsearch.errors import ArchsearchError
 
-__all__ = ["Accuracy", "ValidationResult", "accuracy", "flops_linear_fit", "validate_table", "write_scatter"]
+__all__ = ["Accuracy", "MemoryAccuracy", "ValidationResult", "accuracy", "flops_linear_fit", "memory_accuracy",
+           "validate_memory", "validate_table", "write_scatter"]
 
 #: Seed offset of validation samples (calibration uses CALIBRATION_SEED; ids are excluded too).
 VALIDATION_SEED = 0
@@ -71,6 +72,60 @@ def flops_linear_fit(macs: np.ndarray, measured: np.ndarray) -> tuple[np.ndarray
     return a * x + b, float(a), float(b)
 
 
+@dataclass(frozen=True)
+class MemoryAccuracy:
+    """Predicted vs measured whole-model peak memory: mean and largest absolute relative
+    error, share within ±10 %, mean signed error (+: the prediction is high)."""
+
+    n: int
+    mape: float
+    max_error: float
+    within_10: float
+    bias: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+    def line(self) -> str:
+        return (f"peak memory: MAPE {self.mape:5.2f}%  largest error {self.max_error:5.2f}%  "
+                f"±10%: {100 * self.within_10:5.1f}%  bias {self.bias:+.2f}%  (n={self.n})")
+
+
+def memory_accuracy(predicted: np.ndarray, measured: np.ndarray) -> MemoryAccuracy:
+    """:class:`MemoryAccuracy` of ``predicted`` vs ``measured`` bytes."""
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    if not len(m):
+        return MemoryAccuracy(0, float("nan"), float("nan"), float("nan"), float("nan"))
+    rel = (p - m) / m
+    return MemoryAccuracy(len(m), float(100 * np.abs(rel).mean()), float(100 * np.abs(rel).max()),
+                          float(np.mean(np.abs(rel) <= 0.10)), float(100 * rel.mean()))
+
+
+def validate_memory(table: Any, candidates: list[Any], device: Any = "cpu",
+                    progress: Callable[[str, str, int, int], None] | None = None) -> tuple[pd.DataFrame, MemoryAccuracy]:
+    """Measure each candidate's whole-model peak memory (``measure_model_memory``, at the
+    table's dtype) and compare it with the predictor's (:meth:`LatencyPredictor.memory`).
+    Returns (per candidate: id, predicted_mb, measured_mb, error_pct; the accuracy)."""
+    from archsearch.cost.latency._measure import DTYPES
+    from archsearch.cost.latency._memory import measure_model_memory
+    from archsearch.cost.latency._predictor import predictor_for
+
+    pred = predictor_for(table)
+    dtype = DTYPES.get(str(table.meta.get("dtype", "float32")), DTYPES["float32"])
+    rows = []
+    for i, c in enumerate(candidates):
+        if progress:
+            progress("memory", f"whole model {c.id}", i, len(candidates))
+        est = pred.memory(c)
+        got = measure_model_memory(c, device, dtype, int(table.meta.get("batch", 1)))
+        rows.append({"id": c.id, "predicted_mb": est.peak_mb, "measured_mb": got / 2**20,
+                     "error_pct": 100 * (est.peak_bytes - got) / got, "peak_at": est.at_block})
+    if progress:
+        progress("memory", "done", len(candidates), len(candidates))
+    df = pd.DataFrame(rows, columns=["id", "predicted_mb", "measured_mb", "error_pct", "peak_at"])
+    return df, memory_accuracy(df["predicted_mb"].to_numpy(), df["measured_mb"].to_numpy())
+
+
 @dataclass
 class ValidationResult:
     """Per-candidate data (``df``) and the accuracy of both predictors."""
@@ -82,12 +137,16 @@ class ValidationResult:
     added_blocks: int
     html: Path | None = None
     repeat: Accuracy | None = None  # a second measurement scored against the first: the noise floor
+    memory: MemoryAccuracy | None = None  # predicted vs measured whole-model peak memory
+    memory_df: pd.DataFrame | None = None
 
     def as_meta(self, seed: int) -> dict[str, Any]:
         out = {"n": self.lut.n, "seed": seed, "lut": self.lut.as_dict(), "flops_fit": self.flops.as_dict(),
                "blocks_added_for_validation": self.added_blocks}
         if self.repeat is not None:
             out["repeat_measurement"] = self.repeat.as_dict()
+        if self.memory is not None:
+            out["memory"] = self.memory.as_dict()
         return out
 
 
@@ -117,6 +176,9 @@ def validate_table(
     progress: Callable[[str, str, int, int], None] | None = None,
     plotlyjs: str | bool = True,
     repeat: bool = False,
+    check_calibration: bool = True,
+    max_overhead_share: float = 0.15,
+    memory: int = 20,
 ) -> ValidationResult:
     """Measure ``n`` random candidates of ``space`` end to end on the table's own settings.
 
@@ -124,6 +186,12 @@ def validate_table(
     counted in ``added_blocks``); the calibration candidates are never drawn. ``repeat``
     measures every candidate a second time and scores it against the first, as if it were
     a predictor: no predictor can be more accurate than the machine is repeatable.
+
+    ``check_calibration``: a table whose calibration is implausible (see
+    :func:`~archsearch.cost.latency.check_calibration`) is refused with
+    :class:`ImplausibleCalibrationError` before anything is measured. ``memory``: the
+    first this-many candidates also get their whole-model peak memory measured and
+    compared with the predictor's (cpu and cuda tables; 0: off).
     """
     from archsearch.cost.latency._backends import make_backend
     from archsearch.cost.latency._blocks import enumerate_blocks, sample_candidates
@@ -138,6 +206,16 @@ def validate_table(
             "there is nothing to measure it against on this machine)")
     if n < 2:
         raise ParameterError("n", f"{n}: bad value (allowed: an integer >= 2)")
+    if check_calibration:
+        from archsearch.cost.latency._errors import ImplausibleCalibrationError
+        from archsearch.cost.latency._profile import check_calibration as _check
+
+        cal = meta.get("calibration") or {}
+        pts = [p["measured_ms"] for p in cal.get("points", []) if "measured_ms" in p]
+        scale, over = table.calibration
+        why = _check(scale, over, pts, max_overhead_share) if pts else ""
+        if why:
+            raise ImplausibleCalibrationError(why, scale=scale, overhead_ms=over, table_path=table.path)
     resolution = resolution or meta.get("resolution")
     calib_ids = {p["id"] for p in (meta.get("calibration") or {}).get("points", [])}
     if seed == CALIBRATION_SEED:
@@ -179,6 +257,9 @@ def validate_table(
     if repeat:
         df["measured_again_ms"] = again
         result.repeat = accuracy(np.asarray(again), measured_arr)
+    if memory and meta["target"] in ("cpu", "cuda"):
+        mem_df, result.memory = validate_memory(table, cands[:memory], backend.device, progress)
+        result.memory_df = mem_df
     if html is not None:
         result.html = write_scatter(result, html, title=f"{meta.get('target')} · {meta.get('device', '')}",
                                     plotlyjs=plotlyjs)
