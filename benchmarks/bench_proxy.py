@@ -46,27 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     from scipy.stats import kendalltau, spearmanr
 
     from archsearch.candidate import sample_many
-    from archsearch.distill import ProxyConfig, TrialFailed, load_teacher, resolve_device
+    from archsearch.distill import TrialFailed, load_teacher, resolve_device
     from archsearch.distill import distill as run_proxy
     from archsearch.spec import load_space
+    from _bench_common import proxy_from_space
 
     console = Console()
     if args.threads:
         torch.set_num_threads(args.threads)
     space = load_space(args.space)
-    proxy = ProxyConfig.from_space(space)
-    if args.set:
-        import yaml
-
-        d = {**space.proxy, "teacher": dict(proxy.teacher)}
-        for item in args.set:
-            key, _, value = item.partition("=")
-            *parents, leaf = key.split(".")
-            node = d
-            for k in parents:
-                node = node.setdefault(k, {})
-            node[leaf] = yaml.safe_load(value)
-        proxy = ProxyConfig.from_dict(d, kind=space.kind, source=args.space)
+    proxy = proxy_from_space(space, args.set, args.space)
     if args.steps:
         proxy = replace(proxy, steps=args.steps)
     long = replace(proxy, steps=proxy.steps * args.factor)

@@ -99,4 +99,4 @@ def test_cli_export_errors_are_one_line(tmp_path):
     from archsearch.cli.main import app
 
     res = CliRunner().invoke(app, ["export", str(tmp_path / "none.yaml"), "--format", "onnx"])
-    assert res.exit_code == 2 and "--format onnx: unknown (allowed: coreml)" in res.output
+    assert res.exit_code == 2 and "--format onnx: unknown (allowed: coreml, pte)" in res.output

@@ -252,7 +252,7 @@ def test_cli_dry_run_counts_blocks_and_writes_an_import_template(tmp_path):
 def test_cli_errors_are_one_line(tmp_path):
     res = runner.invoke(app, ["profile", str(SPACES / "tiny.yaml"), "--target", "tpu"])
     assert res.exit_code == 2
-    assert "error: --target tpu: unknown target (allowed: cpu, cuda, mps, coreml, ane)" in _flat(res.output)
+    assert "error: --target tpu: unknown target (allowed: cpu, cuda, mps, coreml, ane, xnnpack)" in _flat(res.output)
     assert "Traceback" not in res.output
     res = runner.invoke(app, ["profile", str(SPACES / "tiny.yaml"), "--target", "cpu", "--resolution", "7",
                               "--dry-run"])

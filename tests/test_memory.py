@@ -48,8 +48,15 @@ def test_memory_columns_round_trip(memory_table):
         assert (again[c] == df.set_index("key")[c]).all()
 
 
-def test_tables_without_memory_columns_still_load_and_estimate(tiny_space):
-    table = load_table(ROOT / "latency_tables" / "tiny-cpu-r16.csv")  # written before the columns
+def test_tables_without_memory_columns_still_load_and_estimate(tiny_space, tmp_path):
+    import pandas as pd
+
+    text = (ROOT / "latency_tables" / "tiny-cpu-r16.csv").read_text()
+    head = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    df = pd.read_csv(ROOT / "latency_tables" / "tiny-cpu-r16.csv", comment="#", dtype=str, keep_default_na=False)
+    old = tmp_path / "old.csv"  # a table written before the memory columns existed
+    old.write_text(head + df.drop(columns=[c for c in MEMORY_COLUMNS if c in df.columns]).to_csv(index=False))
+    table = load_table(old)
     assert table.df["weight_bytes"].isna().all()
     pred = LatencyPredictor(table)
     est = pred.memory(sample_many(tiny_space, 1, seed=32)[0])

@@ -29,10 +29,10 @@ runner = CliRunner()
 
 def test_search_section_defaults(tiny_space) -> None:
     s = SearchSettings.from_space(tiny_space)
-    assert s.sampler == "nsga2" and s.n_trials == 20 and s.seed == 0
+    assert s.sampler == "gp" and s.n_trials == 20 and s.seed == 0
     assert s.objectives == ("quality", "latency_ms", "params") and s.directions == ["minimize"] * 3
     assert s.study == "tiny" and s.max_params == 5e6 and s.workers is None
-    assert s.population() == 8 and s.startup() == 8
+    assert s.population() == 8 and s.startup() == 4  # gp: max(4, min(10, n_trials // 5)) random starts
 
 
 @pytest.mark.parametrize(

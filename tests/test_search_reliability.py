@@ -147,7 +147,7 @@ def test_more_workers_than_cores_is_a_one_line_error(tmp_path: Path, tiny_table:
 
 def test_an_unknown_target_lists_the_known_targets(tmp_path: Path, tiny_table: Path) -> None:
     spec = make_spec(tmp_path, tiny_table, search={"target": "tpu"})
-    with pytest.raises(SpecError, match=r"search\.target: bad value 'tpu' \(allowed: cpu, cuda, mps, coreml, ane\)") as info:
+    with pytest.raises(SpecError, match=r"search\.target: bad value 'tpu' \(allowed: cpu, cuda, mps, coreml, ane, xnnpack\)") as info:
         run_search(load_space(spec), reports_dir=tmp_path / "r")
     assert "archsearch profile" not in str(info.value)
 

@@ -178,6 +178,44 @@ def test_search_then_train_then_generate_on_the_cache(sd, sd_cache, tmp_path, ti
     assert [p.name for p in pngs] == ["0.png", "1.png"] and Image.open(pngs[0]).size == (32, 32)
 
 
+def test_train_says_when_it_adapts_the_candidate_and_keeps_both_ids(sd, sd_cache, sd_teacher, tmp_path, tiny_table):
+    """The teacher's text encoder forces another context width/length: the log says so in one
+    line naming both ids, the adapted candidate is saved beside the model, metrics.json names
+    both; a candidate already at the teacher's shapes is trained as it is, silently."""
+    spec = make_spec(tmp_path, tiny_table, proxy={"data": str(sd_cache), "teacher": {"diffusers": str(sd)},
+                                                   "resolution": 16})
+    cand = _tiny_candidate(3)
+    assert (cand.context_dim, cand.context_length) != (sd_teacher.context_dim, sd_teacher.context_length)
+    path = cand.save(tmp_path / f"{cand.id}.yaml")
+    args = ["--spec", str(spec), "--steps", "2", "--batch", "2", "--device", "cpu", "--sample-every", "0",
+            "--eval-every", "0", "--checkpoint-every", "0"]
+    out = tmp_path / "adapted"
+    r = runner.invoke(app, ["train", str(path), *args, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    trained = Candidate.from_yaml(out / "candidate.yaml")  # beside the model
+    assert trained.id != cand.id and ArchUNet.from_pretrained(out).candidate.id == trained.id
+    assert (trained.context_dim, trained.context_length) == (sd_teacher.context_dim, sd_teacher.context_length)
+    flat = " ".join(r.output.split())
+    change = f"context_length {cand.context_length}->{sd_teacher.context_length}"
+    assert (f"adapted candidate {cand.id} to the teacher and this run: training {trained.id} (" in flat
+            and change in flat and f"saved as {out / 'candidate.yaml'}" in flat), flat
+    assert f"trained {trained.id} (adapted from {cand.id};" in flat, flat
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["candidate_id"] == trained.id and metrics["requested_candidate_id"] == cand.id
+    assert change in metrics["adapted"] and metrics["candidate"] == cand.id  # the key older readers use
+
+    exact = cand.for_proxy(context_dim=sd_teacher.context_dim, context_length=sd_teacher.context_length,
+                           latent_channels=sd_teacher.latent_channels, resolution=16)
+    path = exact.save(tmp_path / f"{exact.id}.yaml")
+    out = tmp_path / "as_is"
+    r = runner.invoke(app, ["train", str(path), *args, "--width-mult", "1.0", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "adapted candidate" not in r.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["candidate_id"] == metrics["requested_candidate_id"] == exact.id and metrics["adapted"] == []
+    assert Candidate.from_yaml(out / "candidate.yaml").id == exact.id
+
+
 class _Crash(LoopCallback):
     def __init__(self, at: int) -> None:
         self.at = at

@@ -22,6 +22,9 @@ from archsearch.spec import (
     FFN_TYPES,
     KINDS,
     LAYER_TOKENS,
+    LIMITS,
+    MAX_LAYERS,
+    MAX_STAGES,
     RESNET_VARIANTS,
     TEMPORAL_PLACEMENTS,
     TEMPORAL_TYPES,
@@ -39,6 +42,7 @@ __all__ = [
     "RandomChooser",
     "StageConfig",
     "TemporalConfig",
+    "describe_changes",
     "enumerate_candidates",
     "resolve",
     "sample",
@@ -46,6 +50,23 @@ __all__ = [
 ]
 
 CANDIDATE_FORMAT = "archsearch.candidate/v1"
+#: the longest layout a stage can have: a spec's MAX_LAYERS positions, and an up stage's
+#: up_extra_resnets copies of its last group
+MAX_LAYOUT = MAX_LAYERS * (1 + int(LIMITS["up_extra_resnets"]))
+
+
+def _int_ok(v: Any, lo: int, key: str) -> bool:
+    """``v`` is an integer from ``lo`` to the spec's documented bound of ``key``."""
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= LIMITS[key]
+
+
+def _int_allowed(lo: int, key: str) -> str:
+    return f"an integer from {lo} to {LIMITS[key]:,}"
+
+
+def _num_ok(v: Any, key: str) -> bool:
+    """``v`` is a finite number from 0 to the spec's documented bound of ``key``."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= LIMITS[key]
 
 
 @dataclass(frozen=True)
@@ -85,8 +106,8 @@ class AddedConditioning:
             raise CandidateError(f"{where}.type: bad value {ac.type!r} (allowed: {', '.join(ADDED_CONDITIONING_TYPES[1:])})")
         for key in ("pooled_dim", "time_ids", "time_id_dim"):
             v = getattr(ac, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise CandidateError(f"{where}.{key}: bad value {v!r} (allowed: an integer >= 1)")
+            if not _int_ok(v, 1, key):
+                raise CandidateError(f"{where}.{key}: bad value {v!r} (allowed: {_int_allowed(1, key)})")
         return ac
 
 
@@ -140,8 +161,9 @@ class StageConfig:
         if not isinstance(t, dict):
             raise CandidateError(f"{where}.temporal: expected a mapping with type, count, placement")
         if "layout" in d:
-            if not isinstance(d["layout"], (list, tuple)):
-                raise CandidateError(f"{where}.layout: expected a list of layers (allowed: {', '.join(LAYER_TOKENS)})")
+            if not isinstance(d["layout"], (list, tuple)) or len(d["layout"]) > MAX_LAYOUT:
+                raise CandidateError(f"{where}.layout: expected a list of at most {MAX_LAYOUT:,} layers "
+                                     f"(allowed: {', '.join(LAYER_TOKENS)})")
             d["layout"] = tuple(d["layout"])
         try:
             st = cls(**d, temporal=TemporalConfig(**t))
@@ -154,10 +176,23 @@ class StageConfig:
         def bad(key: str, allowed: str) -> CandidateError:
             return CandidateError(f"{where}.{key}: bad value {getattr(self, key)!r} (allowed: {allowed})")
 
-        for key in ("channels", "resnet_blocks"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise bad(key, "an integer >= 1")
+        for key, lo in (("channels", 1), ("transformer_depth", 0)):
+            if not _int_ok(getattr(self, key), lo, key):
+                raise bad(key, _int_allowed(lo, key))
+        v = self.resnet_blocks
+        # an up stage has up_extra_resnets more than a down stage; a layout's count is its own
+        hi = MAX_LAYOUT if self.layout else LIMITS["resnet_blocks"] + LIMITS["up_extra_resnets"]
+        if not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= hi):
+            raise bad("resnet_blocks", f"an integer from 1 to {hi:,}")
+        for key in ("resnet_expansion", "ffn_ratio"):
+            if not _num_ok(getattr(self, key), key):
+                raise bad(key, f"a number from 0 to {LIMITS[key]:g}")
+        for key in ("qk_norm",):
+            if not isinstance(getattr(self, key), bool):
+                raise bad(key, "true, false")
+        if not _int_ok(self.temporal.count, 0, "count"):
+            raise CandidateError(f"{where}.temporal.count: bad value {self.temporal.count!r} "
+                                 f"(allowed: {_int_allowed(0, 'count')})")
         if self.resnet_variant not in RESNET_VARIANTS:
             raise bad("resnet_variant", ", ".join(RESNET_VARIANTS))
         if self.attention not in ATTENTION_KINDS:
@@ -344,8 +379,10 @@ class Candidate:
         for key in ("latent_channels", "resolution", "frames", "context_dim", "context_length",
                     "time_embed_dim", "norm_groups"):
             v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise CandidateError(f"{key}: bad value {v!r} (allowed: an integer >= 1)")
+            if not _int_ok(v, 1, key):
+                raise CandidateError(f"{key}: bad value {v!r} (allowed: {_int_allowed(1, key)})")
+        if not 1 <= len(self.stages) <= MAX_STAGES:
+            raise CandidateError(f"stages: {len(self.stages)} stages (allowed: 1 to {MAX_STAGES})")
         if len(self.up) != len(self.stages):
             raise CandidateError(f"up: has {len(self.up)} stages, the down path {len(self.stages)} (they must match)")
         if self.resolution % (2 ** (len(self.stages) - 1)):
@@ -446,6 +483,28 @@ class Candidate:
             time_embed_dim=max(groups, int(round(self.time_embed_dim * width_mult))),
             norm_groups=groups,
         )
+
+
+def describe_changes(before: Candidate, after: Candidate) -> list[str]:
+    """What differs between two candidates, in words (``context_dim 32->384``, ``widths
+    32/48->16/24``): how :meth:`Candidate.for_proxy` adapted one, for a log line."""
+    out: list[str] = []
+    for key in ("kind", "latent_channels", "resolution", "frames", "context_dim", "context_length",
+                "time_embed_dim", "norm_groups"):
+        a, b = getattr(before, key), getattr(after, key)
+        if a != b:
+            out.append(f"{key} {a}->{b}")
+
+    def joined(c: Candidate, attr: str) -> str:
+        return "/".join(str(getattr(st, attr)) for st in c.stages)
+
+    for attr, label in (("channels", "widths"), ("head_dim", "head sizes")):
+        a, b = joined(before, attr), joined(after, attr)
+        if a != b:
+            out.append(f"{label} {a}->{b}")
+    if not out and before.id != after.id:
+        out.append("blocks differ")
+    return out
 
 
 def _fit_width(st: StageConfig, channels: int) -> StageConfig:

@@ -1,4 +1,5 @@
-"""``archsearch export``: a whole UNet as a Core ML package in the Neural-Engine layout."""
+"""``archsearch export``: a whole UNet as a Core ML package in the Neural-Engine layout, or as an
+ExecuTorch program (XNNPACK) for phone CPUs."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def register(app: typer.Typer) -> None:
         model: Annotated[Path, typer.Argument(help="A candidate YAML (random weights), a one-assignment space "
                                                    "(reference backbones), or a folder written by save_pretrained "
                                                    "(archsearch train).", show_default=False)],
-        format: Annotated[str, typer.Option("--format", help="Export format (coreml).")] = "coreml",
+        format: Annotated[str, typer.Option("--format", help="coreml (a .mlpackage for the Neural "
+                                                   "Engine) or pte (an ExecuTorch/XNNPACK program for phone CPUs).")] = "coreml",
         out: Annotated[Optional[Path], typer.Option("--out", "-o", help="The .mlpackage to write (default: "
                                                     "exports/<id>.mlpackage).")] = None,
         palettize: Annotated[Optional[int], typer.Option(help="k-means weight palettization: 4, 6 or 8 bits "
@@ -44,11 +46,10 @@ def register(app: typer.Typer) -> None:
           archsearch export reports/unet_mobile/pareto/1a2b3c4d5e6f.yaml --format coreml
           archsearch export search_spaces/reference/snapgen_unet.yaml --palettize 6 -o snapgen.mlpackage
           archsearch export runs/1a2b3c4d5e6f/model --format coreml     (trained weights)
+          archsearch export reports/tiny/pareto/1a2b3c4d5e6f.yaml --format pte   (ExecuTorch, XNNPACK)
         """
-        from archsearch.cost.latency._coreml import convert_model, save_mlmodel
-
-        if format != "coreml":
-            raise ArchsearchError(f"--format {format}: unknown (allowed: coreml)")
+        if format not in ("coreml", "pte"):
+            raise ArchsearchError(f"--format {format}: unknown (allowed: coreml, pte)")
         if model.is_dir():
             from archsearch.model import ArchUNet
 
@@ -59,6 +60,21 @@ def register(app: typer.Typer) -> None:
 
             source = load_candidate(model)
             ident = source.id
+        if format == "pte":
+            from archsearch.cost.latency._executorch import export_pte
+
+            path = out or Path("exports") / f"{ident}.pte"
+            with console.status(f"lowering {escape(str(model))} to ExecuTorch (XNNPACK) ..."):
+                info = export_pte(source, path)
+            console.print(f"[green]wrote[/green] {escape(str(path))} (ExecuTorch program, float32, XNNPACK took "
+                          f"{info['delegated']}/{info['ops']} ops; {info['bytes'] / 2**20:.1f} MiB)")
+            console.print(f"numerics: max relative error {info['max_rel_error']:.2g} against torch")
+            if not info["max_rel_error"] < 1e-3:
+                raise ArchsearchError(f"{path}: the program differs from torch (max relative error "
+                                      f"{info['max_rel_error']:.2g})")
+            return
+        from archsearch.cost.latency._coreml import convert_model, save_mlmodel
+
         with console.status(f"converting {escape(str(model))} to Core ML ({layout} layout) ..."):
             result = convert_model(source, compute_units=compute_units, layout=layout, palettize=palettize,
                                    check=check)

@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
     @_flag_errors
     def profile(
         source: SourceArg = None,
-        target: Annotated[str, typer.Option("--target", "-t", help="cpu, cuda, mps, coreml or ane.")] = ...,
+        target: Annotated[str, typer.Option("--target", "-t", help="cpu, cuda, mps, coreml, ane or xnnpack (ExecuTorch on this CPU).")] = ...,
         resolution: Annotated[Optional[int], typer.Option(help="Latent resolution (overrides the space's).")] = None,
         batch: Annotated[int, typer.Option(help="Batch size of every measurement.")] = 1,
         dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16 (torch targets).")] = "float32",
@@ -67,7 +67,8 @@ def register(app: typer.Typer) -> None:
         no_convert: Annotated[bool, typer.Option("--no-convert", help="coreml/ane off macOS: skip the Core ML "
                                                  "conversion check (estimate only).")] = False,
         export_coreml: Annotated[Optional[Path], typer.Option(help="coreml/ane: save each converted block "
-                                                              "as an .mlpackage here (to time on a device).")] = None,
+                                                              "as an .mlpackage here (to time on a device); "
+                                                              "xnnpack: each .pte program.")] = None,
         calibrate: Annotated[int, typer.Option(help="Whole candidates measured to fit the overhead.", min=0)] = 5,
         validate: Annotated[int, typer.Option(help="Measure N random candidates end to end and report "
                                               "accuracy (LUT vs FLOPs fit).", min=0)] = 0,

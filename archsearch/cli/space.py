@@ -117,8 +117,11 @@ def register(app: typer.Typer) -> None:
             table = Table(title=f"{samples} samples (seed {seed})")
             for col in ("id", "widths", "resnets", "transformer depth", "params", "FLOPs (MAC)"):
                 table.add_column(col)
+            from archsearch.model import check_memory
+
             with console.status("costing samples (fvcore)..."):
                 for c in sample_many(space, samples, seed):
+                    check_memory(c, whole=False)  # costing builds its blocks: refuse one that cannot fit
                     table.add_row(
                         c.id,
                         "/".join(str(s.channels) for s in c.stages),
@@ -180,7 +183,10 @@ def register(app: typer.Typer) -> None:
         from archsearch._resources import find_space
         from archsearch.candidate import load_candidate
 
+        from archsearch.model import check_memory
+
         cand = load_candidate(find_space(candidate))  # a path, or a bundled space (reference/sd15_unet)
+        check_memory(cand, whole=save is not None)  # before costing (blocks) or saving (the model)
         console.print(_stage_table(cand, f"candidate {cand.id} ({cand.kind}, latent {cand.resolution}px)"))
         if save is not None:
             from archsearch.model import build_model

@@ -127,17 +127,25 @@ def register(app: typer.Typer) -> None:
                              spatial_from=str(spatial_from) if spatial_from else None,
                              unfreeze_spatial=unfreeze_spatial, distributed=distributed)
         config.check()
+        from archsearch.model import check_memory
+
+        # the student at the run's width and resolution, refused before the teacher loads if it
+        # cannot fit (the teacher's text width changes it a little: checked again when built)
+        check_memory(cand.for_proxy(width_mult=width_mult, resolution=resolution))
         out = out or Path("trained") / cand.id
         with progress_bars() as progress:
             teacher = load_teacher(proxy, kind=space.kind, progress=progress, device=device)
             result = run_train(cand, teacher, data, config, out, progress, device=device, resume=resume,
-                               log=lambda m: console.print(escape(m)), meta={"spec": str(spec)})
+                               log=lambda m: console.print(escape(m), soft_wrap=True), meta={"spec": str(spec)})
         if result.processes > 1 and not _main_process():
             return
-        console.print(f"trained {cand.id} for {result.steps} steps ({result.steps - result.start_step} this run, "
+        trained = result.metrics.get("candidate_id", cand.id)
+        asked = f" (adapted from {cand.id}; {escape(str(out))}/candidate.yaml)" if trained != cand.id else ""
+        console.print(f"trained {trained}{asked} for {result.steps} steps "
+                      f"({result.steps - result.start_step} this run, "
                       f"{result.processes} process(es)) in {result.wall_time_s:.1f} s, "
                       f"{result.samples_per_s:.1f} samples/s: held-out MSE vs teacher {result.quality:.5f} "
-                      f"(EMA; raw {result.quality_raw:.5f}), {result.params:,} parameters")
+                      f"(EMA; raw {result.quality_raw:.5f}), {result.params:,} parameters", soft_wrap=True)
         console.print(f"saved to {escape(str(out))}/ (ArchUNet.from_pretrained)")
         if result.pipeline is not None:
             console.print(f"pipeline: {escape(str(result.pipeline))}/ -> archsearch generate {escape(str(out))} "

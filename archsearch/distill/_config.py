@@ -10,7 +10,11 @@ from typing import Any, Callable
 from archsearch.distill._noise import PREDICTIONS
 from archsearch.errors import ArchsearchError, SpecError
 
-__all__ = ["ProxyConfig"]
+__all__ = ["PROXY_KINDS", "ProxyConfig"]
+
+#: How a search scores a candidate: ``per_trial`` (a fresh distillation run per trial) or
+#: ``supernet`` (its sub-network of the space's trained supernet, :mod:`archsearch.distill._supernet`).
+PROXY_KINDS = ("per_trial", "supernet")
 
 _TEACHER_BUILTIN_KEYS = ("builtin", "train_steps", "width", "batch", "lr", "seed", "latent_channels", "data_size")
 _TEACHER_DIFFUSERS_KEYS = ("diffusers", "subfolder", "scheduler", "data_size")
@@ -35,6 +39,9 @@ class ProxyConfig:
             ``{diffusers: PATH, subfolder: unet}``.
         data: a latent cache folder written by ``archsearch data prepare`` (relative paths
             are read from the spec's folder); ``None``: the built-in synthetic data.
+        kind: ``per_trial`` (default) or ``supernet`` (:data:`PROXY_KINDS`).
+        supernet_steps: training steps of the supernet (``kind: supernet`` and
+            ``search.method: evolve``); ``None``: ``10 * steps``.
         source: the spec file (error messages).
     """
 
@@ -52,6 +59,8 @@ class ProxyConfig:
     prediction: str | None = None
     teacher: dict[str, Any] = field(default_factory=dict)
     data: str | None = None
+    kind: str = "per_trial"
+    supernet_steps: int | None = None
     source: str = "<proxy>"
 
     @classmethod
@@ -108,7 +117,7 @@ class ProxyConfig:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         out: dict[str, Any] = {"source": source}
-        ints = {"resolution": 4, "frames": 1, "steps": 1, "batch": 1, "holdout": 1, "seed": 0}
+        ints = {"resolution": 4, "frames": 1, "steps": 1, "batch": 1, "holdout": 1, "seed": 0, "supernet_steps": 1}
         for key, lo in ints.items():
             if key in d:
                 if not (is_int(d[key]) and d[key] >= lo):
@@ -129,6 +138,10 @@ class ProxyConfig:
                 if not (is_num(d[key]) and d[key] >= 0):
                     fail(("proxy", key), d[key], "a number >= 0")
                 out[key] = float(d[key])
+        if "kind" in d:
+            if d["kind"] not in PROXY_KINDS:
+                fail(("proxy", "kind"), d["kind"], ", ".join(PROXY_KINDS))
+            out["kind"] = d["kind"]
         if d.get("prediction") is not None:
             if d["prediction"] not in PREDICTIONS:
                 fail(("proxy", "prediction"), d["prediction"], ", ".join(PREDICTIONS))
@@ -193,13 +206,23 @@ class ProxyConfig:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (recorded with the study); ``data`` only when a cache is used, so the
-        records of synthetic-data studies read as before."""
+        """Plain data (recorded with the study); ``data`` only when a cache is used, and
+        ``kind`` / ``supernet_steps`` only when not at their defaults, so the records of
+        earlier studies read as before."""
         d = asdict(self)
         d.pop("source")
         if d.get("data") is None:
             d.pop("data", None)
+        if d.get("kind") == "per_trial":
+            d.pop("kind")
+        if d.get("supernet_steps") is None:
+            d.pop("supernet_steps")
         return d
+
+    @property
+    def supernet_training_steps(self) -> int:
+        """Steps of the supernet's training: ``supernet_steps``, else ``10 * steps``."""
+        return int(self.supernet_steps) if self.supernet_steps is not None else 10 * int(self.steps)
 
     def data_path(self) -> Path | None:
         """``data`` as a folder: absolute, or relative to the spec file's folder (else the

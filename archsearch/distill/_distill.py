@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -160,6 +160,62 @@ def _holdout_batch(teacher: Teacher, x0: torch.Tensor, ctx: torch.Tensor, device
             "target": teacher.process.target(x0, noise, t).to(device), "teacher": torch.cat(preds)}
 
 
+@dataclass
+class _Sources:
+    """Where a run's data comes from: the synthetic set or a latent cache, and the held-out batch."""
+
+    teacher: Teacher
+    device: torch.device
+    hold: dict[str, Any]
+    data_fp: Any
+    data: Any = None
+    emb: torch.Tensor | None = None
+    cache: LatentCache | None = None
+    factor: int | None = None
+
+    def batches(self, proxy: ProxyConfig, uses_teacher: bool) -> Any:
+        """Step ``k``'s training batch (shared, with the teacher's outputs, by every run of the
+        process with the same teacher, data, batch and seed)."""
+        dev, teacher = self.device, self.teacher
+        cache_key = short_hash([teacher.fingerprint, self.data_fp, proxy.batch, proxy.seed, str(dev),
+                                str(torch.get_default_dtype()), uses_teacher])
+        if self.cache is None:
+            return StepBatches(self.data, self.emb, teacher.process, proxy.batch, proxy.seed, dev,
+                               teacher=teacher if uses_teacher else None, cache_key=cache_key)
+        return CacheBatches(self.cache, teacher, proxy.batch, proxy.seed, dev, use_teacher=uses_teacher,
+                            factor=self.factor, cache_key=cache_key)
+
+
+def _sources(teacher: Teacher, proxy: ProxyConfig, dev: torch.device, progress: Progress | None) -> _Sources:
+    frames = proxy.frames if teacher.kind == "video" else None
+    cache = _open_cache(proxy, teacher) if proxy.data is not None else None
+    if cache is None:
+        data = teacher.dataset(proxy.resolution, frames or 1)
+        emb = _embeddings(teacher, data, progress)
+        hold = _holdout(teacher, proxy, dev, progress)
+        return _Sources(teacher, dev, hold, data.fingerprint, data=data, emb=emb)
+    factor = check_resolution(cache, proxy.resolution)
+    hold = _cache_holdout(teacher, cache, proxy, factor, dev)
+    data_fp = {"cache": str(cache.root), "teacher_hash": cache.index.teacher_hash, "n": len(cache), "factor": factor}
+    return _Sources(teacher, dev, hold, data_fp, cache=cache, factor=factor)
+
+
+def holdout_for(teacher: Teacher, proxy: ProxyConfig, device: torch.device,
+                progress: Progress | None = None) -> dict[str, Any]:
+    """The fixed held-out batch of the proxy runs (and the teacher's predictions on it)."""
+    teacher.to(device)
+    return _sources(teacher, proxy, device, progress).hold
+
+
+def training_batches(teacher: Teacher, proxy: ProxyConfig, device: torch.device,
+                     progress: Progress | None = None, uses_teacher: bool | None = None) -> Any:
+    """The proxy runs' training batches (``uses_teacher``: KD targets; default: any KD weight > 0)."""
+    teacher.to(device)
+    if uses_teacher is None:
+        uses_teacher = proxy.kd_output > 0 or proxy.kd_feature > 0
+    return _sources(teacher, proxy, device, progress).batches(proxy, uses_teacher)
+
+
 def clear_caches() -> None:
     """Drop the per-process caches (caption embeddings, held-out batches, teacher outputs)."""
     _EMB_CACHE.clear()
@@ -180,6 +236,7 @@ def distill(
     device: str | torch.device | None = "cpu",
     threads: int | None = None,
     keep_student: bool = False,
+    prepare_student: Callable[[Any], None] | None = None,
 ) -> DistillResult:
     """Train ``candidate`` at proxy scale against ``teacher`` for ``config.steps`` steps.
 
@@ -193,6 +250,9 @@ def distill(
         device: ``'cpu'``, ``'cuda'`` (bf16 autocast), ``'mps'``, or ``None``/``'auto'``.
         threads: torch intra-op threads for this run (restored afterwards); ``None`` leaves them.
         keep_student: return the trained model in ``result.student``.
+        prepare_student: called with the freshly built student (an ``ArchUNet`` on the device)
+            before training, e.g. to load weights into it and freeze some (the temporal
+            search's frozen spatial layers: only parameters that still require gradients train).
 
     Raises:
         TrialFailed: the loss or the score is NaN / inf.
@@ -202,11 +262,11 @@ def distill(
     dev = resolve_device(device)
     # every random draw of the run is seeded here; the caller's RNG state is left as it was
     with torch_threads(threads), seeded(config.seed, dev):
-        return _run(candidate, teacher, config, dev, progress, keep_student)
+        return _run(candidate, teacher, config, dev, progress, keep_student, prepare_student)
 
 
 def _run(candidate: Any, teacher: Teacher, proxy: ProxyConfig, dev: torch.device, progress: Progress | None,
-         keep_student: bool) -> DistillResult:
+         keep_student: bool, prepare_student: Callable[[Any], None] | None = None) -> DistillResult:
     from archsearch.model import build_model
 
     if candidate.kind != teacher.kind:
@@ -224,20 +284,13 @@ def _run(candidate: Any, teacher: Teacher, proxy: ProxyConfig, dev: torch.device
         latent_channels=teacher.latent_channels,
     )
     teacher.to(dev)
-    cache = _open_cache(proxy, teacher) if proxy.data is not None else None
-    if cache is None:
-        data = teacher.dataset(proxy.resolution, frames or 1)
-        emb = _embeddings(teacher, data, progress)
-        hold = _holdout(teacher, proxy, dev, progress)
-        data_fp: Any = data.fingerprint
-    else:
-        factor = check_resolution(cache, proxy.resolution)
-        hold = _cache_holdout(teacher, cache, proxy, factor, dev)
-        data_fp = {"cache": str(cache.root), "teacher_hash": cache.index.teacher_hash, "n": len(cache),
-                   "factor": factor}
+    src = _sources(teacher, proxy, dev, progress)
+    cache, hold, data_fp = src.cache, src.hold, src.data_fp
 
     torch.manual_seed(proxy.seed)
     student = build_model(small).to(dev)
+    if prepare_student is not None:
+        prepare_student(student)
     params = sum(p.numel() for p in student.parameters())
 
     # pair feature taps from one probe forward (no randomness consumed)
@@ -250,15 +303,7 @@ def _run(candidate: Any, teacher: Teacher, proxy: ProxyConfig, dev: torch.device
     projections = make_projections(pairs, s_feats, t_feats).to(dev)
     del s_feats, t_feats
 
-    uses_teacher = proxy.kd_output > 0 or bool(pairs)
-    cache_key = short_hash([teacher.fingerprint, data_fp, proxy.batch, proxy.seed, str(dev),
-                            str(torch.get_default_dtype()), uses_teacher])
-    if cache is None:
-        batches: Any = StepBatches(data, emb, teacher.process, proxy.batch, proxy.seed, dev,
-                                   teacher=teacher if uses_teacher else None, cache_key=cache_key)
-    else:
-        batches = CacheBatches(cache, teacher, proxy.batch, proxy.seed, dev, use_teacher=uses_teacher,
-                               factor=factor, cache_key=cache_key)
+    batches = src.batches(proxy, proxy.kd_output > 0 or bool(pairs))
     log = train_loop(student, batches, proxy, device=dev, pairs=pairs, projections=projections,
                      progress=progress, phase="distill", label=f"{candidate.id} ")
 

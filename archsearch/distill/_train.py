@@ -30,7 +30,10 @@ feature KD with SnapGen's timestep-aware scaling) with what a long run needs:
   seeds every ``sample_every`` steps (decoded with the teacher's VAE through its scheduler; the
   built-in teacher's latents are pictures and are shown as they are).
 * Output: ``out/config.json`` + ``out/model.safetensors`` (``ArchUNet.from_pretrained``, the EMA
-  weights; the raw ones in ``out/raw/``), ``out/metrics.json``, and for a diffusers teacher
+  weights; the raw ones in ``out/raw/``), ``out/candidate.yaml`` (the candidate trained: the
+  requested one adapted to the teacher's text encoder and latents and to the run's width and
+  resolution, said in the log when they differ; ``metrics.json`` names both ids,
+  ``candidate_id`` and ``requested_candidate_id``), ``out/metrics.json``, and for a diffusers teacher
   ``out/pipeline/``: a diffusers pipeline with the teacher's VAE, text encoder(s),
   tokenizer(s) and scheduler and the trained UNet (:mod:`archsearch.distill._pipeline`).
 """
@@ -71,7 +74,8 @@ from archsearch.distill._noise import check_prediction
 from archsearch.distill._teacher import Teacher
 from archsearch.errors import ArchsearchError
 
-__all__ = ["CHECKPOINT_PREFIX", "TrainConfig", "TrainResult", "find_checkpoint", "list_checkpoints", "train"]
+__all__ = ["CANDIDATE_FILE", "CHECKPOINT_PREFIX", "TrainConfig", "TrainResult", "find_checkpoint", "list_checkpoints",
+           "train"]
 
 CHECKPOINT_PREFIX = "step-"
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -520,6 +524,25 @@ def _teacher_dtype(name: str | None) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(name or "")
 
 
+#: beside the model: the candidate that was trained (the requested one adapted to the teacher)
+CANDIDATE_FILE = "candidate.yaml"
+
+
+def _announce_adaptation(requested: Any, trained: Any, out: Path, main: bool, say: Callable[[str], None]) -> list[str]:
+    """Save the candidate actually trained beside the model; when it is not the requested one
+    (the teacher's text encoder and latents, the run's width and resolution), say so in one
+    line naming both ids and what changed. Returns the changes (``metrics.json: adapted``)."""
+    from archsearch.candidate import describe_changes
+
+    changes = describe_changes(requested, trained)
+    if main:
+        trained.save(out / CANDIDATE_FILE)
+    if trained.id != requested.id:
+        say(f"adapted candidate {requested.id} to the teacher and this run: training {trained.id} "
+            f"({', '.join(changes)}); saved as {out / CANDIDATE_FILE}")
+    return changes
+
+
 def train(
     candidate: Any,
     teacher: Teacher,
@@ -597,6 +620,7 @@ def train(
     small = candidate.for_proxy(width_mult=proxy.width_mult, resolution=resolution, frames=frames,
                                 context_dim=teacher.context_dim, context_length=teacher.context_length,
                                 latent_channels=teacher.latent_channels)
+    adapted = _announce_adaptation(candidate, small, out, acc.is_main_process, say)
     if cache is None:
         hold = _holdout(teacher, run_proxy, dev)
     else:
@@ -612,14 +636,11 @@ def train(
     if config.spatial_from:
         if small.kind != "video":
             raise ArchsearchError("spatial_from: only a video candidate takes spatial layers from an image model")
-        image = ArchUNet.from_pretrained(config.spatial_from)
-        rep = init_from_teacher(student, image, skip=("temporal",))
+        from archsearch.distill._spatial import load_spatial
+
+        rep = load_spatial(student, ArchUNet.from_pretrained(config.spatial_from), freeze=not config.unfreeze_spatial)
         spatial_report = rep.to_dict()
         say(f"spatial layers from {config.spatial_from}: " + rep.summary().split(": ", 1)[1])
-        if not config.unfreeze_spatial:
-            for spec, block in zip(student.block_specs, student.blocks):
-                if not spec.type.startswith("temporal"):
-                    block.requires_grad_(False)
     params = sum(p.numel() for p in student.parameters())
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
 
@@ -716,6 +737,8 @@ def train(
                                   "data": str(cache.root) if cache is not None else "synthetic",
                                   "resolution": resolution, "train_s": loop_log.train_s,
                                   "feature_pairs": [list(p) for p in pairs], "proxy_candidate": small.id,
+                                  "candidate_id": small.id, "requested_candidate_id": candidate.id,
+                                  "adapted": adapted,
                                   "teacher": teacher.fingerprint, "stopped_early": loop_log.stopped})
     if acc.is_main_process and not loop_log.stopped:
         (out / "raw").mkdir(exist_ok=True)

@@ -14,6 +14,7 @@ from archsearch._util import atomic_write_text
 from archsearch.candidate import Candidate
 from archsearch.errors import ArchsearchError
 from archsearch.model._blocks import create_block
+from archsearch.model._memory import check_memory
 from archsearch.model._walker import BlockSpec, walk
 
 __all__ = ["ArchUNet", "build_block", "build_model"]
@@ -29,6 +30,17 @@ def build_block(spec: BlockSpec, device: Any = None, dtype: torch.dtype | None =
     if dtype is not None:
         block = block.to(dtype)
     return block
+
+
+def _on_meta(device: Any) -> bool:
+    """Whether a module built with ``device`` lands on ``meta`` (free: nothing to check)."""
+    if device is None:
+        get_default = getattr(torch, "get_default_device", None)
+        return get_default is not None and get_default().type == "meta"
+    try:
+        return torch.device(device).type == "meta"
+    except (RuntimeError, TypeError):  # not a device torch knows: building will say so
+        return False
 
 
 class _nullcontext:
@@ -49,6 +61,8 @@ class ArchUNet(nn.Module):
 
     def __init__(self, candidate: Candidate, device: Any = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        if not _on_meta(device):  # estimated on meta first: a model that cannot fit is refused
+            check_memory(candidate, dtype, device)
         self.candidate = candidate
         self.block_specs: list[BlockSpec] = walk(candidate)
         self.blocks = nn.ModuleList(build_block(s, device, dtype) for s in self.block_specs)

@@ -33,6 +33,8 @@ __all__ = [
     "breakdown_tables",
     "candidate_yaml_map",
     "evaluated_mask",
+    "evolution_by_stage",
+    "evolution_steps",
     "feasible_mask",
     "fmt_count",
     "fmt_mb",
@@ -474,3 +476,33 @@ def candidate_yaml_map(study: StudyData, ids: list[str] | None = None) -> dict[s
             if text is not None:
                 out[cid] = text
     return out
+
+
+# --------------------------------------------------------------------------- the evolution's path
+
+
+def evolution_steps(study: StudyData) -> pd.DataFrame | None:
+    """The actions an evolve study took, in order (``evolution.csv`` rows with ``taken``)."""
+    evo = study.evolution
+    if evo is None or evo.empty:
+        return None
+    return evo[evo["taken"]].sort_values("step", kind="stable").reset_index(drop=True)
+
+
+def evolution_by_stage(study: StudyData) -> pd.DataFrame | None:
+    """Per stage and block type: blocks removed and added by the actions taken, actions evaluated
+    and their mean value (held-out quality the block is worth per ms; SnapFusion found
+    cross-attention carries semantics, ResNets local detail): columns ``stage, block, removed,
+    added, evaluated, mean_value``."""
+    evo = study.evolution
+    if evo is None or evo.empty:
+        return None
+    rows = []
+    for (stage, block), g in evo.groupby(["stage", "block"], sort=True):
+        taken = g[g["taken"]]
+        values = g["value"].astype(float)
+        values = values[np.isfinite(values)]
+        rows.append({"stage": stage, "block": block, "removed": int((taken["kind"] == "remove").sum()),
+                     "added": int((taken["kind"] == "add").sum()), "evaluated": int(len(g)),
+                     "mean_value": float(values.mean()) if len(values) else math.nan})
+    return pd.DataFrame(rows, columns=["stage", "block", "removed", "added", "evaluated", "mean_value"])

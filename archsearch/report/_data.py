@@ -1,7 +1,7 @@
 """Read a study folder written by the store (``reports/<study>/``) into one validated object.
 
 Required: ``trials.csv`` and ``meta.json``. Optional: ``pareto/<candidate_id>.yaml``,
-``latency_breakdown.csv``, ``validation.csv`` — a missing optional file only drops its section
+``latency_breakdown.csv``, ``validation.csv``, ``evolution.csv`` (an evolve study's path) — a missing optional file only drops its section
 of the report (the page says so). A missing or malformed required file raises
 :class:`archsearch.errors.ArchsearchError` naming the file (and the row/key when known).
 """
@@ -34,6 +34,8 @@ REQUIRED_TRIAL_COLUMNS = ("number", "state", "candidate_id", "quality", "latency
 NUMERIC_COLUMNS = ("quality", "latency_ms", "params", "flops", "memory_mb", "wall_time_s")
 BREAKDOWN_COLUMNS = ("candidate_id", "stage", "block_type", "ms")
 VALIDATION_COLUMNS = ("candidate_id", "measured_ms", "predicted_ms")
+EVOLUTION_COLUMNS = ("step", "kind", "stage", "block", "dimension", "before", "after", "trial", "candidate_id",
+                     "quality", "latency_ms", "d_quality", "d_latency_ms", "value", "taken")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class StudyData:
     pareto_yaml: dict[str, str] = field(default_factory=dict)
     breakdown: pd.DataFrame | None = None
     validation: pd.DataFrame | None = None
+    evolution: pd.DataFrame | None = None  # evolution.csv of a search.method: evolve study
 
     @property
     def objective_names(self) -> list[str]:
@@ -339,6 +342,20 @@ def _load_validation(path: Path) -> pd.DataFrame | None:
     return df
 
 
+def _load_evolution(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    df = _read_csv(path)
+    _require_columns(df, EVOLUTION_COLUMNS, path)
+    df = df.copy()
+    for col in ("step", "trial", "quality", "latency_ms", "d_quality", "d_latency_ms", "value"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")  # empty cells (no value) read as NaN
+    for col in ("kind", "stage", "block", "dimension", "before", "after", "candidate_id"):
+        df[col] = _text(df[col])
+    df["taken"] = _boolean(df, "taken", path)
+    return df
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -367,4 +384,5 @@ def load_study(study_dir: str | Path) -> StudyData:
         pareto_yaml=_load_pareto_yaml(path / "pareto"),
         breakdown=_load_breakdown(path / "latency_breakdown.csv"),
         validation=_load_validation(path / "validation.csv"),
+        evolution=_load_evolution(path / "evolution.csv"),
     )

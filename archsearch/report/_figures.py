@@ -22,6 +22,7 @@ __all__ = [
     "breakdown_figure",
     "compare_front_figure",
     "compare_progress_figure",
+    "evolution_figure",
     "front_figure",
     "parcoords_figure",
     "progress_figure",
@@ -341,4 +342,27 @@ def compare_progress_figure(
         )
     fig.update_xaxes(title_text="trial")
     fig.update_yaxes(title_text="hypervolume (common reference)")
+    return _layout(fig, title, height=460)
+
+
+def evolution_figure(steps: pd.DataFrame, start: tuple[float, float] | None, budget_ms: float | None,
+                     title: str) -> go.Figure:
+    """The evolution's path: quality vs predicted latency of each architecture it moved to,
+    in order, from the start (``start``: its latency and quality), with the budget dashed."""
+    xs = ([start[0]] if start else []) + steps["latency_ms"].astype(float).tolist()
+    ys = ([start[1]] if start else []) + steps["quality"].astype(float).tolist()
+    labels = (["start"] if start else []) + [
+        f"step {int(r.step)}: {html.escape(str(r.kind))} {html.escape(str(r.block))} in {html.escape(str(r.stage))}"
+        f" ({html.escape(str(r.dimension))} {html.escape(str(r.before))}&rarr;{html.escape(str(r.after))})"
+        for r in steps.itertuples(index=False)
+    ]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=xs, y=ys, mode="lines+markers+text", text=[str(i) for i in range(len(xs))], textposition="top center",
+        line={"color": PALETTE[0]}, marker={"size": 8, "color": PALETTE[1]}, customdata=labels, name="path",
+        hovertemplate="%{customdata}<br>latency %{x:.4g} ms<br>quality %{y:.4g}<extra></extra>",
+    ))
+    _budget_line(fig, budget_ms)
+    fig.update_xaxes(title_text="predicted latency (ms)")
+    fig.update_yaxes(title_text="quality (held-out MSE on the supernet, lower is better)")
     return _layout(fig, title, height=460)

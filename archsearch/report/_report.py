@@ -287,6 +287,62 @@ def _pareto_table_section(study: StudyData, out_dir: Path) -> str:
     return note + Page.table(headers, rows, numeric=(0, 2, 3, 4, 5, 6))
 
 
+def _evolution_section(page: Page, study: StudyData) -> str:
+    """An evolve study's path: the actions taken in order (with their Δquality / Δlatency), every
+    action evaluated, and the blocks removed / added per stage and block type."""
+    steps = C.evolution_steps(study)
+    if steps is None:
+        return ""
+    evo = study.evolution
+    result = study.meta.get("evolution") or {}
+    start = None
+    first = evo.sort_values("step", kind="stable").iloc[0] if len(evo) else None
+    if first is not None and math.isfinite(float(first["quality"])) and math.isfinite(float(first["d_quality"])):
+        start = (float(first["latency_ms"]) - float(first["d_latency_ms"]),
+                 float(first["quality"]) - float(first["d_quality"]))
+    out = "<p>SnapFusion's architecture evolving: from the space's largest candidate, each action removes " \
+          "(over the latency budget) or adds (under it) the block of lowest / highest value, value = quality " \
+          "the block is worth per ms (held-out score of the supernet's sub-network; lower is better).</p>"
+    stopped = result.get("stopped")
+    if stopped:
+        reached = "reached" if result.get("reached_budget") else "<b>not reached</b>"
+        out += f"<p>Stopped: {esc(stopped)}; latency budget {reached}; final trial " \
+               f"{esc(result.get('final_trial'))} (<code>{esc(result.get('final_candidate'))}</code>).</p>"
+    out += page.figure(F.evolution_figure(steps, start, study.max_latency_ms, "The evolution's path"), "evolution-path")
+
+    def num(v: object, fmt: str = "{:.4g}") -> str:
+        try:
+            f = float(v)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return ""
+        return fmt.format(f) if math.isfinite(f) else ""
+
+    rows = [[str(int(r.step)), esc(r.kind), esc(r.stage), esc(r.block),
+             f"<code>{esc(r.dimension)}</code> {esc(r.before)} &rarr; {esc(r.after)}", str(int(r.trial)),
+             num(r.d_quality), num(r.d_latency_ms), num(r.value), num(r.latency_ms), num(r.quality)]
+            for r in steps.itertuples(index=False)]
+    out += "<h3>Actions taken, in order</h3>"
+    out += Page.table(["step", "action", "stage", "block", "change", "trial", "Δquality", "Δlatency (ms)",
+                       "value (quality/ms)", "latency (ms)", "quality"], rows, numeric=(0, 5, 6, 7, 8, 9, 10))
+    by_stage = C.evolution_by_stage(study)
+    if by_stage is not None and len(by_stage):
+        out += "<h3>Blocks removed and added, per stage and block type</h3>"
+        out += "<p>Mean value: the held-out quality a block of that type was worth per ms over every " \
+               "action evaluated (higher = it matters more for the teacher's outputs; SnapFusion found " \
+               "cross-attention carries semantics and ResNets local detail).</p>"
+        out += Page.table(["stage", "block", "removed", "added", "actions evaluated", "mean value (quality/ms)"],
+                          [[esc(r.stage), esc(r.block), str(r.removed), str(r.added), str(r.evaluated),
+                            num(r.mean_value)] for r in by_stage.itertuples(index=False)], numeric=(2, 3, 4, 5))
+    evaluated = [[str(int(r.step)), esc(r.kind), esc(r.stage), esc(r.block),
+                  f"<code>{esc(r.dimension)}</code> {esc(r.before)} &rarr; {esc(r.after)}",
+                  num(r.d_quality), num(r.d_latency_ms), num(r.value), "yes" if r.taken else ""]
+                 for r in evo.itertuples(index=False)]
+    out += f"<details><summary>Every action evaluated ({len(evaluated)})</summary>"
+    out += Page.table(["step", "action", "stage", "block", "change", "Δquality", "Δlatency (ms)", "value", "taken"],
+                      evaluated, numeric=(0, 5, 6, 7)) + "</details>"
+    return out
+
+
 def render_report(study: StudyData, out_dir: Path) -> str:
     """The report page for ``study`` as an HTML string; links are relative to ``out_dir``."""
     reference, ref_origin = C.reference_point(study)
@@ -299,6 +355,8 @@ def render_report(study: StudyData, out_dir: Path) -> str:
     page.section("front", "Pareto front: quality vs latency", _front_section(page, study),
                  nav="Pareto front")  # fmt: skip
     page.section("candidates", "Pareto candidates", _pareto_table_section(study, out_dir))
+    if study.evolution is not None:
+        page.section("evolution", "The evolution's path", _evolution_section(page, study), nav="Evolution")
     page.section("breakdown", "Latency breakdown of the Pareto candidates",
                  _breakdown_section(page, study, pareto_ids), nav="Latency breakdown")  # fmt: skip
     page.section("progress", "Search progress", _progress_section(page, study, reference))

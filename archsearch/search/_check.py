@@ -82,8 +82,17 @@ def check_space(space: Any, *, need_table: bool = False) -> SpaceCheck:
             space.fail(path, value, ", ".join(TARGETS))
     proxy = ProxyConfig.from_space(space)
     check_teacher(proxy, space.kind)
+    if settings.method == "temporal":  # the space against its backbone (no weights loaded)
+        from archsearch.search._temporal import check_temporal
+
+        check_temporal(space, proxy, settings.backbone)
+    if settings.method == "evolve" or proxy.kind == "supernet":  # a space the supernet cannot cover
+        from archsearch.distill import check_supernet
+
+        check_supernet(space, proxy)
     if proxy.data is not None:
         _check_cache(space, proxy)
+    _check_largest(space)
     notes: list[str] = []
     table: Path | None = None
     try:
@@ -93,6 +102,38 @@ def check_space(space: Any, *, need_table: bool = False) -> SpaceCheck:
             raise
         notes.append(str(exc))
     return SpaceCheck(settings, proxy, table, notes)
+
+
+#: which option of a named choice builds the larger block (higher first); what is not named
+#: ranks lowest
+_HEAVIER = {name: rank for rank, name in enumerate(reversed((
+    "transformer", "cross_ffn", "resnet", "cross3d", "attn3d", "cross1d", "attn1d", "conv3d", "conv1d",
+    "self_cross", "cross", "self", "mha", "geglu", "plain", "after_transformer")))}
+
+
+class _LargestChooser:
+    """Takes the option that builds the largest blocks: the highest number, ``true``, and for
+    names the order of :data:`_HEAVIER` (a transformer before a skip, MHA before MQA)."""
+
+    def categorical(self, name: str, options: list[Any]) -> Any:
+        return max(options, key=lambda o: (float(o) if isinstance(o, (int, float)) else _HEAVIER.get(o, -1)))
+
+    def integer(self, name: str, low: int, high: int, step: int) -> int:
+        return low + (high - low) // step * step
+
+
+def _check_largest(space: Any) -> None:
+    """The space's largest candidate (the largest option of every dimension) must be costable:
+    a trial costs every candidate block by block at full size (fvcore), so a space whose largest
+    block cannot fit in memory is refused now, in one line, not by the allocator mid-run."""
+    from archsearch.candidate import resolve
+    from archsearch.model import check_memory
+
+    largest = resolve(space, _LargestChooser())
+    try:
+        check_memory(largest, whole=False)
+    except ArchsearchError as exc:
+        raise ArchsearchError(f"{space.path}: its largest candidate cannot be costed: {exc}") from None
 
 
 def resolve_latency_table(settings: SearchSettings, space: Any) -> Path | None:
@@ -130,8 +171,53 @@ def resolve_latency_table(settings: SearchSettings, space: Any) -> Path | None:
         p = find_file(Path(TABLES) / name)  # the tables shipped with archsearch
         if p is not None and p.is_file():
             return p
-    raise ArchsearchError(
-        f"{space.path}: search.latency_table: not set and latency_tables/{names[0]} does not exist; "
-        f"make it with `archsearch profile {space.path} --target {target}` or set search.latency_table "
-        "(or remove latency from search.objectives and constraints.max_latency_ms)"
-    )
+    raise ArchsearchError(_no_table_message(space, settings, target, names[0], bases))
+
+
+def _unprofilable_reason(target: str) -> str | None:
+    """Why ``archsearch profile --target TARGET`` cannot run on this machine, or None if it can:
+    the reason the target's backend gives when it is made here (no CUDA device, no Metal, no
+    ExecuTorch, ...)."""
+    from archsearch.cost.latency import make_backend
+    from archsearch.errors import ParameterError
+
+    try:
+        make_backend(target, convert=False)
+    except ParameterError as exc:
+        return exc.detail.removeprefix(f"{target}: ")
+    except ArchsearchError as exc:
+        return str(exc)
+    return None
+
+
+def _no_table_message(space: Any, settings: SearchSettings, target: str, name: str, bases: list[Path]) -> str:
+    """The one line for a search without its latency table: the known targets, those that can
+    be profiled here and those that already have a table for this space, and the way out."""
+    from archsearch._resources import TABLES, find_file
+    from archsearch.cost.latency import TARGETS
+
+    key = ("constraints.latency_target" if space.constraints.get("latency_target") is not None
+           else "search.target" if settings.target is not None else "search.target (default cpu)")
+    res = space.data.get("resolution", 64)
+
+    def has_table(t: str) -> bool:
+        for f in (f"{space.name}-{t}-r{res}.csv", f"{space.name}-{t}-r{res}-estimate.csv"):
+            shipped = find_file(Path(TABLES) / f)
+            if any((b / TABLES / f).is_file() for b in bases) or (shipped is not None and shipped.is_file()):
+                return True
+        return False
+
+    here = [t for t in TARGETS if _unprofilable_reason(t) is None]
+    known = (f"known targets: {', '.join(TARGETS)}; profiled on this machine: {', '.join(here)}; "
+             f"with a table for {space.name} at r{res}: {', '.join(t for t in TARGETS if has_table(t)) or 'none'}")
+    way_out = "(or remove latency from search.objectives and constraints.max_latency_ms)"
+    if target not in TARGETS:
+        return f"{space.path}: {key}: {target}: unknown target ({known})"
+    why = _unprofilable_reason(target)
+    if why is None:
+        return (f"{space.path}: {key}: {target}: latency_tables/{name} does not exist and search.latency_table "
+                f"is not set; make it with `archsearch profile {space.path} --target {target}` or set "
+                f"search.latency_table ({known}) {way_out}")
+    return (f"{space.path}: {key}: {target}: latency_tables/{name} does not exist, and {target} cannot be "
+            f"profiled here: {why}; measure it where it runs (`archsearch profile --target {target}` there, "
+            f"or --import) and set search.latency_table, or choose another target ({known}) {way_out}")

@@ -159,6 +159,10 @@ def _worker_main(job: WorkerJob) -> None:
     teacher = load_teacher(job.proxy, kind=job.space.kind, device=job.device)
     ctx = TrialContext(job.space, job.settings, job.proxy, teacher, table, job.device, job.threads,
                        lock=StudyLock(job.budget.lock_path))
+    if getattr(job.settings, "method", None) == "temporal":  # the frozen backbone, loaded in this process
+        from archsearch.search._temporal import temporal_context
+
+        ctx = temporal_context(ctx)
     storage = open_storage(job.storage_url)
     study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=TrialSeededSampler(job.settings))
     try:

@@ -5,7 +5,8 @@ The steps are split so that both backends share them:
 * :func:`resolve_candidate` asks the Optuna trial (define-by-run) for a candidate;
 * :func:`evaluate` (no Optuna) computes params, FLOPs and predicted latency, rejects a
   candidate that breaks a constraint *before any training*, else runs the distillation
-  (:func:`archsearch.distill.distill`);
+  (:func:`archsearch.distill.distill`), or with ``proxy.kind: supernet`` scores the
+  candidate's sub-network of the trained supernet (``Supernet.score``, no training);
   every exception of the proxy run (NaN loss, out of memory, any error) becomes a failed
   record with its one-line reason;
 * :func:`record` writes the result onto the trial (user attrs, ``set_constraint``) and tells
@@ -57,6 +58,18 @@ class TrialContext:
     device: str | None = None
     threads: int | None = None
     lock: Any | None = None  # StudyLock: serialises candidate claims across processes
+    supernet: Any | None = None  # distill.Supernet (proxy.kind: supernet); loaded on first use if None
+
+    def scorer(self) -> Any:
+        """The supernet that scores candidates (``proxy.kind: supernet`` or ``search.method:
+        evolve``): this context's, else loaded from the cache (a worker process; the run trained
+        it before the first trial)."""
+        if self.supernet is None:
+            from archsearch.distill import load_supernet
+
+            self.supernet = load_supernet(self.space, self.proxy, self.teacher, device=self.device,
+                                          threads=self.threads)
+        return self.supernet
 
 
 @dataclass
@@ -232,7 +245,11 @@ def evaluate(candidate: Candidate, ctx: TrialContext) -> TrialRecord:
         rec.wall_time_s = time.perf_counter() - t0
         return rec
     try:
-        result = stage.distill(candidate, ctx.teacher, ctx.proxy, device=ctx.device, threads=ctx.threads)
+        if getattr(ctx.proxy, "kind", "per_trial") == "supernet":
+            result = ctx.scorer().score(candidate)
+        else:
+            result = stage.distill(candidate, ctx.teacher, ctx.proxy, device=ctx.device, threads=ctx.threads,
+                                   prepare_student=getattr(ctx, "prepare_student", None))
     except stage.TrialFailed as exc:
         rec.fail_reason = exc.reason
     except MemoryError:
@@ -249,7 +266,8 @@ def evaluate(candidate: Candidate, ctx: TrialContext) -> TrialRecord:
         rec.proxy = {
             "steps": result.steps, "params": result.params, "device": result.device,
             "wall_time_s": round(result.wall_time_s, 4),
-            **{k: metrics[k] for k in ("steps_per_s", "holdout_task_mse", "proxy_candidate") if k in metrics},
+            **{k: metrics[k] for k in ("steps_per_s", "holdout_task_mse", "proxy_candidate", "proxy_kind", "supernet")
+               if k in metrics},
         }
     rec.wall_time_s = time.perf_counter() - t0
     return rec

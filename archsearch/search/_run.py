@@ -1,8 +1,11 @@
 """``run_search``: everything ``archsearch run SPEC`` does before the store is written.
 
 settings (spec + arguments) -> latency table -> teacher (trained and cached the first time) ->
-study (created, or resumed: interrupted trials marked failed and queued again) -> backend
-(local processes or Ray Tune) until ``n_trials`` trials are done or the timeout passes.
+supernet (``proxy.kind: supernet`` or ``search.method: evolve``; trained and cached the first
+time) -> study (created, or resumed: interrupted trials marked failed and queued again) -> with
+``search.method: optuna`` a backend (local processes or Ray Tune) until ``n_trials`` trials are
+done or the timeout passes; with ``evolve`` the architecture evolving (:mod:`._evolve`) in
+this process until the latency budget.
 
 Nothing here draws or prints: long work reports through ``progress(phase, description, done,
 total)`` (phases ``captions`` and ``teacher`` while the built-in teacher trains, then
@@ -57,6 +60,7 @@ class SearchRun:
     workers: int | None = 1
     stopped: str | None = None  # 'interrupted' after Ctrl-C
     requeued: list[tuple[int, int]] = field(default_factory=list)  # (interrupted, its re-run)
+    evolution: Any = None  # EvolveResult of search.method: evolve
 
 
 def _table_fingerprint(table: Any) -> str:
@@ -131,7 +135,7 @@ def run_search(
         spec_value = workers is None  # from search.workers: the spec's own line
         check_workers(settings.workers, (lambda allowed: space.fail(("search", "workers"), settings.workers, allowed))
                       if spec_value else None)
-    proxy = checked.proxy
+    proxy = checked.proxy  # check_space refused a space the supernet or the backbone cannot cover
     table_path = checked.latency_table
     table = None
     if table_path is not None:
@@ -147,23 +151,37 @@ def run_search(
     lock = StudyLock(lock_path(url, study_dir))
 
     teacher = load_teacher(proxy, kind=space.kind, progress=progress, device=dev)  # trained on first use
+    evolve = settings.method == "evolve"
+    backbone = None
+    if settings.method == "temporal":  # the frozen image backbone (the built-in one trained on first use)
+        from archsearch.search._temporal import load_backbone
+
+        backbone = load_backbone(space, proxy, settings.backbone, progress=progress, threads=settings.threads)
+    supernet = None
+    if evolve or proxy.kind == "supernet":
+        from archsearch.distill import load_supernet
+
+        supernet = load_supernet(space, proxy, teacher, device=dev, progress=progress,
+                                 threads=settings.threads)  # trained on first use
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.time()  # the timeout counts from the study's opening (the teacher is not searching)
     with lock.hold():  # one run at a time creates, warm-starts and recovers the study
         study_obj, resumed = open_study(
-            settings, store, space=space, proxy=proxy.to_dict(), teacher_fingerprint=teacher.fingerprint,
+            settings, store, space=space, proxy=proxy.to_dict(),
+            teacher_fingerprint=teacher.fingerprint if backbone is None else f"{teacher.fingerprint}+{backbone.fingerprint}",
             latency_table_sha=_table_fingerprint(table) if table is not None else None, resume=resume,
             extra={"spec": str(space.path), "storage": url, "study_dir": str(study_dir.resolve()),
                    "kind": space.kind},
         )
-        if not resumed and not study_obj.trials and settings.warm_start and settings.startup():
+        if not resumed and not study_obj.trials and settings.warm_start and settings.startup() and not evolve:
             from archsearch.search._warmstart import spread_start
 
             for params in spread_start(space, settings, table, min(settings.startup(), settings.n_trials),
                                        seed=settings.seed):
                 study_obj.enqueue_trial(params, skip_if_exists=True)
         interrupted, elsewhere = recover_interrupted(study_obj) if resumed else ([], [])
-        requeued = requeue_interrupted(study_obj) if resumed else []
+        # an evolution replays its own path: nothing is queued for a sampler to run
+        requeued = requeue_interrupted(study_obj) if resumed and not evolve else []
     if interrupted:
         say(f"resume: {len(interrupted)} interrupted trial(s) marked failed: {', '.join(map(str, interrupted))}")
     if requeued:
@@ -177,6 +195,19 @@ def run_search(
                     backend=backend, workers=settings.workers, requeued=requeued)
     watch = TrialsProgress(settings.n_trials, progress, on_trial, label=f"{settings.study} ({settings.sampler})")
     watch(study_obj)
+    if evolve:
+        from archsearch.search._evolve import run_evolve
+
+        threads = settings.threads
+        ctx = TrialContext(space, settings, proxy, teacher, table, dev, threads, lock=lock, supernet=supernet)
+        t_start = time.time()
+        try:
+            run.evolution = run_evolve(study_obj, ctx, supernet, on_change=watch)
+        except KeyboardInterrupt:
+            run.stopped = "interrupted"
+        run.elapsed_s = time.time() - t_start
+        run.counts = count_trials(study_obj)
+        return run
     if remaining <= 0:
         say(f"study {settings.study!r} already has {counts['done']} of {settings.n_trials} trials: "
             "nothing to run (raise the number of trials to continue it)")
@@ -189,14 +220,23 @@ def run_search(
         if backend == "local":
             n_workers = settings.workers or 1
             threads = settings.threads or threads_per_worker(n_workers)
-            ctx = TrialContext(space, settings, proxy, teacher, table, dev, threads, lock=lock)
+            ctx = TrialContext(space, settings, proxy, teacher, table, dev, threads, lock=lock, supernet=supernet)
+            if backbone is not None:
+                from archsearch.search._temporal import temporal_context
+
+                ctx = temporal_context(ctx, backbone)
             budget = Budget(settings.n_trials, deadline, lock.path)
             run_local(study_obj, ctx=ctx, storage_url=url, budget=budget, workers=n_workers,
                       table_path=str(table_path) if table_path else None, on_change=watch)
         else:
             from archsearch.search._ray import run_ray
 
-            ctx = TrialContext(space, settings, proxy, teacher, table, dev, settings.threads, lock=lock)
+            ctx = TrialContext(space, settings, proxy, teacher, table, dev, settings.threads, lock=lock,
+                               supernet=supernet)
+            if backbone is not None:
+                from archsearch.search._temporal import temporal_context
+
+                ctx = temporal_context(ctx, backbone)
             run_ray(study_obj, ctx=ctx, remaining=remaining, address=address, timeout=settings.timeout,
                     storage_dir=study_dir, on_change=watch)
     except KeyboardInterrupt:  # the trial in flight is recorded as interrupted; keep what is done

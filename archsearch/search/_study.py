@@ -4,7 +4,9 @@ The ``search:`` section of a spec (every key optional)::
 
     search:
       objectives: [quality, latency, params]   # minimised; also: flops
-      sampler: nsga2          # nsga2 (default) | tpe | gp | random
+      method: optuna          # optuna (default: the sampler proposes) | evolve (SnapFusion's
+                              # architecture evolving over the supernet; needs max_latency_ms)
+      sampler: gp             # gp (default: Gaussian process, best at N trials) | nsga2 | tpe | random
       n_trials: 24
       seed: 0
       timeout: null           # seconds; no new trial starts after it
@@ -59,7 +61,9 @@ from archsearch.errors import ArchsearchError, ParameterError
 __all__ = [
     "DEFAULT_OBJECTIVES",
     "DEFAULT_SAMPLER",
+    "DEFAULT_METHOD",
     "INTERRUPTED",
+    "METHODS",
     "OBJECTIVES",
     "SAMPLERS",
     "SEARCH_KEYS",
@@ -80,14 +84,23 @@ __all__ = [
 ]
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
-DEFAULT_SAMPLER = "nsga2"
+DEFAULT_SAMPLER = "gp"  # benchmarks/bench_search.py: the one sampler at N trials >= random at 3N
 #: Objective names a spec may use -> the column they fill (every objective is minimised).
 OBJECTIVES = {"quality": "quality", "latency": "latency_ms", "latency_ms": "latency_ms",
               "params": "params", "flops": "flops"}
 DEFAULT_OBJECTIVES = ("quality", "latency_ms", "params")
 DEFAULT_N_TRIALS = 20
+#: How a search proposes candidates: ``optuna`` (the sampler; default), ``evolve``
+#: (SnapFusion's architecture evolving over the trained supernet, :mod:`archsearch.search._evolve`)
+#: or ``temporal`` (SnapGen-V's temporal layers on a frozen image backbone,
+#: :mod:`archsearch.search._temporal`; NSGA-II unless ``sampler`` says otherwise).
+METHODS = ("optuna", "evolve", "temporal")
+DEFAULT_METHOD = "optuna"
+#: the sampler of ``method: temporal`` unless the spec names one (SnapGen-V searched with NSGA-II)
+TEMPORAL_SAMPLER = "nsga2"
 SEARCH_KEYS = ("objectives", "sampler", "n_trials", "seed", "timeout", "target", "latency_table",
-               "storage", "study", "workers", "threads", "population_size", "warm_start", "reference_point", "trial_resources")
+               "storage", "study", "workers", "threads", "population_size", "warm_start", "reference_point", "trial_resources",
+               "method", "backbone")
 #: ``fail_reason`` of a trial whose process died (kill -9, power cut) before it finished.
 INTERRUPTED = "interrupted"
 _ATTR = "archsearch."  # prefix of the study user attrs written here
@@ -108,6 +121,8 @@ class SearchSettings:
     """The validated ``search:`` section plus the constraints, after CLI overrides."""
 
     study: str
+    method: str = DEFAULT_METHOD
+    backbone: str | None = None  # method temporal: builtin | an `archsearch train` output folder
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     sampler: str = DEFAULT_SAMPLER
     n_trials: int = DEFAULT_N_TRIALS
@@ -155,6 +170,23 @@ class SearchSettings:
             if s["sampler"] not in SAMPLERS:
                 fail(("search", "sampler"), s["sampler"], ", ".join(SAMPLERS))
             out["sampler"] = s["sampler"]
+        if "method" in s:
+            if s["method"] not in METHODS:
+                fail(("search", "method"), s["method"], ", ".join(METHODS))
+            out["method"] = s["method"]
+            if s["method"] == "evolve" and space.constraints.get("max_latency_ms") is None:
+                fail(("search", "method"), s["method"], "evolve with constraints.max_latency_ms (its latency budget), "
+                     "or optuna", message="evolve needs a latency budget")
+            if s["method"] == "temporal" and "sampler" not in s:
+                out["sampler"] = TEMPORAL_SAMPLER  # SnapGen-V's search is evolutionary: NSGA-II
+        if s.get("backbone") is not None:
+            v = s["backbone"]
+            if out.get("method") != "temporal":
+                fail(("search", "backbone"), v, "method: temporal with a backbone, or no backbone",
+                     message="a backbone is used only by method temporal")
+            if not (isinstance(v, str) and v.strip()):
+                fail(("search", "backbone"), v, "builtin, or an `archsearch train` output folder")
+            out["backbone"] = v
         for key, lo in (("n_trials", 1), ("seed", 0), ("workers", 1), ("threads", 1), ("population_size", 2)):
             v = s.get(key)
             if v is None:
@@ -311,7 +343,8 @@ class SearchSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "study": self.study, "objectives": list(self.objectives), "sampler": self.sampler,
+            "study": self.study, "method": self.method, "backbone": self.backbone,
+            "objectives": list(self.objectives), "sampler": self.sampler,
             "n_trials": self.n_trials, "seed": self.seed, "timeout": self.timeout, "target": self.target,
             "latency_table": str(self.latency_table) if self.latency_table else None,
             "storage": self.storage, "workers": self.workers, "threads": self.threads,
@@ -603,7 +636,7 @@ def open_study(
                              f"{list(settings.objectives)}; name a new study")
     for key, value in {**identity, **(extra or {})}.items():
         study.set_user_attr(_ATTR + key, value)
-    for key in ("sampler", "seed", "n_trials", "target", "population_size"):
+    for key in ("method", "sampler", "seed", "n_trials", "target", "population_size"):
         study.set_user_attr(_ATTR + key, settings.to_dict()[key])
     study.set_user_attr(_ATTR + "latency_table", str(settings.latency_table) if settings.latency_table else None)
     if settings.reference_point is not None:

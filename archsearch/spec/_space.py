@@ -26,6 +26,11 @@ from archsearch.spec._loader import LocatedDocument, format_path, load_yaml, loa
 __all__ = [
     "ADDED_CONDITIONING_TYPES",
     "LAYER_TOKENS",
+    "LIMITS",
+    "MAX_COUNT_STEPS",
+    "MAX_LAYERS",
+    "MAX_OPTIONS",
+    "MAX_STAGES",
     "SCHEMA_VERSION",
     "SPATIAL_LAYER_TOKENS",
     "Chooser",
@@ -70,6 +75,52 @@ ADDED_CONDITIONING_KEYS = {"type", "pooled_dim", "time_ids", "time_id_dim"}
 ADDED_CONDITIONING_DEFAULTS: dict[str, Any] = {"type": "none", "pooled_dim": 1280, "time_ids": 6, "time_id_dim": 256}
 TEMPORAL_KEYS = {"type", "count", "placement"}
 CONSTRAINT_KEYS = {"max_params", "max_latency_ms", "max_memory_mb", "latency_target"}
+
+#: Upper bounds of every size a spec may hold (README, "Limits"). They are generous -- SDXL's
+#: UNet (widths 320-1280, transformer depth 10, text 2048 x 77) and T5-sized text encoders
+#: (4096 wide, 512 tokens) fit with room -- and they keep an absurd value (``channels: 100000``)
+#: from reaching the builder. A value over its bound is refused with the bound in the error.
+LIMITS: dict[str, int | float] = {
+    # top level
+    "latent_channels": 256,
+    "resolution": 1024,         # latent side (8192 px through an /8 VAE)
+    "frames": 512,
+    "context_dim": 8192,
+    "context_length": 4096,
+    "time_embed_dim": 32768,
+    "norm_groups": 1024,
+    "up_extra_resnets": 16,
+    "width_mult": 16.0,
+    # a stage
+    "channels": 8192,
+    "resnet_blocks": 32,
+    "resnet_expansion": 16.0,
+    "transformer_depth": 64,
+    "heads": 1024,
+    "head_dim": 1024,
+    "ffn_ratio": 16.0,
+    "count": 32,                # temporal layers per stage
+    # added_conditioning
+    "pooled_dim": 8192,
+    "time_ids": 64,
+    "time_id_dim": 4096,
+}
+#: stages of the down path (a latent side halves at each)
+MAX_STAGES = 8
+#: positions of one stage's ``layers:``
+MAX_LAYERS = 256
+#: options of one ``{choice: [...]}`` or ``{range: [...]}``
+MAX_OPTIONS = 1024
+#: work the exact size count may do over the whole space: each define-by-run assignment it
+#: enumerates costs :data:`ASSIGNMENT_STEPS` plus one per choice it makes (a step is about a
+#: microsecond and a half: this bounds validation to a second or two, about 35,000 assignments
+#: of a space like unet_mobile)
+MAX_COUNT_STEPS = 1_000_000
+ASSIGNMENT_STEPS = 20
+#: a candidate file (``archsearch.candidate``, which this module must not import) says so here
+CANDIDATE_FORMAT_PREFIX = "archsearch.candidate/"
+#: the commands that take a candidate file (what a candidate given to a space command is told)
+CANDIDATE_COMMANDS = ("build", "train", "export", "profile", "predict")
 
 STAGE_DEFAULTS: dict[str, Any] = {
     "resnet_blocks": 2,
@@ -123,50 +174,83 @@ def _is_num(v: Any) -> bool:
 class _Rule:
     check: Callable[[Any], bool]
     allowed: str
+    integer: bool = False  # the value must be an integer (a float is named as such)
 
 
-def _int_min(lo: int) -> _Rule:
-    return _Rule(lambda v: _is_int(v) and v >= lo, f"an integer >= {lo}")
+def _int_in(key: str, lo: int) -> _Rule:
+    """An integer from ``lo`` to the documented bound of ``key`` (:data:`LIMITS`)."""
+    hi = LIMITS[key]
+    return _Rule(lambda v: _is_int(v) and lo <= v <= hi, f"an integer from {lo} to {hi:,}", True)
 
 
-def _num_pos() -> _Rule:
-    return _Rule(lambda v: _is_num(v) and v > 0, "a number > 0")
+def _num_in(key: str) -> _Rule:
+    """A number > 0 up to the documented bound of ``key`` (:data:`LIMITS`)."""
+    hi = LIMITS[key]
+    return _Rule(lambda v: _is_num(v) and 0 < v <= hi, f"a number > 0 and <= {hi:g}", False)
 
 
 def _one_of(options: tuple[str, ...]) -> _Rule:
-    return _Rule(lambda v: v in options, ", ".join(options))
+    return _Rule(lambda v: isinstance(v, str) and v in options, ", ".join(options))
 
 
 _BOOL = _Rule(lambda v: isinstance(v, bool), "true, false")
 
 STAGE_RULES: dict[str, _Rule] = {
-    "channels": _int_min(1),
-    "resnet_blocks": _int_min(1),
+    "channels": _int_in("channels", 1),
+    "resnet_blocks": _int_in("resnet_blocks", 1),
     "resnet_variant": _one_of(RESNET_VARIANTS),
-    "resnet_expansion": _num_pos(),
-    "transformer_depth": _int_min(0),
+    "resnet_expansion": _num_in("resnet_expansion"),
+    "transformer_depth": _int_in("transformer_depth", 0),
     "attention": _one_of(ATTENTION_KINDS),
     "attention_variant": _one_of(ATTENTION_VARIANTS),
-    "head_dim": _int_min(1),
-    "heads": _int_min(1),
+    "head_dim": _int_in("head_dim", 1),
+    "heads": _int_in("heads", 1),
     "qk_norm": _BOOL,
-    "ffn_ratio": _num_pos(),
+    "ffn_ratio": _num_in("ffn_ratio"),
     "ffn_type": _one_of(FFN_TYPES),
     "rope": _BOOL,
 }
 TEMPORAL_RULES: dict[str, _Rule] = {
     "type": _one_of(TEMPORAL_TYPES),
-    "count": _int_min(0),
+    "count": _int_in("count", 0),
     "placement": _one_of(TEMPORAL_PLACEMENTS),
 }
+#: the top-level sizes: (default, lowest value)
+TOP_SIZES: dict[str, tuple[int, int]] = {
+    "latent_channels": (4, 1), "resolution": (64, 1), "context_dim": (768, 1), "context_length": (77, 1),
+    "norm_groups": (32, 1), "frames": (8, 1), "up_extra_resnets": (1, 0),
+}
+
+
+def _bad_value(v: Any, rule: _Rule | None = None) -> str:
+    """``bad value X``, with what YAML made of it when that is the likely surprise: ``1e9``
+    is text to YAML 1.1 (a float needs a dot and a signed exponent: ``1.0e+9``), and a float
+    where an integer is needed is named as one."""
+    msg = f"bad value {_describe(v)}"
+    if isinstance(v, str):
+        try:
+            x = float(v.replace("_", ""))
+        except ValueError:
+            return msg
+        digits = f", write it in digits ({int(x)})" if math.isfinite(x) and x.is_integer() and abs(x) < 1e18 else ""
+        return msg + f": YAML reads {_short(v)} as text, not a number{digits}"
+    if isinstance(v, float) and rule is not None and rule.integer:
+        return msg + ", a float"
+    return msg
+
+
+def _short(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _describe(v: Any) -> str:
     if isinstance(v, str):
-        return repr(v)
+        return repr(_short(v))
     if v is None:
         return "null"
-    return repr(v) if not isinstance(v, (dict, list)) else type(v).__name__
+    if isinstance(v, (dict, list, tuple, set)):
+        return type(v).__name__
+    return _short(repr(v))
 
 
 # --------------------------------------------------------------------------- the space
@@ -228,16 +312,27 @@ class SearchSpace:
     def _err(self, path: Path_, msg: str, allowed: str | None = None) -> SpecError:
         return self._doc.fail(tuple(path), msg, allowed)
 
-    def _options(self, path: Path_, value: Any) -> list[Any]:
-        """The values a (possibly searchable) entry can take; validates the choice syntax."""
+    def _options(self, path: Path_, value: Any, rule: _Rule | None = None) -> list[Any]:
+        """The values a (possibly searchable) entry can take; validates the choice syntax.
+
+        At most :data:`MAX_OPTIONS` options: a range's size is computed (and its ends checked
+        against ``rule``) before any list is made, so ``{range: [1, 100000000]}`` costs nothing.
+        """
         if isinstance(value, dict):
             keys = set(value)
             if keys == {"choice"}:
                 opts = value["choice"]
                 if not isinstance(opts, list) or not opts:
                     raise self._err(path + ("choice",), "must be a non-empty list", "a list of values")
+                if len(opts) > MAX_OPTIONS:
+                    raise self._err(path + ("choice",), f"{len(opts):,} options",
+                                    f"at most {MAX_OPTIONS:,} options in one choice")
+                for o in opts:
+                    if isinstance(o, (dict, list)):
+                        raise self._err(path + ("choice",), f"bad option {_describe(o)}",
+                                        "plain values (numbers, names, true/false)")
                 if len({repr(o) for o in opts}) != len(opts):
-                    raise self._err(path + ("choice",), f"repeated options in {opts!r}", "distinct values")
+                    raise self._err(path + ("choice",), f"repeated options in {_short(repr(opts))}", "distinct values")
                 return list(opts)
             if keys == {"range"}:
                 r = value["range"]
@@ -247,56 +342,80 @@ class SearchSpace:
                 step = r[2] if len(r) == 3 else 1
                 if step <= 0 or hi < lo:
                     raise self._err(path + ("range",), f"empty range {r!r}", "low <= high and step > 0")
-                if all(_is_int(x) for x in (lo, hi, step)):
+                if rule is not None:
+                    for end in (lo, hi):
+                        if not rule.check(end):
+                            raise self._err(path + ("range",), _bad_value(end, rule), rule.allowed)
+                exact = all(_is_int(x) for x in (lo, hi, step))
+                n = (hi - lo) // step + 1 if exact else int(math.floor((hi - lo) / step + 1e-9)) + 1
+                if n > MAX_OPTIONS:
+                    raise self._err(path + ("range",), f"range {r!r} has {n:,} options",
+                                    f"at most {MAX_OPTIONS:,} options in one range; a larger step")
+                if exact:
                     return list(range(lo, hi + 1, step))
-                n = int(math.floor((hi - lo) / step + 1e-9)) + 1
                 return [round(lo + i * step, 10) for i in range(n)]
-            raise self._err(path, f"unknown form with keys {sorted(keys)}", "a value, {choice: [...]}, {range: [lo, hi, step]}")
+            raise self._err(path, f"unknown form with keys {sorted(map(str, keys))}",
+                            "a value, {choice: [...]}, {range: [lo, hi, step]}")
         if isinstance(value, list):
             raise self._err(path, "a bare list is ambiguous", "a value, {choice: [...]}, {range: [lo, hi, step]}")
         return [value]
 
     def _check_value(self, path: Path_, value: Any, rule: _Rule) -> list[Any]:
-        opts = self._options(path, value)
+        opts = self._options(path, value, rule)
         for o in opts:
             if not rule.check(o):
-                raise self._err(path, f"bad value {_describe(o)}", rule.allowed)
+                raise self._err(path, _bad_value(o, rule), rule.allowed)
         return opts
 
     def _fixed(self, path: Path_, value: Any, rule: _Rule) -> Any:
         if isinstance(value, dict):
             raise self._err(path, "cannot be searched", f"a fixed value: {rule.allowed}")
         if not rule.check(value):
-            raise self._err(path, f"bad value {_describe(value)}", rule.allowed)
+            raise self._err(path, _bad_value(value, rule), rule.allowed)
         return value
+
+    def _refuse_candidate(self, d: dict[Any, Any]) -> None:
+        """A candidate file (``pareto/<id>.yaml``, ``archsearch sample -o``) given where a space
+        is expected: say what it is and which commands take it, not "format: unknown key"."""
+        fmt = d.get("format")
+        tagged = isinstance(fmt, str) and fmt.startswith(CANDIDATE_FORMAT_PREFIX)
+        shaped = "schema_version" not in d and {"stages", "up", "mid", "time_embed_dim"} <= set(d)
+        if not (tagged or shaped):
+            return
+        ident = f", id {_short(str(d['id']), 20)}" if isinstance(d.get("id"), str) else ""
+        what = f"{fmt}{ident}" if tagged else f"a resolved architecture{ident}"
+        commands = ", ".join(CANDIDATE_COMMANDS[:-1]) + f" or {CANDIDATE_COMMANDS[-1]}"
+        raise SpecError(f"{self.path}: this is a candidate file ({what}), not a search space; this command takes a "
+                        f"search space (allowed: a space YAML here; give the candidate to archsearch {commands}, "
+                        f"e.g. `archsearch build {self.path}`)")
 
     def _validate(self) -> None:
         d = self.data
         if not isinstance(d, dict):
             raise self._err((), "the file must be a YAML mapping", "a mapping with schema_version, name, stages, ...")
-        unknown = sorted(set(d) - TOP_KEYS)
+        self._refuse_candidate(d)
+        unknown = sorted((str(k) for k in set(d) - TOP_KEYS), key=str)
         if unknown:
             raise self._err((unknown[0],), "unknown key", ", ".join(sorted(TOP_KEYS)))
         if "schema_version" not in d:
             raise self._err((), "missing key schema_version", str(SCHEMA_VERSION))
-        if d["schema_version"] != SCHEMA_VERSION:
+        if not _is_int(d["schema_version"]) or d["schema_version"] != SCHEMA_VERSION:
             raise self._err(("schema_version",), f"unsupported version {_describe(d['schema_version'])}", str(SCHEMA_VERSION))
         if not isinstance(d.get("name"), str) or not d["name"].strip():
             raise self._err(("name",), f"bad value {_describe(d.get('name'))}", "a non-empty string")
         self._fixed(("kind",), d.get("kind", "image"), _one_of(KINDS))
-        for key, default, lo in (
-            ("latent_channels", 4, 1), ("resolution", 64, 1), ("context_dim", 768, 1),
-            ("context_length", 77, 1), ("norm_groups", 32, 1), ("frames", 8, 1), ("up_extra_resnets", 1, 0),
-        ):
-            self._fixed((key,), d.get(key, default), _int_min(lo))
+        for key, (default, lo) in TOP_SIZES.items():
+            self._fixed((key,), d.get(key, default), _int_in(key, lo))
         if d.get("time_embed_dim") is not None:
-            self._fixed(("time_embed_dim",), d["time_embed_dim"], _int_min(1))
-        self._width_opts = self._check_value(("width_mult",), d.get("width_mult", 1.0), _num_pos())
+            self._fixed(("time_embed_dim",), d["time_embed_dim"], _int_in("time_embed_dim", 1))
+        self._width_opts = self._check_value(("width_mult",), d.get("width_mult", 1.0), _num_in("width_mult"))
         self._check_added_conditioning(d.get("added_conditioning"))
 
         stages = d.get("stages")
         if not isinstance(stages, list) or not stages:
             raise self._err(("stages",), f"bad value {_describe(stages)}", "a non-empty list of stage mappings")
+        if len(stages) > MAX_STAGES:
+            raise self._err(("stages",), f"{len(stages)} stages", f"at most {MAX_STAGES} stages")
         res = d.get("resolution", 64)
         if res % (2 ** (len(stages) - 1)):
             raise self._err(("resolution",), f"{res} is not divisible by 2**(stages-1) = {2 ** (len(stages) - 1)}",
@@ -313,7 +432,8 @@ class SearchSpace:
             if not isinstance(st, dict):
                 raise self._err(("stages", i), f"bad value {_describe(st)}", "a mapping of stage keys")
             if "channels" not in st:
-                raise self._err(("stages", i), "missing key channels", "an integer >= 1 or a choice")
+                raise self._err(("stages", i), "missing key channels",
+                                f"an integer from 1 to {LIMITS['channels']:,} or a choice")
             self._check_stage(("stages", i), st, need_channels=True)
         mid = d.get("mid", {})
         if mid is not None and mid != "none":
@@ -345,7 +465,7 @@ class SearchSpace:
             raise self._err(("constraints",), f"bad value {_describe(cons)}", ", ".join(sorted(CONSTRAINT_KEYS)))
         for k, v in cons.items():
             if k not in CONSTRAINT_KEYS:
-                raise self._err(("constraints", k), "unknown key", ", ".join(sorted(CONSTRAINT_KEYS)))
+                raise self._err(("constraints", str(k)), "unknown key", ", ".join(sorted(CONSTRAINT_KEYS)))
             if k == "latency_target":
                 if v is not None and not isinstance(v, str):
                     raise self._err(("constraints", k), f"bad value {_describe(v)}", "a target name such as cpu, cuda, ane")
@@ -362,7 +482,7 @@ class SearchSpace:
     def _check_stage(self, path: Path_, st: dict[str, Any], need_channels: bool) -> None:
         for key, value in st.items():
             if key not in STAGE_KEYS:
-                raise self._err(path + (key,), "unknown key", ", ".join(sorted(STAGE_KEYS)))
+                raise self._err(path + (str(key),), "unknown key", ", ".join(sorted(STAGE_KEYS)))
             if key == "temporal":
                 if self.kind != "video":
                     raise self._err(path + (key,), "temporal layers need kind: video", "kind: video")
@@ -370,7 +490,7 @@ class SearchSpace:
                     raise self._err(path + (key,), f"bad value {_describe(value)}", "a mapping with type, count, placement")
                 for tk, tv in value.items():
                     if tk not in TEMPORAL_KEYS:
-                        raise self._err(path + (key, tk), "unknown key", ", ".join(sorted(TEMPORAL_KEYS)))
+                        raise self._err(path + (key, str(tk)), "unknown key", ", ".join(sorted(TEMPORAL_KEYS)))
                     self._check_value(path + (key, tk), tv, TEMPORAL_RULES[tk])
                 continue
             if key == "layers":
@@ -396,6 +516,8 @@ class SearchSpace:
         if not isinstance(value, list) or not value:
             raise self._err(path, f"bad value {_describe(value)}",
                             "a non-empty list of " + ", ".join(tokens) + " (each may be a {choice: [...]})")
+        if len(value) > MAX_LAYERS:
+            raise self._err(path, f"{len(value):,} layers", f"at most {MAX_LAYERS} positions in one stage")
         for k, entry in enumerate(value):
             if isinstance(entry, dict) and "range" in entry:
                 raise self._err(path + (k,), "a layer cannot be a range", "a layer name or {choice: [...]}")
@@ -419,8 +541,8 @@ class SearchSpace:
                             "none, or a mapping with " + ", ".join(sorted(ADDED_CONDITIONING_KEYS)))
         for k, v in ac.items():
             if k not in ADDED_CONDITIONING_KEYS:
-                raise self._err(path + (k,), "unknown key", ", ".join(sorted(ADDED_CONDITIONING_KEYS)))
-            rule = _one_of(ADDED_CONDITIONING_TYPES) if k == "type" else _int_min(1)
+                raise self._err(path + (str(k),), "unknown key", ", ".join(sorted(ADDED_CONDITIONING_KEYS)))
+            rule = _one_of(ADDED_CONDITIONING_TYPES) if k == "type" else _int_in(k, 1)
             self._fixed(path + (k,), v, rule)
 
     def added_conditioning(self) -> dict[str, Any] | None:
@@ -517,10 +639,12 @@ class SearchSpace:
         two assignments that build the same stage (``[transformer, skip]`` and
         ``[skip, transformer]`` in adjacent ``layers`` positions) count once.
         """
+        budget = _Budget(MAX_COUNT_STEPS)
         total = len(self._width_opts)
         n = self.n_stages
         for i in range(n):
-            total *= _count_distinct(lambda ch, i=i: self._resolve_pair(ch, i, 1.0))
+            tick = budget.spend(lambda n, i=i: self._too_many(("stages", i), f"stages[{i}] and its up stage", n))
+            total *= _count_distinct(lambda ch, i=i: self._resolve_pair(ch, i, 1.0), tick)
         if self._has_mid():
             # The count does not depend on the width, but validity does: try every width
             # the last stage can have (at width_mult 1; other multipliers round to fit).
@@ -528,12 +652,15 @@ class SearchSpace:
             widths = self._options(("stages", self.n_stages - 1, "channels"), last["channels"])
             if 1.0 not in self._width_opts:
                 widths = [math.lcm(*range(1, 257))]  # divisible by any head option
-            counts = {
-                _count_distinct(lambda ch, w=w: self._resolve_mid(ch, w))
-                for w in widths
-            }
+            tick = budget.spend(lambda n: self._too_many(("mid",), "the mid block", n))
+            counts = {_count_distinct(lambda ch, w=w: self._resolve_mid(ch, w), tick) for w in widths}
             total *= counts.pop()
         return total
+
+    def _too_many(self, path: Path_, what: str, done: int) -> SpecError:
+        return self._err(path, f"too many combinations to count: the exact count ran out of its budget "
+                         f"({MAX_COUNT_STEPS:,} steps, {done:,} assignments) at {what}",
+                         f"a space of at most a few tens of thousands of assignments: fewer choices in {what}")
 
     # ----------------------------------------------------------------- resolution
     def _has_mid(self) -> bool:
@@ -801,7 +928,11 @@ class PathChooser:
         return self._take(list(options))
 
     def integer(self, name: str, low: int, high: int, step: int) -> int:
-        return self._take(list(range(low, high + 1, step)))
+        n = (high - low) // step + 1  # the options are never listed (a range may be long)
+        idx = self.prefix[self.pos] if self.pos < len(self.prefix) else 0
+        self.arity.append(n)
+        self.pos += 1
+        return low + idx * step
 
 
 T = TypeVar("T")
@@ -816,24 +947,50 @@ def enumerate_assignments(fn: Callable[[Chooser], T]) -> Iterator[T]:
     the enumeration behind :meth:`SearchSpace.size`; ``archsearch.candidate.
     enumerate_candidates`` builds on it.
     """
+    for out, _ in _assignments(fn):
+        yield out
+
+
+def _assignments(fn: Callable[[Chooser], T]) -> Iterator[tuple[T, PathChooser]]:
+    """:func:`enumerate_assignments` with each leaf's chooser (its choice points, ``arity``)."""
     stack: list[list[int]] = [[]]
     while stack:
         prefix = stack.pop()
         ch = PathChooser(prefix)
-        yield fn(ch)
+        yield fn(ch), ch
         # Branch on every choice point past the prefix: siblings 1..arity-1.
         for depth in range(len(prefix), len(ch.arity)):
             for k in range(1, ch.arity[depth]):
                 stack.append([*prefix, *([0] * (depth - len(prefix))), k])
 
 
-def _count_paths(fn: Callable[[Chooser], Any], limit: int = 2_000_000) -> int:
+class _Budget:
+    """The work the size count may still do (one budget for the whole space, so no number of
+    stages multiplies the time): :data:`ASSIGNMENT_STEPS` per assignment plus its choices."""
+
+    def __init__(self, steps: int) -> None:
+        self.left = steps
+        self.assignments = 0
+
+    def spend(self, error: Callable[[int], SpecError]) -> Callable[[PathChooser], None]:
+        """A per-assignment callback that raises ``error(assignments so far)`` when spent."""
+
+        def tick(ch: PathChooser) -> None:
+            self.assignments += 1
+            self.left -= ASSIGNMENT_STEPS + len(ch.arity)
+            if self.left < 0:
+                raise error(self.assignments)
+
+        return tick
+
+
+def _count_paths(fn: Callable[[Chooser], Any], limit: int = MAX_COUNT_STEPS // ASSIGNMENT_STEPS) -> int:
     """Count the leaves of a define-by-run decision tree by depth-first enumeration."""
     count = 0
     for _ in enumerate_assignments(fn):
         count += 1
         if count > limit:
-            raise SpecError(f"search space group too large to enumerate (> {limit} assignments)")
+            raise SpecError(f"search space group too large to enumerate (> {limit:,} assignments)")
     return count
 
 
@@ -846,15 +1003,30 @@ def _public(obj: Any) -> Any:
     return obj
 
 
-def _count_distinct(fn: Callable[[Chooser], Any], limit: int = 2_000_000) -> int:
-    """The number of distinct outcomes of a define-by-run decision tree (every leaf visited)."""
+def _stage_key(st: dict[str, Any]) -> str:
+    """A resolved stage (its private ``_keys`` left out) as canonical text; its values are
+    flat apart from ``temporal`` (a flat dict) and ``layout`` (a list of names)."""
+    return json.dumps({k: v for k, v in st.items() if k[0] != "_"}, sort_keys=True)
+
+
+def _count_distinct(fn: Callable[[Chooser], Any], tick: Callable[[PathChooser], None] | None = None) -> int:
+    """The number of distinct outcomes of a define-by-run decision tree (every leaf visited).
+
+    ``tick`` is called with each leaf's chooser (a :class:`_Budget`'s, which raises when the
+    budget is spent); without one, the budget is :data:`MAX_COUNT_STEPS`.
+    """
+    if tick is None:
+        tick = _Budget(MAX_COUNT_STEPS).spend(
+            lambda n: SpecError(f"search space group too large to enumerate (> {n:,} assignments)"))
     seen: set[str] = set()
-    count = 0
-    for out in enumerate_assignments(fn):
-        count += 1
-        if count > limit:
-            raise SpecError(f"search space group too large to enumerate (> {limit} assignments)")
-        seen.add(json.dumps(_public(out), sort_keys=True))
+    for out, ch in _assignments(fn):
+        tick(ch)
+        if isinstance(out, tuple):
+            seen.add("|".join(_stage_key(st) for st in out))
+        elif isinstance(out, dict) and all(not isinstance(v, dict) or k == "temporal" for k, v in out.items()):
+            seen.add(_stage_key(out))
+        else:
+            seen.add(json.dumps(_public(out), sort_keys=True))
     return len(seen)
 
 

@@ -13,7 +13,11 @@
   input of full training;
 * ``latency_breakdown.csv`` -- candidate_id, stage, block_type, ms of the Pareto candidates
   (the predictor's per-block rows, grouped, and a ``calibration`` row holding the
-  calibrated overhead, so that each candidate's rows add up to its predicted latency).
+  calibrated overhead, so that each candidate's rows add up to its predicted latency);
+* ``evolution.csv`` -- a ``search.method: evolve`` study's path (:data:`EVOLUTION_COLUMNS`):
+  every action evaluated, in order, with its Δquality, Δlatency and value and whether it was
+  taken. The front of such a study is taken among the architectures the evolution stood on
+  (the study attr ``archsearch.evolution_result``), so ``pareto/`` holds what it chose.
 
 Every file is written atomically (temp file + ``os.replace``); ``meta.json`` is written last
 and records the row count and SHA-256 of the ``trials.csv`` it goes with (``trials_csv``), so
@@ -43,7 +47,7 @@ from archsearch.errors import ArchsearchError
 from archsearch.search import StudyLock, open_storage, storage_file, study_attrs, trial_state
 from archsearch.pareto import default_reference, hypervolume, non_dominated
 
-__all__ = ["BASE_COLUMNS", "StoreSummary", "check_store", "load_trials", "pareto_ids", "refresh_store",
+__all__ = ["BASE_COLUMNS", "EVOLUTION_COLUMNS", "StoreSummary", "check_store", "load_trials", "pareto_ids", "refresh_store",
            "trials_frame", "write_store"]
 
 BASE_COLUMNS = (
@@ -52,6 +56,11 @@ BASE_COLUMNS = (
     "candidate", "duplicate_of", "pareto",
 )
 _ID = re.compile(r"^[0-9a-f]{12}$")
+#: Columns of ``evolution.csv`` (one row per evaluated action of an evolve study).
+EVOLUTION_COLUMNS = (
+    "step", "phase", "kind", "stage", "position", "block", "dimension", "before", "after", "trial",
+    "candidate_id", "quality", "latency_ms", "d_quality", "d_latency_ms", "value", "taken",
+)
 
 
 def _iso(dt: datetime | None) -> str:
@@ -118,8 +127,10 @@ def trials_frame(study: optuna.Study, objectives: list[str] | tuple[str, ...] | 
     arch = [c for c in df.columns if c.startswith("arch.")]
     df = df[list(BASE_COLUMNS) + arch]
     df["duplicate_of"] = df["duplicate_of"].astype("Int64")
-    objectives = list(objectives or study_attrs(study).get("objectives") or ["quality", "latency_ms", "params"])
-    df["pareto"] = _pareto_mask(df, objectives)
+    attrs = study_attrs(study)
+    objectives = list(objectives or attrs.get("objectives") or ["quality", "latency_ms", "params"])
+    chosen = (attrs.get("evolution_result") or {}).get("chosen") if attrs.get("method") == "evolve" else None
+    df["pareto"] = _pareto_mask(df, objectives, among=chosen)
     return df
 
 
@@ -130,9 +141,12 @@ def _feasible_complete(df: pd.DataFrame, objectives: list[str]) -> pd.Series:
     return mask
 
 
-def _pareto_mask(df: pd.DataFrame, objectives: list[str]) -> pd.Series:
+def _pareto_mask(df: pd.DataFrame, objectives: list[str], among: list[int] | None = None) -> pd.Series:
+    """The non-dominated feasible complete trials (``among``: of these trial numbers only)."""
     out = pd.Series(False, index=df.index)
     feas = _feasible_complete(df, objectives)
+    if among is not None:
+        feas &= df["number"].isin([int(n) for n in among])
     if feas.any():
         pts = df.loc[feas, objectives].astype(float).to_numpy()
         out[feas] = non_dominated(pts, ["minimize"] * len(objectives))
@@ -309,6 +323,12 @@ def _write_store(study: optuna.Study, out: Path, attrs: dict[str, Any]) -> "Stor
     elif (out / "latency_breakdown.csv").exists():
         (out / "latency_breakdown.csv").unlink()
 
+    evo = _evolution_frame(attrs)
+    if evo is not None:
+        atomic_write_text(out / "evolution.csv", evo.to_csv(index=False))
+    elif (out / "evolution.csv").exists():
+        (out / "evolution.csv").unlink()
+
     csv_text = df.to_csv(index=False)
     atomic_write_text(out / "trials.csv", csv_text)
 
@@ -335,6 +355,8 @@ def _write_store(study: optuna.Study, out: Path, attrs: dict[str, Any]) -> "Stor
         "target": attrs.get("target"),
         "latency_table": attrs.get("latency_table"),
         "sampler": attrs.get("sampler"),
+        **({"method": attrs.get("method")} if attrs.get("method") not in (None, "optuna") else {}),
+        **({"evolution": attrs.get("evolution_result")} if evo is not None else {}),
         "seed": attrs.get("seed"),
         "n_trials": attrs.get("n_trials"),
         "population_size": attrs.get("population_size"),
@@ -350,6 +372,16 @@ def _write_store(study: optuna.Study, out: Path, attrs: dict[str, Any]) -> "Stor
     })
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, default=str) + "\n")
     return meta
+
+
+def _evolution_frame(attrs: dict[str, Any]) -> pd.DataFrame | None:
+    """The evolve path recorded on the study (``archsearch.evolution``) as a table; None otherwise."""
+    if attrs.get("method") != "evolve" or attrs.get("evolution") is None:
+        return None
+    rows = [{c: a.get(c) for c in EVOLUTION_COLUMNS} for a in attrs["evolution"] if isinstance(a, dict)]
+    df = pd.DataFrame(rows, columns=list(EVOLUTION_COLUMNS))
+    df["position"] = pd.to_numeric(df["position"], errors="coerce").astype("Int64")
+    return df
 
 
 def write_store(study: optuna.Study, study_dir: str | Path | None = None) -> StoreSummary:

@@ -7,7 +7,9 @@ One small interface, :class:`Backend`, with one implementation per way of gettin
   (``coreml``/``ane`` on macOS);
 * :class:`RooflineBackend` estimates each block from a device profile's roofline model,
   after proving it converts to Core ML (``coreml``/``ane`` elsewhere: rows say ``estimate``);
-* :class:`ImportBackend` takes rows measured on a device elsewhere (a CSV).
+* :class:`ImportBackend` takes rows measured on a device elsewhere (a CSV);
+* :class:`ExecuTorchBackend` times ExecuTorch programs
+  with XNNPACK on this CPU (``xnnpack``; the optional ``executorch`` dependency).
 
 :func:`make_backend` picks one by target name (or passes an instance through).
 """
@@ -36,6 +38,7 @@ from archsearch.cost.latency._measure import (
     device_name,
     model_inputs,
     resolve_device,
+    time_callable,
     time_module,
 )
 from archsearch.errors import ArchsearchError
@@ -46,13 +49,14 @@ __all__ = [
     "TARGETS",
     "Backend",
     "CoreMLBackend",
+    "ExecuTorchBackend",
     "ImportBackend",
     "RooflineBackend",
     "TorchBackend",
     "make_backend",
 ]
 
-TARGETS = ("cpu", "cuda", "mps", "coreml", "ane")
+TARGETS = ("cpu", "cuda", "mps", "coreml", "ane", "xnnpack")
 DEFAULT_DEVICE_PROFILE = "apple-a18-pro-ane"
 
 
@@ -422,6 +426,127 @@ class ImportBackend(Backend):
                               "(scale, overhead_ms) in the CSV's metadata")
 
 
+# ----------------------------------------------------------------------------- ExecuTorch
+
+
+class ExecuTorchBackend(Backend):
+    """Times blocks and whole models through ExecuTorch's XNNPACK runtime on this CPU
+    (target ``xnnpack``; see :mod:`archsearch.cost.latency._executorch`): each block is
+    exported, lowered to XNNPACK, run as a ``.pte`` program and checked against torch, then
+    timed; rows note how many ops XNNPACK took. Memory columns are estimated."""
+
+    source = "measured"
+    watches_sentinel = True
+    dtype = "float32"
+    elem_bytes = 4
+
+    def __init__(self, batch: int = 1, threads: int | None = None, settings: MeasureSettings = MeasureSettings(),
+                 export_dir: str | os.PathLike | None = None) -> None:
+        from archsearch.cost.latency._executorch import need_executorch
+
+        need_executorch()
+        n = threads if threads is not None else max(1, torch.get_num_threads())
+        if n < 1:
+            raise ParameterError("threads", f"{n}: bad value (allowed: an integer >= 1)")
+        self.target = "xnnpack"
+        self.batch = batch
+        self.threads = n
+        self.settings = settings
+        self.export_dir = Path(export_dir) if export_dir is not None else None
+        self._programs: dict[str, Any] = {}
+        self._alive: list[Any] = []  # the last programs loaded, kept while their methods run
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": f"{device_name('cpu')} (ExecuTorch XNNPACK)", "threads": self.threads}
+
+    def versions(self) -> dict[str, str]:
+        from importlib.metadata import version
+
+        return {"executorch": version("executorch")}
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        from executorch.extension.pybindings import portable_lib
+
+        old = portable_lib._threadpool_get_thread_count()
+        portable_lib._unsafe_reset_threadpool(self.threads)
+        try:
+            yield
+        finally:
+            portable_lib._unsafe_reset_threadpool(old)
+
+    def _method(self, name: str, module: torch.nn.Module, inputs: tuple) -> tuple[Any, list, str]:
+        """The loaded program's ``forward``, its tensor inputs, and the row's note."""
+        from executorch.runtime import Runtime
+
+        from archsearch.cost.latency._executorch import _TensorArgs, lower_to_xnnpack
+
+        wrapped = _TensorArgs(module, inputs).eval()
+        args = [t for t in inputs if isinstance(t, torch.Tensor)]
+        try:
+            pte, delegated, total = lower_to_xnnpack(wrapped, tuple(args))
+        except Exception as exc:  # an op torch.export or the lowering cannot take
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise ArchsearchError(f"{name}: ExecuTorch cannot lower it ({type(exc).__name__}: {first})") from None
+        if self.export_dir is not None:
+            self.export_dir.mkdir(parents=True, exist_ok=True)
+            safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:150]
+            tmp = self.export_dir / f".{safe}.pte.tmp"
+            tmp.write_bytes(pte)
+            os.replace(tmp, self.export_dir / f"{safe}.pte")
+        # the program (and its bytes) must outlive the method: a method of a collected
+        # program runs on freed memory
+        program = Runtime.get().load_program(pte)
+        method = program.load_method("forward")
+        self._alive.append((pte, program, method))
+        del self._alive[:-8]
+        out = method.execute(args)[0]
+        with torch.inference_mode():
+            want = module(*inputs)
+        err = float((out - want).abs().max()) / max(float(want.abs().max()), 1e-6)
+        note = f"xnnpack {delegated}/{total} ops"
+        if not err < 1e-3:
+            note += f"; output differs from torch by {err:.2g} (relative)"
+        return method, args, note
+
+    def block_row(self, spec: Any, census: BlockCensus, existing: dict[str, Any] | None) -> dict[str, Any]:
+        from archsearch.model import build_block, example_inputs
+
+        block = build_block(spec).eval()
+        inputs = example_inputs(spec, self.batch, generator=torch.Generator().manual_seed(0))
+        method, args, note = self._method(spec.key, block, inputs)
+        t = time_callable(lambda: method.execute(args), self.settings)
+        return {"ms": t.ms, "ms_iqr": t.iqr_ms, "runs": t.runs, "note": note}
+
+    def sentinel_ms(self, spec: Any) -> float:
+        from dataclasses import replace
+
+        from archsearch.model import build_block, example_inputs
+
+        cached = self._programs.get(spec.key)
+        if cached is None:
+            block = build_block(spec).eval()
+            inputs = example_inputs(spec, self.batch, generator=torch.Generator().manual_seed(0))
+            cached = self._programs[spec.key] = self._method(spec.key, block, inputs)[:2]
+        method, args = cached
+        s = self.settings
+        return time_callable(lambda: method.execute(args), replace(s, statistic="mean", stable_time=s.min_run_time)).ms
+
+    def model_ms(self, candidate: Any) -> float:
+        from dataclasses import replace
+
+        from archsearch.model import build_model
+
+        model = build_model(candidate).eval()
+        method, args, _ = self._method(f"candidate {candidate.id}", model, model_inputs(candidate, self.batch))
+        s = self.settings
+        settings = replace(s, min_run_time=5 * s.min_run_time, max_run_time=max(s.max_run_time, 5 * s.min_run_time))
+        return time_callable(lambda: method.execute(args), settings).ms
+
+    def seconds_per_block(self) -> float:
+        return 1.0 + self.settings.min_run_time * 1.3
+
+
 # ----------------------------------------------------------------------------- by name
 
 
@@ -431,7 +556,8 @@ def make_backend(target: str | Backend, *, dtype: str = "float32", batch: int = 
                  compute_units: str | None = None) -> Backend:
     """The backend of a target name (a :class:`Backend` instance is returned as is).
 
-    ``cpu``/``cuda``/``mps``: :class:`TorchBackend`; ``coreml``/``ane``: :class:`CoreMLBackend`
+    ``cpu``/``cuda``/``mps``: :class:`TorchBackend`; ``xnnpack``: ExecuTorch's XNNPACK runtime
+    on this CPU; ``coreml``/``ane``: :class:`CoreMLBackend`
     on macOS, else :class:`RooflineBackend` on ``device_profile`` (default
     :data:`DEFAULT_DEVICE_PROFILE`).
     """
@@ -445,6 +571,10 @@ def make_backend(target: str | Backend, *, dtype: str = "float32", batch: int = 
         raise ParameterError("batch", f"{batch}: bad value (allowed: an integer >= 1)")
     if target in TORCH_TARGETS:
         return TorchBackend(target, dtype, batch, threads, settings)
+    if target == "xnnpack":
+        if dtype != "float32":
+            raise ParameterError("dtype", f"{dtype}: the xnnpack target times float32 programs (allowed: float32)")
+        return ExecuTorchBackend(batch, threads, settings, export_dir)
     from archsearch.cost.latency._coreml import is_macos
 
     if is_macos():
