@@ -49,6 +49,24 @@ def test_sentinel_monitor_flags_drift_and_load():
     assert mon.disturbed_checks == 3 and mon.checks == 4
 
 
+def test_a_machine_that_stays_slower_gets_a_new_baseline_not_endless_retries(tiny_space, tmp_path, monkeypatch):
+    """A baseline taken while the machine ran fast (or a machine that slowed down for good):
+    once a stretch stays 'disturbed' through every retry, the monitor takes a new baseline and
+    the rest of the run is not measured again and again."""
+    backends = _backends
+    monkeypatch.setattr(backends, "time_module", lambda *a, **k: Timing(0.01, 0.01, 0.001, 10))
+    readings = iter([1.0, 1.0, 1.0] + [1.6] * 200)  # baseline fast, then 60% slower for good
+    monkeypatch.setattr(backends.TorchBackend, "sentinel_ms", lambda self, spec: next(readings))
+    cands = sample_many(tiny_space, 3, seed=22)
+    blocks = enumerate_blocks(cands)
+    profile_space(cands, "cpu", tmp_path / "t.csv", threads=1, settings=QUIET_TIMING, calibrate=0, blocks=blocks,
+                  sentinel=SentinelSettings(every=4, drift=0.25, check_load=False, max_retries=2))
+    meta = load_table(tmp_path / "t.csv").meta["sentinel"]
+    assert meta["rebased"] == 1 and meta["kept_disturbed_rows"] == 4  # one stretch, then the new baseline
+    assert meta["remeasured_rows"] == 8 and meta["disturbed_checks"] == 3
+    assert any("new baseline 1.600 ms" in e for e in meta["events"])
+
+
 def test_a_stable_block_stops_before_min_run_time():
     # (a generous threshold: this test is about stopping early, not about a busy machine's noise)
     settings = MeasureSettings(min_run_time=0.5, max_run_time=1.0, threshold=0.5, statistic="median", flush_bytes=0)

@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
         sentinel_every: Annotated[int, typer.Option(help="Re-time a sentinel block after every N blocks; a "
                                                     "disturbed stretch is measured again (0: off).", min=0)] = 25,
         sentinel_drift: Annotated[float, typer.Option(help="Sentinel change that counts as disturbed.",
-                                                      min=0.0)] = 0.10,
+                                                      min=0.0)] = 0.25,
         max_overhead: Annotated[float, typer.Option(help="With --validate: refuse a calibration whose overhead "
                                                     "exceeds this share of the smallest calibration model.",
                                                     min=0.0)] = 0.15,

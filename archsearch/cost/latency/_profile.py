@@ -400,6 +400,7 @@ def _fill(table: LatencyTable, todo: list[Any], backend: Backend, out: Path, pro
                     table.add_rows([{**row, "note": (note + "; " if note else "") + "disturbed"}])
             kept_disturbed += i - start
             start, retries = i, 0
+            monitor.rebase()  # not a moment's disturbance: the machine's speed has moved
     if monitor is not None:
         old = table.meta.get("sentinel") or {}
         table.meta["sentinel"] = {
@@ -410,6 +411,7 @@ def _fill(table: LatencyTable, todo: list[Any], backend: Backend, out: Path, pro
             "disturbed_checks": int(old.get("disturbed_checks", 0)) + monitor.disturbed_checks,
             "remeasured_rows": int(old.get("remeasured_rows", 0)) + remeasured,
             "kept_disturbed_rows": int(old.get("kept_disturbed_rows", 0)) + kept_disturbed,
+            "rebased": int(old.get("rebased", 0)) + monitor.rebased,
             "events": (list(old.get("events") or []) + monitor.events)[-20:],
         }
         if save_every_row:
