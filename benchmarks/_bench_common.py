@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
+
+
+def add_proxy_arguments(ap: argparse.ArgumentParser, cache: str) -> None:
+    """The options the proxy benchmarks share: --space, --n, --seed, --threads, --device,
+    --cache-dir (``cache``: what it holds) and --set."""
+    ap.add_argument("--space", default="search_spaces/tiny.yaml")
+    ap.add_argument("--n", type=int, default=12, help="candidates compared (default 12)")
+    ap.add_argument("--seed", type=int, default=0, help="candidate sampling seed")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
+    ap.add_argument("--cache-dir", default=None, help=f"{cache} cache (default $ARCHSEARCH_CACHE_DIR)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a proxy setting, e.g. --set batch=8 --set teacher.width=32 (YAML values)")
 
 
 def proxy_from_space(space: Any, overrides: list[str], source: str) -> Any:

@@ -35,21 +35,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _bench_common import add_proxy_arguments, proxy_from_space  # noqa: E402 (this folder)
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--space", default="search_spaces/tiny.yaml")
-    ap.add_argument("--n", type=int, default=12, help="candidates compared (default 12)")
+    add_proxy_arguments(ap, "teacher/supernet")
     ap.add_argument("--rate-n", type=int, default=200, help="extra candidates timed for the supernet rate")
     ap.add_argument("--supernet-steps", type=int, default=None, help="supernet training steps (default: the spec's)")
-    ap.add_argument("--seed", type=int, default=0, help="candidate sampling seed")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
-    ap.add_argument("--cache-dir", default=None, help="teacher/supernet cache (default $ARCHSEARCH_CACHE_DIR)")
     ap.add_argument("--retrain", action="store_true", help="train the supernet afresh (a temp cache) and time it")
     ap.add_argument("--out", default=None, help="write the figures as JSON")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a proxy setting, e.g. --set batch=8 --set teacher.width=32 (YAML values)")
     args = ap.parse_args(argv)
 
     import torch
@@ -61,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     from archsearch.distill import TrialFailed, load_supernet, load_teacher, resolve_device
     from archsearch.distill import distill as run_proxy
     from archsearch.spec import load_space
-    from _bench_common import proxy_from_space
 
     console = Console()
     if args.threads:

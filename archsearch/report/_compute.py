@@ -56,13 +56,19 @@ X_COL, Y_COL = "latency_ms", "quality"
 # --------------------------------------------------------------------------- formatting
 
 
-def fmt_count(value: Any, unit: str = "") -> str:
-    """1234567 -> '1.23 M' (params, FLOPs)."""
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float, else None (a missing or unparsable cell)."""
     try:
         v = float(value)
     except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(v):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def fmt_count(value: Any, unit: str = "") -> str:
+    """1234567 -> '1.23 M' (params, FLOPs)."""
+    v = _finite(value)
+    if v is None:
         return "n/a"
     for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
         if abs(v) >= div:
@@ -71,20 +77,14 @@ def fmt_count(value: Any, unit: str = "") -> str:
 
 
 def fmt_ms(value: Any) -> str:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "n/a"
-    return f"{v:.3g} ms" if math.isfinite(v) else "n/a"
+    v = _finite(value)
+    return "n/a" if v is None else f"{v:.3g} ms"
 
 
 def fmt_mb(value: Any) -> str:
     """Peak memory in MiB: '512 MiB', '1.25 GiB'; 'n/a' for a store without it."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(v):
+    v = _finite(value)
+    if v is None:
         return "n/a"
     return f"{v / 1024:.3g} GiB" if v >= 1024 else f"{v:.3g} MiB"
 

@@ -453,8 +453,7 @@ class ExecuTorchBackend(Backend):
         self.threads = n
         self.settings = settings
         self.export_dir = Path(export_dir) if export_dir is not None else None
-        self._programs: dict[str, Any] = {}
-        self._alive: list[Any] = []  # the last programs loaded, kept while their methods run
+        self._programs: dict[str, Any] = {}  # the sentinel's LoweredProgram, by block key
 
     def describe(self) -> dict[str, Any]:
         return {"device": f"{device_name('cpu')} (ExecuTorch XNNPACK)", "threads": self.threads}
@@ -475,73 +474,50 @@ class ExecuTorchBackend(Backend):
         finally:
             portable_lib._unsafe_reset_threadpool(old)
 
-    def _method(self, name: str, module: torch.nn.Module, inputs: tuple) -> tuple[Any, list, str]:
-        """The loaded program's ``forward``, its tensor inputs, and the row's note."""
-        from executorch.runtime import Runtime
+    def _lowered(self, name: str, module: torch.nn.Module, inputs: tuple) -> Any:
+        """``module`` as a loaded, checked ExecuTorch program (a ``LoweredProgram``), its
+        ``.pte`` kept in ``export_dir`` if set; one line naming ``name`` if it cannot lower."""
+        from archsearch.cost.latency._executorch import lower_and_check, write_pte
 
-        from archsearch.cost.latency._executorch import _TensorArgs, lower_to_xnnpack
-
-        wrapped = _TensorArgs(module, inputs).eval()
-        args = [t for t in inputs if isinstance(t, torch.Tensor)]
         try:
-            pte, delegated, total = lower_to_xnnpack(wrapped, tuple(args))
+            low = lower_and_check(module, inputs)
         except Exception as exc:  # an op torch.export or the lowering cannot take
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise ArchsearchError(f"{name}: ExecuTorch cannot lower it ({type(exc).__name__}: {first})") from None
         if self.export_dir is not None:
-            self.export_dir.mkdir(parents=True, exist_ok=True)
             safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:150]
-            tmp = self.export_dir / f".{safe}.pte.tmp"
-            tmp.write_bytes(pte)
-            os.replace(tmp, self.export_dir / f"{safe}.pte")
-        # the program (and its bytes) must outlive the method: a method of a collected
-        # program runs on freed memory
-        program = Runtime.get().load_program(pte)
-        method = program.load_method("forward")
-        self._alive.append((pte, program, method))
-        del self._alive[:-8]
-        out = method.execute(args)[0]
-        with torch.inference_mode():
-            want = module(*inputs)
-        err = float((out - want).abs().max()) / max(float(want.abs().max()), 1e-6)
-        note = f"xnnpack {delegated}/{total} ops"
-        if not err < 1e-3:
-            note += f"; output differs from torch by {err:.2g} (relative)"
-        return method, args, note
+            write_pte(low.pte, self.export_dir / f"{safe}.pte")
+        return low
 
-    def block_row(self, spec: Any, census: BlockCensus, existing: dict[str, Any] | None) -> dict[str, Any]:
+    def _block_program(self, spec: Any) -> Any:
         from archsearch.model import build_block, example_inputs
 
         block = build_block(spec).eval()
-        inputs = example_inputs(spec, self.batch, generator=torch.Generator().manual_seed(0))
-        method, args, note = self._method(spec.key, block, inputs)
-        t = time_callable(lambda: method.execute(args), self.settings)
+        return self._lowered(spec.key, block, example_inputs(spec, self.batch, generator=torch.Generator().manual_seed(0)))
+
+    def block_row(self, spec: Any, census: BlockCensus, existing: dict[str, Any] | None) -> dict[str, Any]:
+        low = self._block_program(spec)
+        note = f"xnnpack {low.delegated}/{low.total} ops"
+        if not low.max_rel_error < 1e-3:
+            note += f"; output differs from torch by {low.max_rel_error:.2g} (relative)"
+        t = time_callable(low.run, self.settings)
         return {"ms": t.ms, "ms_iqr": t.iqr_ms, "runs": t.runs, "note": note}
 
     def sentinel_ms(self, spec: Any) -> float:
-        from dataclasses import replace
-
-        from archsearch.model import build_block, example_inputs
-
-        cached = self._programs.get(spec.key)
-        if cached is None:
-            block = build_block(spec).eval()
-            inputs = example_inputs(spec, self.batch, generator=torch.Generator().manual_seed(0))
-            cached = self._programs[spec.key] = self._method(spec.key, block, inputs)[:2]
-        method, args = cached
+        low = self._programs.get(spec.key)
+        if low is None:
+            low = self._programs[spec.key] = self._block_program(spec)
         s = self.settings
-        return time_callable(lambda: method.execute(args), replace(s, statistic="mean", stable_time=s.min_run_time)).ms
+        return time_callable(low.run, replace(s, statistic="mean", stable_time=s.min_run_time)).ms
 
     def model_ms(self, candidate: Any) -> float:
-        from dataclasses import replace
-
         from archsearch.model import build_model
 
         model = build_model(candidate).eval()
-        method, args, _ = self._method(f"candidate {candidate.id}", model, model_inputs(candidate, self.batch))
+        low = self._lowered(f"candidate {candidate.id}", model, model_inputs(candidate, self.batch))
         s = self.settings
         settings = replace(s, min_run_time=5 * s.min_run_time, max_run_time=max(s.max_run_time, 5 * s.min_run_time))
-        return time_callable(lambda: method.execute(args), settings).ms
+        return time_callable(low.run, settings).ms
 
     def seconds_per_block(self) -> float:
         return 1.0 + self.settings.min_run_time * 1.3

@@ -18,6 +18,7 @@ which works with the pinned torch).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ import torch
 
 from archsearch.cost.latency._errors import ParameterError
 
-__all__ = ["executorch_available", "export_pte", "lower_to_xnnpack", "need_executorch"]
+__all__ = ["LoweredProgram", "executorch_available", "export_pte", "lower_and_check", "lower_to_xnnpack",
+           "need_executorch", "write_pte"]
 
 
 def executorch_available() -> bool:
@@ -76,29 +78,62 @@ class _TensorArgs(torch.nn.Module):
         return self.module(*(next(it) if p else None for p in self.present))
 
 
+@dataclass
+class LoweredProgram:
+    """A module lowered to ExecuTorch (XNNPACK), loaded and run once against torch.
+
+    Holds the program with its method: a method of a collected program runs on freed
+    memory. :meth:`run` calls it on the example inputs (what a timing loop repeats)."""
+
+    pte: bytes
+    program: Any
+    method: Any
+    args: list
+    delegated: int
+    total: int
+    max_rel_error: float
+
+    def run(self) -> Any:
+        return self.method.execute(self.args)
+
+
+def lower_and_check(module: torch.nn.Module, inputs: tuple) -> LoweredProgram:
+    """``module`` (called ``module(*inputs)``; ``None`` inputs stay ``None``) as a loaded
+    ExecuTorch program, its output compared with torch's (relative max error)."""
+    from executorch.runtime import Runtime
+
+    args = [t for t in inputs if isinstance(t, torch.Tensor)]
+    pte, delegated, total = lower_to_xnnpack(_TensorArgs(module, inputs).eval(), tuple(args))
+    program = Runtime.get().load_program(pte)
+    method = program.load_method("forward")
+    out = method.execute(args)[0]
+    with torch.inference_mode():
+        want = module(*inputs)
+    err = float((out - want).abs().max()) / max(float(want.abs().max()), 1e-6)
+    return LoweredProgram(pte, program, method, args, delegated, total, err)
+
+
+def write_pte(pte: bytes, path: str | os.PathLike) -> Path:
+    """``pte`` at ``path`` (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(pte)
+    os.replace(tmp, path)
+    return path
+
+
 def export_pte(source: Any, path: str | os.PathLike, batch: int = 1) -> dict[str, Any]:
     """A whole UNet (a candidate, random weights, or a built/loaded ``ArchUNet``) as an
     ExecuTorch program with XNNPACK delegation at ``path`` (written to a temporary file, then
     renamed). The program is loaded back and run once against torch; returns ``ops``,
     ``delegated``, ``max_rel_error`` and ``bytes``."""
-    from executorch.runtime import Runtime
-
     from archsearch.cost.latency._measure import model_inputs
     from archsearch.model import ArchUNet, build_model
 
     need_executorch()
     model = source if isinstance(source, ArchUNet) else build_model(source)
     model = model.eval()
-    inputs = model_inputs(model.candidate, batch)
-    pte, delegated, total = lower_to_xnnpack(_TensorArgs(model, inputs), inputs)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(pte)
-    os.replace(tmp, path)
-    program = Runtime.get().load_program(pte)
-    out = program.load_method("forward").execute(list(inputs))[0]
-    with torch.inference_mode():
-        want = model(*inputs)
-    err = float((out - want).abs().max()) / max(float(want.abs().max()), 1e-6)
-    return {"ops": total, "delegated": delegated, "max_rel_error": err, "bytes": len(pte)}
+    low = lower_and_check(model, model_inputs(model.candidate, batch))
+    write_pte(low.pte, path)
+    return {"ops": low.total, "delegated": low.delegated, "max_rel_error": low.max_rel_error, "bytes": len(low.pte)}
