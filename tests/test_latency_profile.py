@@ -66,7 +66,7 @@ class _FakeClock:
         self.calls: list[int] = []
         self.fail_after = fail_after
 
-    def __call__(self, module, inputs, threads, settings):
+    def __call__(self, module, inputs, threads, settings, **_):
         if self.fail_after is not None and len(self.calls) == self.fail_after:
             raise KeyboardInterrupt  # what Ctrl-C does mid-run
         n = sum(p.numel() for p in module.parameters())
@@ -229,7 +229,10 @@ def test_published_anchor_checks_of_the_a16_profile():
     assert fit["role"] == "fit" and fit["ratio"] == pytest.approx(1.0, abs=0.02)  # the profile reproduces its fit
     # held back (Apple's SPLIT_EINSUM_V2 SD-2.1 figure, batch 2): what the estimate is judged on
     assert held["role"] == "check" and held["batch"] == 2 and "ml-stable-diffusion" in held["source"]
-    assert 0.5 < held["ratio"] < 3.0  # as shipped: ~1.9x slow (the +-50% aim is not reached; README)
+    assert fit["batch"] == 2  # SnapFusion's 230 ms step runs the UNet with guidance: both halves
+    assert 0.5 <= held["ratio"] <= 1.5  # the issue's aim: within ±50% of the device (1.19x as shipped)
+    est, pub = fit["estimate_ms"] / held["estimate_ms"], fit["published_ms"] / held["published_ms"]
+    assert abs(est / pub - 1) <= 0.30  # ... and the ratio of two UNets within ±30% (-16% as shipped)
     a18 = check_published(load_device("apple-a18-pro-ane"), ROOT)
     assert [(r["role"], round(r["ratio"], 1)) for r in a18] == [("fit", 1.0)]
 
@@ -336,7 +339,7 @@ def test_the_time_estimate_comes_from_blocks_timed_now(tiny_space, tmp_path, mon
     writes nothing, and lands near what the run then takes."""
     import time
 
-    def slow_clock(module, inputs, threads, settings):
+    def slow_clock(module, inputs, threads, settings, **_):
         n = sum(p.numel() for p in module.parameters())
         time.sleep(0.03 + 2e-6 * n)
         return Timing(0.01, 0.01, 0.001, 10)
@@ -354,3 +357,67 @@ def test_the_time_estimate_comes_from_blocks_timed_now(tiny_space, tmp_path, mon
     assert 0.5 * took < est.seconds < 2.0 * took, (est, took)
     # the nominal figure ignores what a block costs here: the measured one does not
     assert abs(est.seconds - took) < abs(plan.eta_seconds - took)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_profile_then_the_same_command_resumes(tiny_space, tmp_path):
+    """SIGKILL ``archsearch profile`` once its table is on disk; the same command keeps
+    every row the killed run wrote (same numbers) and measures only the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "t.csv"
+    cmd = [sys.executable, "-m", "archsearch.cli.main", "profile", str(SPACES / "tiny.yaml"), "--target", "cpu",
+           "--threads", "1", "--out", str(out), "--calibrate", "0", "--sentinel-every", "0", "--flush-mb", "0",
+           "--min-time", "0.05", "--stable-time", "0.05", "--statistic", "mean"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not out.exists():
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    killed = load_table(out)  # written atomically: complete and readable after the kill
+    total = len(enumerate_blocks(tiny_space))
+    assert 1 <= len(killed) < total, (len(killed), total)
+    kept = {k: killed.ms(k) for k in killed.keys()}
+
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"{len(kept)} already in" in _flat(r.stdout) and f"{total - len(kept)} to measure" in _flat(r.stdout)
+    table = load_table(out)
+    assert len(table) == total and all(table.ms(k) == v for k, v in kept.items())  # nothing measured twice
+
+
+def test_a_calibration_is_not_fitted_to_the_noise_of_five_whole_models():
+    from archsearch.cost.latency import fit_calibration
+
+    # a unet_mobile @16 build's five points: within ±6% of their blocks' sums either way
+    sums = np.array([648.43, 836.09, 269.63, 438.67, 587.37])
+    measured = np.array([646.68, 891.91, 265.32, 461.02, 649.64])
+    scale, overhead, method = fit_calibration(sums, measured)
+    assert (scale, overhead) == (1.0, 0.0) and method.startswith("none: 5 whole models took 1.041 ± 0.063")
+    # models that really are 10% slower than their blocks (little noise) are calibrated
+    rng = np.random.default_rng(0)
+    slow = 1.10 * sums * (1 + 0.01 * rng.standard_normal(5))
+    scale, overhead, method = fit_calibration(sums, slow)
+    assert method.startswith("Theil-Sen") and scale * 600 + overhead == pytest.approx(1.10 * 600, rel=0.03)
+
+
+def test_the_neural_engine_layout_counts_the_same_multiply_adds_as_the_block(tiny_space):
+    # split-einsum attention is einsums per head and query chunk; each must count its
+    # contraction (an einsum once counted one MAC per output element: attention ~40x short)
+    from archsearch.cost.latency._ane_layout import ane_layout_ops
+
+    blocks = enumerate_blocks(tiny_space)
+    transformers = [s for s in blocks.specs.values() if s.type == "transformer"]
+    assert transformers
+    for spec in transformers[:3]:
+        torch_macs = block_census(spec, 1, 2).macs
+        ane_ops = ane_layout_ops(spec)
+        assert any(o.name == "einsum" for o in ane_ops)
+        assert sum(o.macs for o in ane_ops) == pytest.approx(torch_macs, rel=0.02), spec.key

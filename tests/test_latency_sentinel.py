@@ -132,7 +132,7 @@ def test_check_calibration_refuses_the_shipped_kind_of_fit():
 class _Clock:
     """Blocks take their parameter count in ns; whole models take their blocks' sum + 50 ms."""
 
-    def __call__(self, module, inputs, threads, settings):
+    def __call__(self, module, inputs, threads, settings, **_):
         n = sum(p.numel() for p in module.parameters())
         ms = 1e-6 * n + (50.0 if type(module).__name__ == "ArchUNet" else 0.01)
         return Timing(ms, ms, 0.0, 10)

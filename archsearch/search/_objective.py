@@ -285,25 +285,32 @@ def _free_accelerator_memory() -> None:
 CLAIMED = "trains_candidate"
 
 
-def find_previous(study: optuna.Study, candidate_id: str, *, exclude: int | None = None) -> FrozenTrial | None:
+def find_previous(study: optuna.Study, candidate_id: str, *, exclude: int | None = None,
+                  trials: list[FrozenTrial] | None = None) -> FrozenTrial | None:
     """A finished trial of the same candidate (complete, or infeasible): its result is reused.
 
     The quality of a candidate is deterministic for the study's proxy settings and teacher
     (checked on resume), and its costs are the same, so a candidate proposed again costs no
-    training. The first such trial (lowest number) is returned.
+    training. The first such trial (lowest number) is returned. ``trials``: a snapshot of
+    the study's trials to look in (default: read them now).
     """
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    for t in trials:
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            continue
         if t.number != exclude and t.user_attrs.get("candidate_id") == candidate_id and t.user_attrs.get("candidate"):
             return t
     return None
 
 
-def _training_peer(study: optuna.Study, candidate_id: str, me: int) -> FrozenTrial | None:
-    """A RUNNING trial (not ``me``) that has claimed ``candidate_id`` and whose process lives."""
+def _training_peer(trials: list[FrozenTrial], candidate_id: str, me: int) -> FrozenTrial | None:
+    """A RUNNING trial of ``trials`` (not ``me``) that has claimed ``candidate_id`` and whose
+    process lives."""
     from archsearch.search._study import owner_alive
 
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.number == me or t.user_attrs.get("candidate_id") != candidate_id or not t.user_attrs.get(CLAIMED):
+    for t in trials:
+        if t.state != TrialState.RUNNING or t.number == me or t.user_attrs.get("candidate_id") != candidate_id or not t.user_attrs.get(CLAIMED):
             continue
         if owner_alive(str(t.user_attrs.get("owner", ""))) is False:
             continue  # its process died: --resume marks it interrupted
@@ -327,10 +334,14 @@ def claim(study: optuna.Study, trial: Any, candidate_id: str, lock: Any | None =
     while True:
         with lock.hold() if lock is not None else nullcontext():
             trial.set_user_attr("candidate_id", candidate_id)
-            previous = find_previous(study, candidate_id, exclude=trial.number)
+            # one snapshot for both questions: a peer's trial that finishes between two reads
+            # (its tell is not under the lock) would be neither running in the second read
+            # nor finished in the first, and the candidate would be trained twice
+            trials = study.get_trials(deepcopy=False)
+            previous = find_previous(study, candidate_id, exclude=trial.number, trials=trials)
             if previous is not None:
                 return "reuse", previous
-            peer = _training_peer(study, candidate_id, trial.number)
+            peer = _training_peer(trials, candidate_id, trial.number)
             if peer is None:
                 trial.set_user_attr(CLAIMED, True)
                 return "train", None

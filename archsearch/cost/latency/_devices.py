@@ -88,6 +88,31 @@ def _numel(shape: Any) -> int:
     return int(math.prod(int(s) for s in shape))
 
 
+def _einsum_macs(equation: str, operands: list[torch.Tensor]) -> int:
+    """Multiply-accumulates of ``torch.einsum(equation, *operands)`` done pairwise: the
+    product of the sizes of every index (``...`` dims included) for two operands; a single
+    operand (a sum or a transpose) does none."""
+    lhs = equation.replace(" ", "").split("->")[0].split(",")
+    if len(lhs) < 2 or len(lhs) != len(operands):
+        return 0
+    sizes: dict[Any, int] = {}
+    for subs, t in zip(lhs, operands):
+        shape = list(t.shape)
+        if "..." in subs:
+            head, tail = subs.split("...")
+            n_ell = len(shape) - len(head) - len(tail)
+            for i in range(n_ell):  # broadcast dims, aligned from the right
+                key = ("...", n_ell - i)
+                sizes[key] = max(sizes.get(key, 1), int(shape[len(head) + i]))
+            letters = list(head) + [None] * n_ell + list(tail)
+        else:
+            letters = list(subs)
+        for letter, n in zip(letters, shape):
+            if letter is not None:
+                sizes[letter] = max(sizes.get(letter, 1), int(n))
+    return int(math.prod(sizes.values()))
+
+
 class _Census(TorchDispatchMode):
     def __init__(self, elem_bytes: int) -> None:
         super().__init__()
@@ -122,13 +147,14 @@ class _Census(TorchDispatchMode):
             macs = outs[0].numel() * _numel(w.shape[1:])
             cin = args[0].shape[1] if args[0].dim() > 1 else 1
             op_class = "dwconv" if groups > 1 and groups == cin else "conv"
+        elif name == "einsum":
+            macs = _einsum_macs(args[0], ins)
+            op_class = "matmul"
         elif name in _MATMUL:
             if name == "linear":
                 k = args[1].shape[-1]
             elif name in ("addmm", "baddbmm", "_addmm_activation"):
                 k = args[1].shape[-1]
-            elif name == "einsum":
-                k = 1
             else:
                 k = args[0].shape[-1]
             macs = out_elems * int(k)

@@ -58,8 +58,10 @@ class MeasureSettings:
     the last-level cache (64 MiB if unknown); 0: off, timed calls run back to back.
     ``stable_time``: a block that is already stable stops early, after this many seconds
     (and five samples) instead of ``min_run_time``: stable = the statistic's relative
-    standard error below ``threshold / 5`` (mean, min) or IQR/median below
-    ``threshold / 2`` (median). ``None``: a quarter of ``min_run_time``; set it to
+    standard error (mean, min) or IQR/median (median) below ``threshold / 2``. A row's
+    error reaches a prediction only through a sum of some 30-100 blocks, so a 2.5 %
+    standard error on each is about 0.5 % on a model, a tenth of what a shared machine
+    varies by between runs. ``None``: a quarter of ``min_run_time``; set it to
     ``min_run_time`` for the old fixed budget.
     """
 
@@ -164,7 +166,8 @@ def _sync(device: torch.device | None) -> None:
 
 
 def time_callable(fn: Callable[[], Any], settings: MeasureSettings = MeasureSettings(),
-                  sync: Callable[[], None] | None = None, flush: Callable[[], None] | None = None) -> Timing:
+                  sync: Callable[[], None] | None = None, flush: Callable[[], None] | None = None,
+                  warm: bool = False) -> Timing:
     """Time one call of ``fn``.
 
     The loop of ``torch.utils.benchmark``'s ``adaptive_autorange``: warm up, then take
@@ -174,7 +177,8 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings = MeasureSett
     ``stable_time`` (see :class:`MeasureSettings`) stops there. Without ``flush`` a sample is ``number`` calls
     back to back (about a millisecond; its fixed 50 ms block estimate would cost ~0.3 s a
     block on sub-millisecond calls); with it, every sample is one call after ``flush()``,
-    and the budget counts the flushing too.
+    and the budget counts the flushing too. ``warm``: ``fn`` has just been called (e.g. to
+    measure its memory), so no warm-up call: the first call is already a sample.
     """
     sync = sync or (lambda: None)
 
@@ -188,13 +192,17 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings = MeasureSett
         sync()
         return time.perf_counter() - t0
 
-    first = run(1)  # warm-up: allocations, lazy initialisation, caches
-    if first < 0.05:
-        first = run(1)
+    start = time.perf_counter()
+    first = run(1)
+    times: list[float] = []
+    if warm:
+        times.append(first)  # already warm: the first call is a sample
+    else:  # warm-up: allocations, lazy initialisation, caches
+        if first < 0.05:
+            first = run(1)
+        start = time.perf_counter()
     number = 1 if flush is not None else max(1, int(1e-3 / max(first, 1e-7)))
     min_samples = 5 if first < 0.05 else 3  # heavy calls: three samples are enough
-    times: list[float] = []
-    start = time.perf_counter()
     while True:
         t = run(number)
         times.append(t / number)
@@ -222,12 +230,13 @@ def _stable(times: list[float], settings: MeasureSettings) -> bool:
         return bool(med > 0 and (q75 - q25) / med < settings.threshold / 2)
     mean = float(arr.mean())
     sem = float(arr.std(ddof=1)) / np.sqrt(len(arr))
-    return bool(mean > 0 and sem / mean < settings.threshold / 5)
+    return bool(mean > 0 and sem / mean < settings.threshold / 2)
 
 
 def time_module(module: torch.nn.Module, inputs: tuple, threads: int,
-                settings: MeasureSettings = MeasureSettings()) -> Timing:
-    """Time ``module(*inputs)`` under ``torch.inference_mode`` with ``threads`` CPU threads."""
+                settings: MeasureSettings = MeasureSettings(), warm: bool = False) -> Timing:
+    """Time ``module(*inputs)`` under ``torch.inference_mode`` with ``threads`` CPU threads
+    (``warm``: see :func:`time_callable`)."""
     device = next((t.device for t in inputs if isinstance(t, torch.Tensor)), None)
     flush = None
     if settings.flush_bytes and (device is None or device.type == "cpu"):
@@ -237,7 +246,7 @@ def time_module(module: torch.nn.Module, inputs: tuple, threads: int,
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            return time_callable(lambda: module(*inputs), settings, lambda: _sync(device), flush)
+            return time_callable(lambda: module(*inputs), settings, lambda: _sync(device), flush, warm)
     finally:
         torch.set_num_threads(old)
 

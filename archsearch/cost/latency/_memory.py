@@ -219,14 +219,20 @@ def estimate_block_memory(spec: Any, batch: int = 1, dtype: torch.dtype = torch.
 
 
 def measure_block_memory(spec: Any, batch: int = 1, device: Any = "cpu",
-                         dtype: torch.dtype = torch.float32) -> BlockMemory:
+                         dtype: torch.dtype = torch.float32,
+                         built: tuple[torch.nn.Module, tuple] | None = None) -> BlockMemory:
     """A block's memory, measured on ``device`` (CPU or CUDA; see :func:`measure_peak`);
-    one warm-up call first, so lazily made caches do not count."""
+    one warm-up call first, so lazily made caches do not count. ``built``: the block and
+    its inputs, already built on ``device`` at ``dtype`` (a profiler times the same ones
+    next, already warm)."""
     from archsearch.model import build_block, example_inputs
 
     device = torch.device(device)
-    block = build_block(spec, device=device, dtype=dtype).eval()
-    inputs = example_inputs(spec, batch, device=device, dtype=dtype)
+    if built is not None:
+        block, inputs = built
+    else:
+        block = build_block(spec, device=device, dtype=dtype).eval()
+        inputs = example_inputs(spec, batch, device=device, dtype=dtype)
     with torch.inference_mode():
         block(*inputs)
         peak, _, out = measure_peak(lambda: block(*inputs), device)

@@ -45,7 +45,9 @@ class SentinelSettings:
     #: 25%: this shared 2-core VM's sentinel wanders by 10-20% on a quiet machine (a unet_mobile
     #: build at 10% measured 850 of 867 rows twice); a busy neighbour on the core doubles it
     drift: float = 0.25
-    max_retries: int = 2
+    #: one retry: on this VM a stretch disturbed twice in a row is a machine whose speed has
+    #: moved (re-based), not a neighbour's burst; a second retry cost 25 rows each time
+    max_retries: int = 1
     check_load: bool = True
     baseline_runs: int = 3
 
