@@ -38,3 +38,17 @@ def proxy_from_space(space: Any, overrides: list[str], source: str) -> Any:
             node = node.setdefault(k, {})
         node[leaf] = yaml.safe_load(value)
     return ProxyConfig.from_dict(d, kind=space.kind, source=source)
+
+
+def proxy_setup(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(space, proxy settings, device) of the options :func:`add_proxy_arguments` added;
+    pins torch's threads to ``--threads`` first."""
+    import torch
+
+    from archsearch.distill import resolve_device
+    from archsearch.spec import load_space
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    space = load_space(args.space)
+    return space, proxy_from_space(space, args.set, args.space), resolve_device(args.device)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _bench_common import add_proxy_arguments, proxy_from_space  # noqa: E402 (this folder)
+from _bench_common import add_proxy_arguments, proxy_setup  # noqa: E402 (this folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,19 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     from scipy.stats import kendalltau, spearmanr
 
     from archsearch.candidate import sample_many
-    from archsearch.distill import TrialFailed, load_teacher, resolve_device
+    from archsearch.distill import TrialFailed, load_teacher
     from archsearch.distill import distill as run_proxy
-    from archsearch.spec import load_space
 
     console = Console()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    space = load_space(args.space)
-    proxy = proxy_from_space(space, args.set, args.space)
+    space, proxy, device = proxy_setup(args)
     if args.steps:
         proxy = replace(proxy, steps=args.steps)
     long = replace(proxy, steps=proxy.steps * args.factor)
-    device = resolve_device(args.device)
     console.print(f"space {space.name} ({args.space}); proxy K={proxy.steps}, long={long.steps} steps, "
                   f"batch {proxy.batch}, resolution {proxy.resolution}, width_mult {proxy.width_mult}; "
                   f"device {device}, {torch.get_num_threads()} threads")

@@ -57,6 +57,7 @@ without any training: deterministic for a given supernet.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -857,8 +858,7 @@ def load_supernet(
         if load():
             return net.eval().requires_grad_(False)
         steps = proxy.supernet_training_steps
-        config = ProxyConfig(**{**{k: getattr(proxy, k) for k in ProxyConfig.__dataclass_fields__},
-                                "steps": steps, "kd_feature": 0.0})
+        config = dataclasses.replace(proxy, steps=steps, kd_feature=0.0)
         net.initialise(proxy.seed)
         teacher.to(dev)
         from archsearch.distill._distill import training_batches

@@ -310,12 +310,9 @@ def _evolution_section(page: Page, study: StudyData) -> str:
                f"{esc(result.get('final_trial'))} (<code>{esc(result.get('final_candidate'))}</code>).</p>"
     out += page.figure(F.evolution_figure(steps, start, study.max_latency_ms, "The evolution's path"), "evolution-path")
 
-    def num(v: object, fmt: str = "{:.4g}") -> str:
-        try:
-            f = float(v)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return ""
-        return fmt.format(f) if math.isfinite(f) else ""
+    def num(v: object) -> str:
+        f = C._finite(v)  # the formatters' one parse of a finite number
+        return "" if f is None else f"{f:.4g}"
 
     rows = [[str(int(r.step)), esc(r.kind), esc(r.stage), esc(r.block),
              f"<code>{esc(r.dimension)}</code> {esc(r.before)} &rarr; {esc(r.after)}", str(int(r.trial)),

@@ -178,13 +178,16 @@ class _Evaluator:
     def __init__(self, study: optuna.Study, ctx: TrialContext, net: Any) -> None:
         self.study, self.ctx, self.net = study, ctx, net
         self.seen: dict[str, tuple[int, TrialRecord]] = {}
+        # the trials finished before this run (a resumed evolution), read once: the ones this
+        # run makes are in ``seen``
+        self.done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
 
     def __call__(self, space: Any, values: dict[str, Any], step: int) -> tuple[int, TrialRecord, dict]:
         cand, asked, options = _resolve(space, values)
         if cand.id in self.seen:
             number, rec = self.seen[cand.id]
         else:
-            prev = find_previous(self.study, cand.id)
+            prev = find_previous(self.study, cand.id, trials=self.done)
             if prev is not None:  # a resumed evolution: the trial is done already
                 number, rec = prev.number, TrialRecord.from_attrs(prev.user_attrs, prev.constraints)
             else:

@@ -294,12 +294,11 @@ def find_previous(study: optuna.Study, candidate_id: str, *, exclude: int | None
     training. The first such trial (lowest number) is returned. ``trials``: a snapshot of
     the study's trials to look in (default: read them now).
     """
-    if trials is None:
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    for t in trials:
-        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    for t in study.get_trials(deepcopy=False, states=finished) if trials is None else trials:
+        if t.state not in finished or t.number == exclude:
             continue
-        if t.number != exclude and t.user_attrs.get("candidate_id") == candidate_id and t.user_attrs.get("candidate"):
+        if t.user_attrs.get("candidate_id") == candidate_id and t.user_attrs.get("candidate"):
             return t
     return None
 
@@ -310,7 +309,9 @@ def _training_peer(trials: list[FrozenTrial], candidate_id: str, me: int) -> Fro
     from archsearch.search._study import owner_alive
 
     for t in trials:
-        if t.state != TrialState.RUNNING or t.number == me or t.user_attrs.get("candidate_id") != candidate_id or not t.user_attrs.get(CLAIMED):
+        if t.state != TrialState.RUNNING or t.number == me:
+            continue
+        if t.user_attrs.get("candidate_id") != candidate_id or not t.user_attrs.get(CLAIMED):
             continue
         if owner_alive(str(t.user_attrs.get("owner", ""))) is False:
             continue  # its process died: --resume marks it interrupted

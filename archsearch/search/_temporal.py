@@ -14,7 +14,7 @@ stage, and temporal positions of per-stage ``layers:``. Everything else is the o
   synthetic clips or a ``proxy.data`` cache); its ``prepare_student`` hook is
   :class:`FrozenSpatial`, which copies the backbone's spatial tensors into the student and stops
   their gradients, so only the temporal layers (and the feature-KD projections) train;
-* NSGA-II proposes candidates (:data:`DEFAULT_SAMPLER`), through the same study, store and report.
+* NSGA-II proposes candidates (:data:`archsearch.search._study.TEMPORAL_SAMPLER`), through the same study, store and report.
 
 **The backbone** (``search.backbone``): an ``archsearch train`` output folder (``config.json`` +
 ``model.safetensors``, :meth:`ArchUNet.from_pretrained <archsearch.model.ArchUNet.from_pretrained>`;
@@ -39,11 +39,9 @@ from typing import Any
 
 from archsearch.errors import ArchsearchError
 from archsearch.search._objective import TrialContext
-from archsearch.search._study import TEMPORAL_SAMPLER
 
 __all__ = [
     "BUILTIN_BACKBONE",
-    "DEFAULT_SAMPLER",
     "Backbone",
     "FrozenSpatial",
     "TemporalContext",
@@ -59,7 +57,6 @@ __all__ = [
 BUILTIN_BACKBONE = "builtin"
 #: The sampler of a temporal search unless ``search.sampler`` says otherwise (SnapGen-V's is
 #: evolutionary)
-DEFAULT_SAMPLER = TEMPORAL_SAMPLER  # (search._study: the one place that sets it)
 
 _LAYOUT_TEMPORAL = ("conv1d", "conv3d", "attn1d", "attn3d", "cross1d", "cross3d", "skip")
 _ALLOWED_DIMS = ("temporal type, count and placement per stage, and layers: positions choosing among "

@@ -984,16 +984,6 @@ class _Budget:
         return tick
 
 
-def _count_paths(fn: Callable[[Chooser], Any], limit: int = MAX_COUNT_STEPS // ASSIGNMENT_STEPS) -> int:
-    """Count the leaves of a define-by-run decision tree by depth-first enumeration."""
-    count = 0
-    for _ in enumerate_assignments(fn):
-        count += 1
-        if count > limit:
-            raise SpecError(f"search space group too large to enumerate (> {limit:,} assignments)")
-    return count
-
-
 def _public(obj: Any) -> Any:
     """``obj`` without the resolver's private ``_keys`` (what a candidate is made of)."""
     if isinstance(obj, dict):

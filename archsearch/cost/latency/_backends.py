@@ -140,6 +140,19 @@ class Backend(abc.ABC):
         return float(self.block_row(spec, None, None)["ms"])
 
 
+def _model_settings(s: MeasureSettings) -> MeasureSettings:
+    """How a whole model is timed: models are few and compared one by one (not summed like
+    blocks), so five times a block's time budget each, spent in full (no early stop)."""
+    return replace(s, min_run_time=5 * s.min_run_time, max_run_time=max(s.max_run_time, 5 * s.min_run_time),
+                   stable_time=5 * s.min_run_time)
+
+
+def _sentinel_settings(s: MeasureSettings) -> MeasureSettings:
+    """How the sentinel is timed: the mean over the full ``min_run_time`` (a busy machine
+    shows as a longer mean)."""
+    return replace(s, statistic="mean", stable_time=s.min_run_time)
+
+
 # ----------------------------------------------------------------------------- torch
 
 
@@ -210,13 +223,10 @@ class TorchBackend(Backend):
         return {"ms": t.ms, "ms_iqr": t.iqr_ms, "runs": t.runs}
 
     def sentinel_ms(self, spec: Any) -> float:
-        # the mean over the full min_run_time: a busy machine shows as a longer mean
         cached = getattr(self, "_sentinel", None)
         if cached is None or cached[0] != spec.key:
             cached = self._sentinel = (spec.key, *self._build(spec))
-        s = self.settings
-        settings = replace(s, statistic="mean", stable_time=s.min_run_time)
-        return time_module(cached[1], cached[2], self.threads, settings).ms
+        return time_module(cached[1], cached[2], self.threads, _sentinel_settings(self.settings)).ms
 
     def block_memory(self, spec: Any, census: BlockCensus) -> dict[str, Any]:
         if self.device.type not in ("cpu", "cuda"):
@@ -237,12 +247,7 @@ class TorchBackend(Backend):
 
         model = build_model(candidate, device=self.device, dtype=self.torch_dtype).eval()
         inputs = model_inputs(candidate, self.batch, self.device, self.torch_dtype)
-        # whole models are few and compared one by one (not summed like blocks): five times a
-        # block's time budget each, spent in full (no early stop)
-        s = self.settings
-        settings = replace(s, min_run_time=5 * s.min_run_time, max_run_time=max(s.max_run_time, 5 * s.min_run_time),
-                           stable_time=5 * s.min_run_time)
-        return time_module(model, inputs, self.threads, settings).ms
+        return time_module(model, inputs, self.threads, _model_settings(self.settings)).ms
 
     def seconds_per_block(self) -> float:
         return self.settings.min_run_time * 1.3 + 0.1
@@ -491,9 +496,10 @@ class ExecuTorchBackend(Backend):
         finally:
             portable_lib._unsafe_reset_threadpool(old)
 
-    def _lowered(self, name: str, module: torch.nn.Module, inputs: tuple) -> Any:
+    def _lowered(self, name: str, module: torch.nn.Module, inputs: tuple, stem: str) -> Any:
         """``module`` as a loaded, checked ExecuTorch program (a ``LoweredProgram``), its
-        ``.pte`` kept in ``export_dir`` if set; one line naming ``name`` if it cannot lower."""
+        ``.pte`` kept in ``export_dir`` as ``stem.pte`` if set; one line naming ``name`` if it
+        cannot lower."""
         from archsearch.cost.latency._executorch import lower_and_check, write_pte
 
         try:
@@ -502,15 +508,18 @@ class ExecuTorchBackend(Backend):
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise ArchsearchError(f"{name}: ExecuTorch cannot lower it ({type(exc).__name__}: {first})") from None
         if self.export_dir is not None:
-            safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:150]
-            write_pte(low.pte, self.export_dir / f"{safe}.pte")
+            write_pte(low.pte, self.export_dir / f"{stem}.pte")
         return low
 
     def _block_program(self, spec: Any) -> Any:
         from archsearch.model import build_block, example_inputs
 
         block = build_block(spec).eval()
-        return self._lowered(spec.key, block, example_inputs(spec, self.batch, generator=torch.Generator().manual_seed(0)))
+        from archsearch._util import short_hash
+
+        # named as the Core ML export names its packages: a key cut short could name two blocks
+        return self._lowered(spec.key, block, example_inputs(spec, self.batch, generator=torch.Generator().manual_seed(0)),
+                             f"{spec.type}-{short_hash(spec.key, 10)}")
 
     def block_row(self, spec: Any, census: BlockCensus, existing: dict[str, Any] | None) -> dict[str, Any]:
         low = self._block_program(spec)
@@ -524,17 +533,15 @@ class ExecuTorchBackend(Backend):
         low = self._programs.get(spec.key)
         if low is None:
             low = self._programs[spec.key] = self._block_program(spec)
-        s = self.settings
-        return time_callable(low.run, replace(s, statistic="mean", stable_time=s.min_run_time)).ms
+        return time_callable(low.run, _sentinel_settings(self.settings)).ms
 
     def model_ms(self, candidate: Any) -> float:
         from archsearch.model import build_model
 
         model = build_model(candidate).eval()
-        low = self._lowered(f"candidate {candidate.id}", model, model_inputs(candidate, self.batch))
-        s = self.settings
-        settings = replace(s, min_run_time=5 * s.min_run_time, max_run_time=max(s.max_run_time, 5 * s.min_run_time))
-        return time_callable(low.run, settings).ms
+        low = self._lowered(f"candidate {candidate.id}", model, model_inputs(candidate, self.batch),
+                            f"candidate-{candidate.id}")
+        return time_callable(low.run, _model_settings(self.settings)).ms
 
     def seconds_per_block(self) -> float:
         return 1.0 + self.settings.min_run_time * 1.3

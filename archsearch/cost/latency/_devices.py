@@ -88,16 +88,16 @@ def _numel(shape: Any) -> int:
     return int(math.prod(int(s) for s in shape))
 
 
-def _einsum_macs(equation: str, operands: list[torch.Tensor]) -> int:
-    """Multiply-accumulates of ``torch.einsum(equation, *operands)`` done pairwise: the
-    product of the sizes of every index (``...`` dims included) for two operands; a single
-    operand (a sum or a transpose) does none."""
+def einsum_macs(equation: str, shapes: list[Any]) -> int:
+    """Multiply-accumulates of an einsum of operands of these ``shapes`` done pairwise: the
+    product of the sizes of every index (``...`` dims included) for two or more operands; a
+    single operand (a sum or a transpose) does none. Used for torch ops and MIL ops alike."""
     lhs = equation.replace(" ", "").split("->")[0].split(",")
-    if len(lhs) < 2 or len(lhs) != len(operands):
+    if len(lhs) < 2 or len(lhs) != len(shapes):
         return 0
     sizes: dict[Any, int] = {}
-    for subs, t in zip(lhs, operands):
-        shape = list(t.shape)
+    for subs, shape in zip(lhs, shapes):
+        shape = list(shape or ())
         if "..." in subs:
             head, tail = subs.split("...")
             n_ell = len(shape) - len(head) - len(tail)
@@ -110,7 +110,7 @@ def _einsum_macs(equation: str, operands: list[torch.Tensor]) -> int:
         for letter, n in zip(letters, shape):
             if letter is not None:
                 sizes[letter] = max(sizes.get(letter, 1), int(n))
-    return int(math.prod(sizes.values()))
+    return int(math.prod(sizes.values())) if sizes else 0
 
 
 class _Census(TorchDispatchMode):
@@ -148,7 +148,7 @@ class _Census(TorchDispatchMode):
             cin = args[0].shape[1] if args[0].dim() > 1 else 1
             op_class = "dwconv" if groups > 1 and groups == cin else "conv"
         elif name == "einsum":
-            macs = _einsum_macs(args[0], ins)
+            macs = einsum_macs(args[0], [t.shape for t in ins])
             op_class = "matmul"
         elif name in _MATMUL:
             if name == "linear":

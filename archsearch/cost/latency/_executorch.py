@@ -114,13 +114,11 @@ def lower_and_check(module: torch.nn.Module, inputs: tuple) -> LoweredProgram:
 
 
 def write_pte(pte: bytes, path: str | os.PathLike) -> Path:
-    """``pte`` at ``path`` (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(pte)
-    os.replace(tmp, path)
-    return path
+    """``pte`` at ``path`` (:func:`archsearch._util.atomic_write_bytes`: a temporary file,
+    fsynced, renamed into place)."""
+    from archsearch._util import atomic_write_bytes
+
+    return atomic_write_bytes(path, pte)
 
 
 def export_pte(source: Any, path: str | os.PathLike, batch: int = 1) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from archsearch.cost.latency._devices import OpRecord
+from archsearch.cost.latency._devices import OpRecord, einsum_macs
 
 __all__ = ["UnsupportedMILOp", "mil_ops", "off_ane_ops", "run_mil"]
 
@@ -70,15 +70,6 @@ def _input_vars(op: Any) -> list[Any]:
     return out
 
 
-def _einsum_macs(equation: str, shapes: list[tuple[int, ...]]) -> int:
-    lhs = equation.replace(" ", "").split("->")[0].split(",")
-    sizes: dict[str, int] = {}
-    for term, shape in zip(lhs, shapes):
-        for letter, n in zip(term, shape or ()):
-            sizes[letter] = max(sizes.get(letter, 1), int(n))
-    return int(math.prod(sizes.values())) if sizes else 0
-
-
 def mil_ops(program: Any, elem_bytes: int = 2) -> list[OpRecord]:
     """The ops of a MIL program as roofline records: reshapes and consts are free; weights
     (const inputs) count in an op's bytes, as the device streams them."""
@@ -110,7 +101,7 @@ def mil_ops(program: Any, elem_bytes: int = 2) -> list[OpRecord]:
                 cls = "matmul"
             elif kind == "einsum":
                 values = op.inputs["values"]
-                macs = _einsum_macs(str(op.inputs["equation"].val), [_shape(v) for v in values])
+                macs = einsum_macs(str(op.inputs["equation"].val), [_shape(v) for v in values])
                 cls = "matmul"
             elif kind in _NORM:
                 cls = "norm"

@@ -8,8 +8,8 @@ full candidates.
 
 The table is written every couple of seconds and when the run ends or is interrupted,
 atomically, so an interrupted run resumes where it stopped (a kill -9 loses at most
-:data:`SAVE_INTERVAL_S` of work); a resumed table must have been made with the same settings. Rows measured on a
-device elsewhere come in with :func:`import_table`.
+:data:`SAVE_INTERVAL_S` of work); a resumed table must have been made with the same
+settings. Rows measured on a device elsewhere come in with :func:`import_table`.
 """
 
 from __future__ import annotations
@@ -342,9 +342,11 @@ def plan_profile(
                        check_calibration=check_calibration, max_overhead_share=float(max_overhead_share))
 
 
-def _measure_row(table: LatencyTable, spec: Any, backend: Backend) -> dict[str, Any]:
-    """One block's row from ``backend`` (identity, op census, memory, then the backend's columns)."""
-    census = block_census(spec, backend.batch, backend.elem_bytes)
+def _measure_row(table: LatencyTable, spec: Any, backend: Backend, census: Any = None) -> dict[str, Any]:
+    """One block's row from ``backend`` (identity, op census, memory, then the backend's
+    columns); ``census``: the block's :func:`block_census`, if counted already."""
+    if census is None:
+        census = block_census(spec, backend.batch, backend.elem_bytes)
     existing = table.row(spec.key) if spec.key in table else None
     row = {**_row_identity(spec), "source": backend.source, "macs": census.macs, "bytes": census.bytes,
            "coreml": "", "ane_flags": "", "note": ""}
@@ -359,39 +361,45 @@ SAVE_INTERVAL_S = 2.0
 
 
 def _fill(table: LatencyTable, todo: list[Any], backend: Backend, out: Path, progress: Progress | None,
-          save_every_row: bool = True, sentinel: SentinelSettings | None = None,
+          autosave: bool = True, sentinel: SentinelSettings | None = None,
           save_interval: float = SAVE_INTERVAL_S) -> None:
-    """One row per block of ``todo`` from ``backend``; with ``save_every_row`` the table is
-    written (atomically) once ``save_interval`` seconds have passed since it last was, when
-    the run ends and when it is interrupted by an exception (Ctrl-C).
+    """One row per block of ``todo`` from ``backend``; with ``autosave`` the table is written
+    (atomically) once ``save_interval`` seconds have passed since it last was, when the run
+    ends and when an exception (Ctrl-C) interrupts it.
 
     With ``sentinel`` (and a backend that measures), a sentinel block is re-timed every
     ``sentinel.every`` rows; a disturbed stretch is measured again (see ``_sentinel``).
     """
-    if not save_every_row:
-        _fill_rows(table, todo, backend, out, progress, sentinel, lambda final=False: None)
-        return
     import time
 
-    last = [time.monotonic()]
+    last = time.monotonic()
 
     def save(final: bool = False) -> None:
-        if final or time.monotonic() - last[0] >= save_interval:
+        nonlocal last
+        if autosave and (final or time.monotonic() - last >= save_interval):
             table.save(out)
-            last[0] = time.monotonic()
+            last = time.monotonic()
 
     try:
-        _fill_rows(table, todo, backend, out, progress, sentinel, save)
+        _fill_rows(table, todo, backend, progress, sentinel, save)
     finally:
         save(final=True)
 
 
-def _fill_rows(table: LatencyTable, todo: list[Any], backend: Backend, out: Path, progress: Progress | None,
-               sentinel: SentinelSettings | None, save: Callable[..., None]) -> None:
+def _fill_rows(table: LatencyTable, todo: list[Any], backend: Backend, progress: Progress | None,
+               sentinel: SentinelSettings | None, save: Callable[[], None]) -> None:
+    """The loop of :func:`_fill`; ``save()`` after every row (it decides whether to write)."""
+    censuses: dict[str, Any] = {}  # each block's ops counted once (choosing the sentinel, re-measured rows)
+
+    def census_of(spec: Any) -> Any:
+        if spec.key not in censuses:
+            censuses[spec.key] = block_census(spec, backend.batch, backend.elem_bytes)
+        return censuses[spec.key]
+
     monitor = None
     sentinel_spec = None
     if sentinel is not None and backend.watches_sentinel and todo:
-        sentinel_spec = choose_sentinel(todo, lambda s: block_census(s, backend.batch, backend.elem_bytes).macs)
+        sentinel_spec = choose_sentinel(todo, lambda s: census_of(s).macs)
         monitor = SentinelMonitor(lambda: backend.sentinel_ms(sentinel_spec), sentinel,
                                   threads=backend.threads or 1)
         if progress:
@@ -403,7 +411,7 @@ def _fill_rows(table: LatencyTable, todo: list[Any], backend: Backend, out: Path
         spec = todo[i]
         if progress:
             progress("blocks", f"{spec.type} {spec.name}", i, len(todo))
-        table.add_rows([_measure_row(table, spec, backend)])
+        table.add_rows([_measure_row(table, spec, backend, census_of(spec))])
         save()
         i += 1
         if monitor is None or (i - start < sentinel.every and i < len(todo)):
@@ -474,7 +482,8 @@ def profile_space(source: Any, target: str | Backend = "cpu", out: str | os.Path
 
     ``run_profile(plan_profile(source, target, out, **options), progress, command=command)``:
     rows already in ``out`` are kept and not measured again; the file is rewritten
-    atomically every :data:`SAVE_INTERVAL_S` seconds and at the end; then the calibration is fitted (see :func:`plan_profile`).
+    atomically every :data:`SAVE_INTERVAL_S` seconds and at the end; then the calibration
+    is fitted (see :func:`plan_profile`).
     """
     return run_profile(plan_profile(source, target, out, **options), progress, command=command)
 
@@ -629,7 +638,7 @@ def import_table(csv_path: str | os.PathLike, blocks: BlockSet | Any, target: st
     table.meta["imported"] = {"file": str(csv_path), "rows": int(len(rows)),
                               "metadata": {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))}}
     todo = backend.select(blocks.specs, table)
-    _fill(table, todo, backend, out, None, save_every_row=False)
+    _fill(table, todo, backend, out, None, autosave=False)
     if "overhead_ms" in meta or "scale" in meta:
         vals = {}
         for k, default in (("scale", 1.0), ("overhead_ms", 0.0)):
