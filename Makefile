@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test venv chromium bench clean
+.PHONY: demo test test-fast lint venv chromium bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (archsearch's make targets need Python 3.11)"; exit 1; }
@@ -39,8 +39,19 @@ bench: venv
 	$(PY) benchmarks/bench_search.py
 	$(PY) benchmarks/bench_proxy.py --threads 1
 
-test: venv chromium
-	$(PY) -m pytest -q
+# The whole suite (CI runs exactly this): lint, then every test on two cores (pytest-xdist;
+# a test module runs whole on one worker, so its module fixtures are built once).
+test: venv chromium lint
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+TEST_WORKERS ?= 2
+
+# The edit loop: no slow or browser tests (a minute or two).
+test-fast: venv lint
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow and not browser"
+
+lint: venv
+	$(VENV)/bin/ruff check archsearch tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "cache_root", "canonical_json", "short_hash"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "cache_root", "canonical_json", "file_lock", "short_hash"]
 
 
 def cache_root() -> Path:
@@ -17,6 +18,34 @@ def cache_root() -> Path:
     ``$ARCHSEARCH_CACHE_DIR`` or ``~/.cache/archsearch``."""
     env = os.environ.get("ARCHSEARCH_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "archsearch"
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, busy: Callable[[], BaseException] | None = None) -> Iterator[None]:
+    """An exclusive advisory lock across processes for the block: POSIX ``flock`` on ``path``
+    (created, with its folder); no lock where ``fcntl`` is missing (Windows).
+
+    Waits for another holder, unless ``busy`` is given: then it raises ``busy()`` at once when
+    another process holds the lock. Not re-entrant within one process.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        yield
+        return
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (fcntl.LOCK_NB if busy is not None else 0))
+        except OSError:
+            if busy is None:
+                raise
+            raise busy() from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

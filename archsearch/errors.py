@@ -28,14 +28,20 @@ class MissingBlockError(ArchsearchError):
 
 
 class ParameterError(ArchsearchError):
-    """A bad value of one parameter of a library function: ``"<param> <detail>"``.
+    """A bad value of one parameter of a library function: ``"<param> <detail>"``, or
+    ``"<param>: ..."`` when ``detail`` starts with a colon.
 
     ``param`` is the keyword the caller passed (``target``, ``resolution``, ``trials``,
     ``proxy.steps``...), never a command-line flag; the CLI shows its own flag for it
-    (:func:`archsearch.cli._common.flag_errors`). ``detail`` is the rest of the message.
+    (:func:`archsearch.cli._common.flag_errors`, with :meth:`named`). ``detail`` is the rest of
+    the message.
     """
 
     def __init__(self, param: str, detail: str) -> None:
-        super().__init__(f"{param} {detail}")
         self.param = param
         self.detail = detail
+        super().__init__(self.named(param))
+
+    def named(self, name: str) -> str:
+        """The message with ``name`` (a command's flag) in place of the parameter."""
+        return f"{name}{'' if self.detail.startswith(':') else ' '}{self.detail}"

@@ -24,14 +24,13 @@ Bad input (wrong shapes, unknown directions, a non-finite reference) raises
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from typing import Any
 
-import bisect
-
 import numpy as np
 
-from archsearch.errors import ArchsearchError
+from archsearch.errors import ArchsearchError, ParameterError
 
 __all__ = [
     "DIRECTIONS",
@@ -65,7 +64,7 @@ def _direction_signs(directions: Sequence[Any]) -> np.ndarray:
             )
         signs.append(1.0 if name == "minimize" else -1.0)
     if not signs:
-        raise ArchsearchError("directions: at least one objective is needed")
+        raise ParameterError("directions", ": at least one objective is needed")
     return np.asarray(signs, dtype=float)
 
 
@@ -98,7 +97,7 @@ def _reference_losses(reference: Any, signs: np.ndarray) -> np.ndarray:
             f"reference: {ref.shape[0]} value(s) for {signs.shape[0]} objective(s)"
         )
     if not np.all(np.isfinite(ref)):
-        raise ArchsearchError(f"reference: every value must be finite, got {ref.tolist()}")
+        raise ParameterError("reference", f": every value must be finite, got {ref.tolist()}")
     return ref * signs
 
 

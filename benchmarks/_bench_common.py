@@ -45,7 +45,7 @@ def proxy_setup(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     pins torch's threads to ``--threads`` first."""
     import torch
 
-    from archsearch.distill import resolve_device
+    from archsearch.data import resolve_device
     from archsearch.spec import load_space
 
     if args.threads:

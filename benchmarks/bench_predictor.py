@@ -74,9 +74,7 @@ def bench_throughput(space, table, resolution: int, n: int) -> None:
 
 
 def bench_accuracy(space, table, n: int, seed: int, html: Path | None, memory: int) -> None:
-    from archsearch.cost.latency import ImplausibleCalibrationError, validate_table
-
-    from archsearch.cost.latency import check_calibration
+    from archsearch.cost.latency import ImplausibleCalibrationError, check_calibration, validate_table
 
     try:
 
@@ -110,9 +108,7 @@ def bench_anchors(fit: bool = False) -> None:
     """Every profile's checks (estimate vs published, the ratio between two UNets), and with
     ``fit`` the compute efficiency that would reproduce each ``role: fit`` anchor."""
     from archsearch.candidate import sample
-    from archsearch.cost.latency import available_devices, check_published, load_device
-    from archsearch.cost.latency._ane_layout import ane_model_ops
-    from archsearch.cost.latency import fit_efficiency
+    from archsearch.cost.latency import ane_model_ops, available_devices, check_published, fit_efficiency, load_device
     from archsearch.spec import load_space
 
     for name in available_devices():

@@ -36,11 +36,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 def build_checkpoint(root: Path, tiny: bool) -> Path:
     """vae/ (full-size SD config unless ``tiny``), text_encoder/ + tokenizer/ (tiny CLIP)."""
+    import diffusers_fixtures as F
     import torch
     from diffusers import AutoencoderKL
     from transformers import AutoTokenizer
-
-    import diffusers_fixtures as F
 
     torch.manual_seed(0)
     if tiny:
@@ -83,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from archsearch.distill._prepare import TeacherEncoders, _Decode, prepare
-    from archsearch.distill._sources import open_source
+    from archsearch.data import DecodeDataset, TeacherEncoders, open_source, prepare
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         # the same batches of the same crops through the VAE alone, and the captions through CLIP
         src = open_source(tmp / "pics")
         items = src.items()
-        ds = _Decode(src, items, res, "center", None, 0)
+        ds = DecodeDataset(src, items, res, "center", None, 0)
         decoded = [ds[i] for i in range(len(items))]
         enc = TeacherEncoders(ckpt, args.device)
         vae = enc.vae

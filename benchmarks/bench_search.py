@@ -77,8 +77,8 @@ def _points(study: Any, n: int) -> np.ndarray:
 
 def sample_efficiency(tmp: Path, table: Path, n: int, seeds: int, samplers: list[str]) -> dict[str, Any]:
     import archsearch.distill as distill
-    from archsearch.search import run_search
     from archsearch.pareto import hypervolume, non_dominated
+    from archsearch.search import run_search
     from archsearch.spec import load_space
 
     real = distill.distill

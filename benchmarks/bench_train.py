@@ -32,7 +32,7 @@ def peak_mb(device: torch.device) -> float:
 
 def plain_loop(cand, teacher, cache, proxy, device, steps):
     """What one would write by hand: no accelerate, no callbacks."""
-    from archsearch.distill._cachedata import CacheBatches
+    from archsearch.data import CacheFeed, StepBatches
     from archsearch.distill._losses import distill_loss, make_projections, pair_taps
     from archsearch.model import build_model
 
@@ -40,7 +40,8 @@ def plain_loop(cand, teacher, cache, proxy, device, steps):
                            context_length=teacher.context_length, latent_channels=teacher.latent_channels)
     torch.manual_seed(0)
     student = build_model(small).to(device)
-    batches = CacheBatches(cache, teacher, proxy.batch, proxy.seed, device)
+    feed = CacheFeed(cache, pooled=bool(getattr(teacher.module, "pooled_dim", 0)))
+    batches = StepBatches(feed, teacher.process, proxy.batch, proxy.seed, device, teacher=teacher)
     b = batches(0)
     with torch.no_grad():
         _, sf = student.forward_features(b.xt[:1], b.t[:1], b.ctx[:1])
@@ -74,9 +75,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import diffusers_fixtures as F
 
-    from archsearch.distill import LatentCache, ProxyConfig, TrainConfig, load_teacher, train
-    from archsearch.spec import load_space
     from archsearch.candidate import sample
+    from archsearch.data import LatentCache
+    from archsearch.distill import ProxyConfig, TrainConfig, load_teacher, train
+    from archsearch.spec import load_space
 
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:

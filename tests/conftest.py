@@ -1,4 +1,10 @@
-"""Shared fixtures: the repository's spaces and a temp cache for anything the tests train."""
+"""Every shared fixture: the repository's spaces, a temp cache for anything the tests train,
+the one tiny built-in teacher, the session's latency tables and tiny diffusers checkpoints.
+
+Helpers that are plain functions (``search_helpers.make_spec``, ``diffusers_fixtures``,
+``report_helpers``) are imported by tests; fixtures live here only, so a session fixture is
+built once per session, not once per module that imports it.
+"""
 
 from __future__ import annotations
 
@@ -32,14 +38,40 @@ def tiny_video_space():
     return load_space(SPACES / "tiny_video.yaml")
 
 
-#: A tiny built-in teacher: 8x8 latents, 30 training steps, 64 captions (see ``tiny_teacher``).
+#: The one tiny built-in teacher of the tests: 30 training steps, 64 captions (trained once per
+#: session and cache folder; ``search_helpers.PROXY`` uses it too).
+TINY_TEACHER = {"train_steps": 30, "width": 32, "data_size": 64}
+
+#: A proxy run on 8x8 latents against the tiny teacher (see ``tiny_teacher``).
 TINY_PROXY = {
     "resolution": 8,
     "steps": 12,
     "batch": 4,
     "holdout": 8,
-    "teacher": {"train_steps": 30, "width": 32, "data_size": 64},
+    "teacher": dict(TINY_TEACHER),
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_process_caches():
+    """Each test module starts with empty in-process caches (memoised walks, FLOP counts, teacher
+    outputs, held-out batches), so no test passes only because another one ran first."""
+    _clear_process_caches()
+    yield
+
+
+def _clear_process_caches() -> None:
+    import sys
+
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("archsearch") or mod is None:
+            continue
+        for value in list(vars(mod).values()):
+            if callable(getattr(value, "cache_clear", None)) and getattr(value, "__module__", "") == name:
+                value.cache_clear()
+        clear = vars(mod).get("clear_caches")
+        if callable(clear) and getattr(clear, "__module__", "") == name:
+            clear()
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +97,49 @@ def tiny_teacher(teacher_cache: Path):
     from archsearch.distill import ProxyConfig, load_teacher
 
     return load_teacher(ProxyConfig.from_dict(TINY_PROXY), kind="image", cache_dir=teacher_cache, threads=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A roofline-estimate latency table of every block of ``tiny.yaml`` (built once)."""
+    from search_helpers import estimate_table
+
+    return estimate_table(tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_video_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from search_helpers import estimate_table
+
+    return estimate_table(tmp_path_factory, "tiny_video")
+
+
+@pytest.fixture(scope="session")
+def sd_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny diffusers SD checkpoint written with ``save_pretrained`` (seed 0)."""
+    import diffusers_fixtures as F
+
+    return F.build_sd_checkpoint(tmp_path_factory.mktemp("sd") / "ckpt")
+
+
+@pytest.fixture(scope="session")
+def sdxl_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import diffusers_fixtures as F
+
+    return F.build_sdxl_checkpoint(tmp_path_factory.mktemp("sdxl") / "ckpt")
+
+
+@pytest.fixture(scope="session")
+def pictures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 pictures with sidecar captions in one folder."""
+    import diffusers_fixtures as F
+
+    return F.build_pictures(tmp_path_factory.mktemp("pics") / "p", n=16)
+
+
+@pytest.fixture(scope="session")
+def sd_cache(sd_checkpoint: Path, pictures: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The latent cache of ``pictures`` encoded by ``sd_checkpoint``."""
+    import diffusers_fixtures as F
+
+    return F.build_cache(sd_checkpoint, pictures, tmp_path_factory.mktemp("cache") / "sd")

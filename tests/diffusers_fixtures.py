@@ -269,7 +269,7 @@ def build_datasets(root: Path, n: int = 8, size: tuple[int, int] = (40, 48)) -> 
 
 def build_cache(checkpoint: Path, source: Path, out: Path, holdout: float = 0.3) -> Path:
     """A latent cache of ``source`` encoded by ``checkpoint`` (fast settings: no workers, float32)."""
-    from archsearch.distill import prepare
+    from archsearch.data import prepare
 
     prepare(source, checkpoint, out, workers=0, batch=4, shard_size=8, dtype="float32", device="cpu", holdout=holdout)
     return Path(out)

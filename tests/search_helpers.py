@@ -1,4 +1,5 @@
-"""Shared pieces of the search tests: a tiny spec with a proxy that trains in about a second."""
+"""Shared pieces of the search tests: a tiny spec with a proxy that trains in about a second.
+Plain functions and constants; the fixtures built from them live in ``conftest.py``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import TINY_TEACHER
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,7 +19,7 @@ PROXY: dict[str, Any] = {
     "resolution": 8,
     "holdout": 4,
     "width_mult": 0.5,
-    "teacher": {"builtin": "image", "train_steps": 10, "width": 32, "batch": 4, "data_size": 64},
+    "teacher": {"builtin": "image", **TINY_TEACHER},
 }
 
 
@@ -43,7 +45,7 @@ def make_spec(
     return path
 
 
-def _estimate_table(tmp_path_factory: pytest.TempPathFactory, space: str) -> Path:
+def estimate_table(tmp_path_factory: pytest.TempPathFactory, space: str) -> Path:
     """A latency table of every block of ``space`` (roofline estimate: seconds), once per session."""
     path = tmp_path_factory.getbasetemp() / "tables" / f"{space}-ane-estimate.csv"
     if not path.is_file():
@@ -52,13 +54,3 @@ def _estimate_table(tmp_path_factory: pytest.TempPathFactory, space: str) -> Pat
 
         profile_space(load_space(ROOT / "search_spaces" / f"{space}.yaml"), "ane", path, convert=False, calibrate=0)
     return path
-
-
-@pytest.fixture(scope="session")
-def tiny_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _estimate_table(tmp_path_factory, "tiny")
-
-
-@pytest.fixture(scope="session")
-def tiny_video_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _estimate_table(tmp_path_factory, "tiny_video")

@@ -3,12 +3,13 @@ tiny UNet converts to Core ML in it and matches torch through its MIL program.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from archsearch.candidate import sample_many
-from archsearch.cost.latency._ane_layout import ANESpatialTransformer, ane_block, ane_model
-from archsearch.cost.latency._measure import model_inputs
+from archsearch.export import ANESpatialTransformer, ane_block, ane_model, model_inputs
 from archsearch.model import build_block, build_model, example_inputs, walk
 from archsearch.model._blocks import SpatialTransformer
 from tests.conftest import ROOT
@@ -67,7 +68,7 @@ def test_a_video_unet_with_temporal_cross_attention_keeps_its_function(tmp_path)
 
 @pytest.mark.slow
 def test_a_whole_tiny_unet_converts_in_ane_layout_and_matches_torch_through_mil(tiny_space):
-    from archsearch.cost.latency._coreml import convert_model
+    from archsearch.export import convert_model
 
     cand = sample_many(tiny_space, 1, seed=5)[0]
     result = convert_model(cand, check=True)
@@ -87,7 +88,7 @@ def test_ane_layout_exports_without_alias_nodes():
     block = SpatialTransformer(32, 1, "self_cross", 1, 32, 16, 5, "mqa", True, 2.0, "geglu", 8, True).eval()
     ane = ane_block(block)
     x, ctx = torch.randn(1, 32, 4, 4), torch.randn(1, 5, 16)
-    from archsearch.cost import PositionalCall
+    from archsearch.export import PositionalCall
 
     prog = torch.export.export(PositionalCall(ane, [True, False, True]), (x, ctx)).run_decompositions({})
     assert not [n for n in prog.graph.nodes if "alias" in str(n.target)]
@@ -100,3 +101,33 @@ def test_cli_export_errors_are_one_line(tmp_path):
 
     res = CliRunner().invoke(app, ["export", str(tmp_path / "none.yaml"), "--format", "onnx"])
     assert res.exit_code == 2 and "--format onnx: unknown (allowed: coreml, pte)" in res.output
+
+
+def test_a_registered_format_exports_through_the_one_registry(tiny_space, tmp_path, monkeypatch):
+    """A format is one registered function; ``export_model`` checks the format first, loads
+    the source, names the default file and reports progress; every format gives one result type."""
+    from archsearch.errors import ParameterError
+    from archsearch.export import ExportResult, NumericCheck, _registry, export_formats, export_model, register_format
+
+    monkeypatch.setattr(_registry, "_FORMATS", dict(_registry._FORMATS))  # the test's format stays here
+    seen = []
+
+    @register_format("raw", suffix=".raw", activity="writing {source} raw (batch {batch})")
+    def _raw(model, path, options, name):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"weights")
+        check = NumericCheck(done=True, ok=False, max_rel_error=0.5, tolerance=1e-3, how="runtime")
+        return ExportResult("raw", path, model.candidate.id, f"({options.batch} x raw)", check=check,
+                            problem=f"{path}: differs")
+
+    assert export_formats() == ("coreml", "pte", "raw")
+    with pytest.raises(ParameterError, match=r"^format onnx: unknown \(allowed: coreml, pte, raw\)$") as err:
+        export_model(tmp_path / "none.yaml", "onnx")  # before the (missing) file is read
+    assert err.value.param == "format"
+    cand = sample_many(tiny_space, 1, seed=3)[0]
+    monkeypatch.chdir(tmp_path)
+    res = export_model(cand, "raw", batch=2, progress=lambda *a: seen.append(a))
+    assert res.path == Path("exports") / f"{cand.id}.raw" and (tmp_path / res.path).read_bytes() == b"weights"
+    assert res.summary == "(2 x raw)" and not res.ok and res.check.line() == "max relative error 0.5 against torch"
+    assert seen == [("export", f"writing candidate {cand.id} raw (batch 2)", 0, 1),
+                    ("export", f"writing candidate {cand.id} raw (batch 2)", 1, 1)]

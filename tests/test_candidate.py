@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
 
 from archsearch.candidate import Candidate, OptunaChooser, resolve, sample, sample_many
 from archsearch.errors import ArchsearchError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_sampling_is_seeded_and_distinct(tiny_space):
@@ -23,7 +27,7 @@ def test_sampling_is_seeded_and_distinct(tiny_space):
 
 def test_candidate_is_frozen_and_hashable(tiny_space):
     c = sample(tiny_space, 0)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.resolution = 8  # type: ignore[misc]
     assert {c: 1}[sample(tiny_space, 0)] == 1
 
@@ -96,3 +100,70 @@ def test_for_proxy_keeps_structure(tiny_space):
     assert [s.resnet_blocks for s in p.stages] == [s.resnet_blocks for s in c.stages]
     assert p.resolution == 8 and p.context_dim == 24
     assert all(s.channels % p.norm_groups == 0 for s in p.stages)
+
+
+# --------------------------------------------------------------------------- the largest candidate
+
+SHIPPED = sorted(p.relative_to(ROOT / "search_spaces").as_posix() for p in (ROOT / "search_spaces").rglob("*.yaml"))
+
+
+def test_the_largest_chooser_ranks_by_the_block_it_builds():
+    from archsearch.candidate import LargestChooser
+
+    pick = LargestChooser({"fixed": "mqa", "bad": "nope", "n": 3})
+    assert pick.categorical("skip", ["skip", "conv1d"]) == "conv1d"  # a layer, not an empty position
+    assert pick.categorical("att", ["cross", "self"]) == "self"  # attention over the pixels, not the text
+    assert pick.categorical("t", ["cross1d", "conv3d", "attn1d"]) == "conv3d"
+    assert pick.categorical("v", ["mqa", "mha"]) == "mha" and pick.categorical("fixed", ["mha", "mqa"]) == "mqa"
+    assert pick.categorical("bad", ["separable", "plain"]) == "plain"  # a fixed value not offered: the largest
+    assert pick.categorical("q", [False, True]) is True and pick.categorical("w", [16, 48, 32]) == 48
+    assert pick.integer("n", 1, 4, 1) == 3 and pick.integer("m", 1, 6, 2) == 5
+    assert pick.ranges == {"n": (1, 4, 1), "m": (1, 6, 2)} and pick.options["m"] == [1, 3, 5]
+    assert pick.asked["skip"] == "conv1d" and pick.options["t"] == ["cross1d", "conv3d", "attn1d"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_validate_the_supernet_and_evolve_mean_one_largest_candidate(name, monkeypatch):
+    """``validate`` costs the space's largest candidate, the supernet is sized and trained around
+    it and ``search.method: evolve`` starts from it: one candidate, by every code path."""
+    from types import SimpleNamespace
+
+    import archsearch.model as model
+    from archsearch.distill import ProxyConfig, plan_supernet, proxy_scale
+    from archsearch.search import check_space
+    from archsearch.search._evolve import _resolve
+    from archsearch.spec import load_space
+
+    space = load_space(ROOT / "search_spaces" / name)
+    costed = []
+    real = model.check_memory
+    monkeypatch.setattr(model, "check_memory", lambda cand, **kw: (costed.append(cand), real(cand, **kw))[1])
+    check_space(space)  # what `archsearch validate` runs
+    assert costed, "validate costed no largest candidate"
+    validated = costed[0]
+    proxy = ProxyConfig.from_space(space)
+    own_text = SimpleNamespace(kind=space.kind, context_dim=None, context_length=None, latent_channels=None)
+    plan = plan_supernet(space, proxy, own_text)  # the supernet's tensors, planned without a teacher
+    assert plan.largest.id == proxy_scale(validated, own_text, proxy).id
+    assert _resolve(space, {})[0].id == validated.id
+
+
+@pytest.mark.parametrize("name", ["tiny.yaml", "tiny_video.yaml", "video_temporal.yaml"])
+def test_no_other_option_of_any_dimension_builds_more_flops(name):
+    """The ranking means compute: moving any one dimension of the largest candidate off its
+    largest option never adds FLOPs (``conv3d`` against the 1D attentions, ``self`` ...)."""
+    from archsearch.candidate import LargestChooser
+    from archsearch.cost import flops
+    from archsearch.errors import SpecError
+    from archsearch.spec import load_space
+
+    space = load_space(ROOT / "search_spaces" / name)
+    pick = LargestChooser()
+    most = flops(resolve(space, pick)).total
+    for dim, options in pick.options.items():
+        for option in options:
+            try:
+                other = resolve(space, LargestChooser({dim: option}))
+            except SpecError:  # invalid with the others at their largest
+                continue
+            assert flops(other).total <= most, (dim, option)

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from archsearch.candidate import Candidate
-from archsearch.errors import CandidateError
 from archsearch.cli.main import app
+from archsearch.errors import CandidateError
 from tests.conftest import ROOT, SPACES
 
 runner = CliRunner()

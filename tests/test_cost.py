@@ -88,8 +88,10 @@ def test_sdpa_is_counted():
     attn_self = tokens * tokens * hp["head_dim"] * 2 * hp["heads"]
     attn_cross = tokens * hp["context_length"] * hp["head_dim"] * 2 * hp["heads"]
     assert flops(c).by_block[spec.name] > attn_self + attn_cross
-    from archsearch.cost import block_flops
-    from archsearch.cost import sdpa_flop_handle  # noqa: F401  (public, for users' own counts)
+    from archsearch.cost import (
+        block_flops,
+        sdpa_flop_handle,  # noqa: F401  (public, for users' own counts)
+    )
 
     assert block_flops(spec) == flops(c).by_block[spec.name]
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from archsearch.distill._cache import LatentCache, is_holdout, teacher_hash
-from archsearch.distill._prepare import prepare, resize_crop, to_tensor
+from archsearch.data import LatentCache, is_holdout, prepare, resize_crop, teacher_hash, to_tensor
 from archsearch.errors import ArchsearchError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,16 +26,6 @@ import diffusers_fixtures as F  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {"workers": 0, "batch": 2, "shard_size": 4, "dtype": "float32", "device": "cpu"}
-
-
-@pytest.fixture(scope="session")
-def sd_checkpoint(tmp_path_factory):
-    return F.build_sd_checkpoint(tmp_path_factory.mktemp("sd") / "ckpt")
-
-
-@pytest.fixture(scope="session")
-def sdxl_checkpoint(tmp_path_factory):
-    return F.build_sdxl_checkpoint(tmp_path_factory.mktemp("sdxl") / "ckpt")
 
 
 @pytest.fixture(scope="session")
@@ -105,6 +94,46 @@ def test_every_source_format_gives_the_same_encodings(fmt, sd_checkpoint, sd_cac
         assert torch.allclose(v["text_states"], ref[name]["text_states"], atol=1e-5), (fmt, k)
 
 
+def test_a_registered_format_and_a_source_object_give_the_same_encodings(sd_checkpoint, sd_cache, data, tmp_path):
+    """``prepare`` takes a format registered by name, or a :class:`Source` itself."""
+    from PIL import Image
+
+    from archsearch.data import SOURCES, Item, Loaded, Source, register_source
+
+    @register_source("test-pictures")
+    class Pictures(Source):
+        def items(self):
+            return [Item(p.name, p.name) for p in sorted(self.path.glob("*.png"))]
+
+        def load(self, item):
+            path = self.path / item.ref
+            return Loaded(item.key, path.with_suffix(".txt").read_text().strip(), Image.open(path).convert("RGB"))
+
+    try:
+        assert Pictures.format == "test-pictures" and SOURCES["test-pictures"] is Pictures
+        ref = {Path(k).name: v for k, v in _by_key(sd_cache).items()}
+        by_name = prepare(data["sidecar"], sd_checkpoint, tmp_path / "a", format="test-pictures", **FAST)
+        by_object = prepare(Pictures(data["sidecar"]), sd_checkpoint, tmp_path / "b", **FAST)
+        assert by_name.n_samples == by_object.n_samples == len(data["pictures"])
+        for out in ("a", "b"):
+            for k, v in _by_key(tmp_path / out).items():
+                assert torch.allclose(v["latents"], ref[k]["latents"], atol=1e-5), (out, k)
+                assert torch.allclose(v["text_states"], ref[k]["text_states"], atol=1e-5), (out, k)
+        assert by_object.index["source"]["format"] == "test-pictures"
+    finally:
+        SOURCES.pop("test-pictures", None)
+    with pytest.raises(ArchsearchError, match="^format: bad value 'test-pictures'"):
+        prepare(data["sidecar"], sd_checkpoint, tmp_path / "c", format="test-pictures", **FAST)
+
+
+def test_one_prepare_at_a_time_per_cache_folder(sd_checkpoint, data, tmp_path):
+    from archsearch._util import file_lock
+
+    with file_lock(tmp_path / "c" / ".lock"):  # what a running prepare holds
+        with pytest.raises(ArchsearchError, match=r"^out: .* is being written by another prepare"):
+            prepare(data["sidecar"], sd_checkpoint, tmp_path / "c", **FAST)
+
+
 def test_sdxl_two_encoders_pooled_and_crop_conditioning(sdxl_checkpoint, data, tmp_path):
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -148,7 +177,7 @@ def test_bad_files_are_skipped_and_counted(sd_checkpoint, data, tmp_path):
 
 
 def test_video_clips_sampled_at_fps_and_an_undecodable_clip_is_skipped(sd_checkpoint, sd_parts, data, tmp_path):
-    from archsearch.distill._sources import decode_video
+    from archsearch.data._sources import decode_video
 
     res = prepare(data["video"], sd_checkpoint, tmp_path / "c", frames=3, fps=4, **FAST)
     assert res.n_samples == 3 and res.n_skipped == 1
@@ -184,7 +213,7 @@ def test_teacher_generated_latents_from_prompts_are_reproducible(sd_checkpoint, 
     # the same latents as diffusers' own pipeline with that prompt's generator
     from diffusers import StableDiffusionPipeline
 
-    from archsearch.distill._prepare import _sha
+    from archsearch.data._prepare import _sha
 
     pipe = StableDiffusionPipeline.from_pretrained(str(sd_checkpoint), safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)

@@ -10,19 +10,17 @@ import pytest
 import torch
 from torch import nn
 
+from archsearch.data import SyntheticImageText, SyntheticVideoText, clear_caches
+from archsearch.data._synthetic import COLOURS, POSITIONS
 from archsearch.distill import (
     NoiseProcess,
     ProxyConfig,
-    SyntheticImageText,
-    SyntheticVideoText,
     TrialFailed,
-    clear_caches,
     distill,
     distill_loss,
     load_teacher,
     pair_taps,
 )
-from archsearch.distill._data import COLOURS, POSITIONS
 from archsearch.errors import ArchsearchError, SpecError
 from tests.conftest import TINY_PROXY
 
@@ -174,7 +172,7 @@ def test_proxy_errors_name_the_spec_line():
 
 
 def test_overrides_are_validated_and_errors_name_the_parameter(space):
-    from archsearch.distill import resolve_device
+    from archsearch.data import resolve_device
 
     p = ProxyConfig.from_space(space, steps=5, batch=None, width_mult=1.0)
     assert (p.steps, p.batch, p.width_mult, p.resolution) == (5, 4, 1.0, 8)  # None keeps the spec's

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from search_helpers import PROXY, ROOT, make_spec
 
 from archsearch.errors import SpecError
 from archsearch.search import SearchSettings, run_search
 from archsearch.search._evolve import _resolve, block_actions
 from archsearch.spec import load_space, load_space_text
 from archsearch.store import EVOLUTION_COLUMNS, write_store
-
-from search_helpers import PROXY, ROOT, make_spec, tiny_table  # noqa: F401 (fixtures)
 
 EVOLVE_PROXY = {**PROXY, "supernet_steps": 12}
 
@@ -55,8 +54,8 @@ def test_method_is_validated_in_one_line(tmp_path: Path) -> None:
 
 
 def _largest_ms(table: Path) -> float:
+    from archsearch.candidate import largest_candidate
     from archsearch.cost.latency import load_table, predict
-    from archsearch.distill._supernet import largest_candidate
 
     return float(predict([largest_candidate(load_space(ROOT / "search_spaces" / "tiny.yaml"))], load_table(table))[0])
 

@@ -9,7 +9,7 @@ import torch
 
 from archsearch.candidate import sample_many
 from archsearch.cost.latency import BlockSet, MeasureSettings, enumerate_blocks, load_table, profile_space
-from archsearch.cost.latency._executorch import _TensorArgs, lower_to_xnnpack
+from archsearch.export._executorch import _TensorArgs, lower_to_xnnpack
 from archsearch.model import build_block, example_inputs
 
 FAST = MeasureSettings(min_run_time=0.01, max_run_time=0.05, threshold=0.5, flush_bytes=0)

@@ -1,7 +1,8 @@
 """Fuzzing the spec loader: a few hundred mutants of the shipped spaces (wrong types, huge
 numbers, deleted and renamed keys, hostile YAML) through the validation every command makes
 first. Each must give "ok" or one line naming the file -- never another exception, never more
-than a few seconds or a bounded amount of memory -- and no tag may ever execute."""
+than a bounded amount of memory -- and no tag may ever execute. How long each takes is a figure
+``benchmarks/bench_refusal.py`` prints, not an assertion here."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import random
 import resource
 import subprocess
 import sys
-import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,7 @@ from tests.conftest import ROOT, SPACES
 
 SEED = 20240613
 N_MUTANTS = 300
-#: per mutant: seconds (a shared 2-core machine; validation itself takes milliseconds, a
-#: space that exhausts the size count's budget about a second) and Python heap
-MAX_SECONDS = 5.0
+#: per mutant: Python heap
 MAX_HEAP_BYTES = 64 << 20
 #: the Python heap of every third mutant is traced
 TRACE_EVERY = 3
@@ -160,8 +158,8 @@ def _mutants(tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_mutated_specs_give_ok_or_one_line_quickly_in_bounded_memory(tmp_path):
-    for path in SHIPPED:  # every lazy import done before the clock starts
+def test_mutated_specs_give_ok_or_one_line_in_bounded_memory(tmp_path):
+    for path in SHIPPED:  # every shipped space validates
         assert _validate(path.read_text())[0] in ("ok", "check"), path  # the architecture always loads
     mutants = _mutants(tmp_path)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -170,18 +168,15 @@ def test_mutated_specs_give_ok_or_one_line_quickly_in_bounded_memory(tmp_path):
         traced = i % TRACE_EVERY == 0  # tracemalloc makes Python several times slower: a third
         if traced:
             tracemalloc.start()
-        t0 = time.perf_counter()
         try:
             kind, msg = _validate(text)
         except Exception as exc:  # noqa: BLE001 - the point: nothing else may escape
             pytest.fail(f"mutant {i}: {type(exc).__name__}: {exc}\n--- mutant ---\n{text[:2000]}")
         finally:
-            seconds = time.perf_counter() - t0
             peak = tracemalloc.get_traced_memory()[1] if traced else 0
             if traced:
                 tracemalloc.stop()
         outcomes[kind] = outcomes.get(kind, 0) + 1
-        assert seconds < MAX_SECONDS, f"mutant {i} took {seconds:.1f} s: {msg}\n{text[:2000]}"
         assert peak < MAX_HEAP_BYTES, f"mutant {i} peaked at {peak / 2**20:.0f} MiB: {msg}\n{text[:2000]}"
         if kind != "ok":
             assert msg and "\n" not in msg and "Traceback" not in msg, f"mutant {i}: {msg!r}"
@@ -237,19 +232,16 @@ def _absurd(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.mark.parametrize("command", ["validate", "show", "sample", "run"])
-def test_absurd_sizes_are_refused_by_every_space_command_in_under_a_second(tmp_path, command):
+def test_absurd_sizes_are_refused_by_every_space_command(tmp_path, command):
     """The issue's inputs: one line naming the file, the line and the key, with the bound."""
-    assert _validate((SPACES / "tiny.yaml").read_text())[0] == "ok"  # lazy imports before the clock starts
+    assert _validate((SPACES / "tiny.yaml").read_text())[0] == "ok"
     runner = CliRunner()
     for name, (path, expected) in _absurd(tmp_path).items():
-        t0 = time.perf_counter()
         r = runner.invoke(app, [command, str(path), "--reports-dir", str(tmp_path)] if command == "run"
                           else [command, str(path)])
-        seconds = time.perf_counter() - t0
         assert r.exit_code == 2, (name, r.output)
         assert r.output.strip() == f"error: {path}{expected}" or f"error: {path}{expected}" in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1, r.output
-        assert seconds < 2.0, f"{command} {name}: {seconds:.1f} s"
 
 
 @pytest.mark.slow

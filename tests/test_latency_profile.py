@@ -16,6 +16,7 @@ from archsearch.cost.latency import (
     BlockSet,
     MeasureSettings,
     ParameterError,
+    _backends,
     block_census,
     enumerate_blocks,
     import_table,
@@ -25,7 +26,6 @@ from archsearch.cost.latency import (
     predict,
     profile_space,
 )
-from archsearch.cost.latency import _backends
 from archsearch.cost.latency._measure import Timing
 from archsearch.errors import ArchsearchError
 from archsearch.model import walk
@@ -411,7 +411,7 @@ def test_a_calibration_is_not_fitted_to_the_noise_of_five_whole_models():
 def test_the_neural_engine_layout_counts_the_same_multiply_adds_as_the_block(tiny_space):
     # split-einsum attention is einsums per head and query chunk; each must count its
     # contraction (an einsum once counted one MAC per output element: attention ~40x short)
-    from archsearch.cost.latency._ane_layout import ane_layout_ops
+    from archsearch.cost.latency import ane_layout_ops
 
     blocks = enumerate_blocks(tiny_space)
     transformers = [s for s in blocks.specs.values() if s.type == "transformer"]

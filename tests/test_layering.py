@@ -153,3 +153,29 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path: Path):
     src.write_text("def f():\n    from archsearch.search import _study\nfrom . import _y\n")
     known = {"archsearch.search", "archsearch.search._study", "archsearch.cost", "archsearch.cost._y"}
     assert imports_of(src, "archsearch.cost._x", known) == {"archsearch.search._study", "archsearch.cost._y"}
+
+
+def test_no_private_module_is_imported_from_outside_its_package():
+    """``archsearch.X._y`` is X's business: another package (the CLI included) imports what X
+    exports from ``archsearch.X``, so X can move its insides without breaking anyone."""
+    g = graph()
+    bad = []
+    for mod, deps in g.items():
+        for dep in deps:
+            parts = dep.split(".")
+            private = next((i for i, p in enumerate(parts) if p.startswith("_") and i > 0), None)
+            if private is None or parts[1] in LEAVES:
+                continue
+            owner = ".".join(parts[:private])  # the package whose private module this is
+            if not (mod == owner or mod.startswith(owner + ".")):
+                bad.append(f"{mod} imports {dep} (import it from {owner})")
+    for mod, path in modules().items():  # private names: `from archsearch.x import _name`
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("archsearch."):
+                parts = node.module.split(".")
+                owner = ".".join(parts[:next((i for i, p in enumerate(parts) if p.startswith("_")), len(parts))])
+                if parts[1] in LEAVES or mod == owner or mod.startswith(owner + "."):
+                    continue
+                bad += [f"{mod} imports the private name {node.module}.{a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, "\n".join(sorted(bad))

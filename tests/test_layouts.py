@@ -11,7 +11,7 @@ import torch
 
 from archsearch.candidate import Candidate, enumerate_candidates, sample, sample_many
 from archsearch.cost import count_params, flops, model_flops
-from archsearch.model import BLOCK_TYPES, build_block, build_model, example_inputs, walk
+from archsearch.model import build_block, build_model, example_inputs, walk
 from archsearch.spec import TEMPORAL_TYPES, load_space_text
 
 TEMPORAL = [t for t in TEMPORAL_TYPES if t != "none"]

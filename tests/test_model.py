@@ -69,7 +69,7 @@ def test_block_input_shapes_match_the_real_forward(tiny_space, tiny_video_space)
         model = build_model(c)
         seen = {}
         hooks = [
-            blk.register_forward_pre_hook(lambda m, args, name=spec.name: seen.__setitem__(name, tuple(args[0].shape)))
+            blk.register_forward_pre_hook(lambda m, args, name=spec.name, seen=seen: seen.__setitem__(name, tuple(args[0].shape)))
             for spec, blk in zip(model.block_specs, model.blocks)
         ]
         x, t, ctx = _inputs(c, batch=1)

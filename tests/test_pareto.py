@@ -87,7 +87,7 @@ def _brute_force_front(losses: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("m", [2, 3, 4])
 def test_non_dominated_matches_brute_force_and_optuna(m: int) -> None:
     rng = np.random.default_rng(m)
-    for trial in range(20):
+    for _ in range(20):
         n = int(rng.integers(1, 80))
         # small integers: many ties and duplicates
         pts = rng.integers(0, 6, size=(n, m)).astype(float)

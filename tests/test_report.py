@@ -16,14 +16,13 @@ import pandas as pd
 import pytest
 import yaml
 from plotly.offline import get_plotlyjs
+from report_helpers import BLOCK_TYPES, OBJECTIVES, STAGES, XSS, XSS_ID, _naive_front, front_ids_of, make_study  # noqa: F401
 from typer.testing import CliRunner
 
 from archsearch.errors import ArchsearchError
-from archsearch.report import load_study, write_compare, write_report
-from archsearch.report import _compute as C
 from archsearch.pareto import default_reference, hypervolume, hypervolume_history
-
-from report_helpers import BLOCK_TYPES, OBJECTIVES, STAGES, XSS, XSS_ID, _naive_front, front_ids_of, make_study  # noqa: F401
+from archsearch.report import _compute as C
+from archsearch.report import load_study, write_compare, write_report
 
 
 @pytest.fixture

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from report_helpers import make_study
 
 from archsearch.report import write_compare, write_report
-from report_helpers import make_study
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -216,8 +216,9 @@ def screenshot(browser: DevTools, sid: str, out: Path) -> bytes:
 
 
 def assert_real_png(png: bytes, min_height: int) -> None:
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     img = Image.open(io.BytesIO(png)).convert("RGB")
     assert img.width == WIDTH and img.height >= min_height
@@ -307,3 +308,27 @@ def test_compare_page_in_chromium(browser: DevTools, tmp_path: Path) -> None:
         assert p["traces"] >= 2 and p["points"] > 0 and p["rendered"] > 0, p
     png = screenshot(browser, sid, tmp_path / "compare.png")
     assert_real_png(png, min_height=1000)
+
+
+def test_report_figures_as_static_pngs_through_kaleido(tmp_path: Path) -> None:
+    """``archsearch report --png DIR``: every figure of the page as a PNG picture, drawn by
+    kaleido with the same Chromium; the HTML page is written as without it."""
+    import struct
+
+    from typer.testing import CliRunner
+
+    from archsearch.cli.main import app
+
+    study = make_study(tmp_path / "reports", "unet_mobile")
+    figs = tmp_path / "figs"
+    res = CliRunner().invoke(app, ["report", str(study), "--png", str(figs)])
+    assert res.exit_code == 0, res.output
+    assert (study / "index.html").is_file() and f"figures: {figs}/*.png" in res.output
+    pngs = sorted(p.name for p in figs.glob("*.png"))
+    assert {"front.png", "progress.png", "parcoords.png"} <= set(pngs), pngs
+    assert not list(figs.glob(".*"))  # no temporary file left
+    for name in pngs:
+        head = (figs / name).read_bytes()[:24]
+        assert head[:8] == b"\x89PNG\r\n\x1a\n", name
+        width, height = struct.unpack(">II", head[16:24])
+        assert width >= 400 and height >= 300, (name, width, height)

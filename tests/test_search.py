@@ -8,18 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
 import pandas as pd
 import pytest
 import yaml
+from optuna.trial import TrialState
+from search_helpers import PROXY, ROOT, make_spec
 from typer.testing import CliRunner
 
 from archsearch.errors import ArchsearchError, ParameterError, SpecError
 from archsearch.search import SearchSettings, run_search, storage_url
 from archsearch.spec import load_space, load_space_text
 from archsearch.store import write_store
-
-from search_helpers import PROXY, ROOT, make_spec, tiny_table, tiny_video_table  # noqa: F401 (fixtures)
 
 runner = CliRunner()
 

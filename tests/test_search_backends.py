@@ -14,12 +14,12 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
+from search_helpers import ROOT, make_spec
 from typer.testing import CliRunner
 
 from archsearch.search import run_search, storage_url
 from archsearch.spec import load_space
 from archsearch.store import write_store
-from search_helpers import ROOT, make_spec, tiny_table  # noqa: F401 (fixture)
 
 
 def _states(db: Path) -> dict[int, str]:

@@ -18,6 +18,7 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
+from search_helpers import ROOT, make_spec
 from typer.testing import CliRunner
 
 from archsearch.errors import ArchsearchError, ParameterError, SpecError
@@ -33,7 +34,6 @@ from archsearch.search import (
 )
 from archsearch.spec import load_space
 from archsearch.store import check_store, load_trials, refresh_store, write_store
-from search_helpers import ROOT, make_spec, tiny_table  # noqa: F401 (fixture)
 
 runner = CliRunner()
 
@@ -296,7 +296,6 @@ def test_two_concurrent_runs_on_one_study_never_train_one_candidate_twice(tmp_pa
     study = optuna.load_study(study_name="k2", storage=first.storage_url)
     trials = study.trials
     assert len(trials) == 5 and all(t.state == TrialState.COMPLETE for t in trials)
-    owners = {t.user_attrs["owner"] for t in trials[1:]}
     trained: dict[str, list[int]] = {}
     for t in trials:
         if t.user_attrs.get("duplicate_of") is None:
@@ -306,7 +305,7 @@ def test_two_concurrent_runs_on_one_study_never_train_one_candidate_twice(tmp_pa
             assert orig.user_attrs["candidate_id"] == t.user_attrs["candidate_id"]
             assert orig.user_attrs.get("duplicate_of") is None and t.values == orig.values
     assert all(len(v) == 1 for v in trained.values()), trained  # no candidate trained twice
-    assert len(trained) == 3 and len(owners) >= 1
+    assert len(trained) == 3  # (tests/test_claim.py puts the two runs' calls in the racy order by hand)
     # the store agrees with the study after both runs wrote it
     df = load_trials(reports / "k2")
     assert len(df) == 5 and df["duplicate_of"].notna().sum() == 2

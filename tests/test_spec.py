@@ -79,7 +79,7 @@ BAD_SPECS = [
     (BASE + "    resnet_expansion: .inf\n", "t.yaml:12: stages[1].resnet_expansion: bad value inf (allowed: a number > 0 and <= 16)", 12),
     (BASE + "width_mult: 1000\n", "t.yaml:12: width_mult: bad value 1000 (allowed: a number > 0 and <= 16)", 12),
     (BASE + "added_conditioning: {type: text_time, pooled_dim: 1000000}\n", "added_conditioning.pooled_dim: bad value 1000000 (allowed: an integer from 1 to 8,192)", 12),
-    (BASE.replace("resolution: 16", "resolution: 512") + "".join(f"  - channels: 64\n" for _ in range(8)), "t.yaml:7: stages: 10 stages (allowed: at most 8 stages)", 7),
+    (BASE.replace("resolution: 16", "resolution: 512") + "".join("  - channels: 64\n" for _ in range(8)), "t.yaml:7: stages: 10 stages (allowed: at most 8 stages)", 7),
     (BASE + "    layers: [" + ", ".join(["resnet"] * 300) + "]\n", "t.yaml:12: stages[1].layers: 300 layers (allowed: at most 256 positions in one stage)", 12),
     (BASE + "    layers: [resnet" + ", {choice: [resnet, skip]}" * 40 + "]\n", "t.yaml:11: stages[1]: too many combinations to count: the exact count ran out of its budget (1,000,000 steps, ", 11),
     (BASE + "    resnet_blocks: {choice: [1, [2]]}\n", "t.yaml:12: stages[1].resnet_blocks.choice: bad option list (allowed: plain values", 12),

@@ -15,24 +15,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from search_helpers import PROXY, ROOT, make_spec
 from typer.testing import CliRunner
 
-from archsearch.candidate import resolve, sample_many
+from archsearch.candidate import LargestChooser, resolve, sample_many
 from archsearch.distill import (
     ProxyConfig,
     SupernetError,
     holdout_for,
     load_supernet,
     load_teacher,
-    LargestChooser,
     proxy_scale,
     supernet_key,
 )
 from archsearch.errors import SpecError
 from archsearch.model import walk
 from archsearch.spec import load_space, load_space_text
-
-from search_helpers import PROXY, ROOT, make_spec, tiny_table  # noqa: F401 (fixtures)
 
 runner = CliRunner()
 

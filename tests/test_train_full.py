@@ -20,11 +20,13 @@ from typer.testing import CliRunner
 
 from archsearch.candidate import Candidate, sample
 from archsearch.cli.main import app
+from archsearch.data import clear_caches
 from archsearch.distill import (
+    OBJECTIVES,
+    KDObjective,
     LoopCallback,
     ProxyConfig,
     TrainConfig,
-    clear_caches,
     distill,
     init_from_teacher,
     list_checkpoints,
@@ -36,7 +38,7 @@ from archsearch.model import ArchUNet, build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffusers_fixtures as F  # noqa: E402
-from search_helpers import make_spec, tiny_table  # noqa: E402,F401 (fixture)
+from search_helpers import make_spec  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,18 +46,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def sd(tmp_path_factory):
-    return F.build_sd_checkpoint(tmp_path_factory.mktemp("sd") / "ckpt")
-
-
-@pytest.fixture(scope="module")
-def pictures(tmp_path_factory):
-    return F.build_pictures(tmp_path_factory.mktemp("pics") / "p", n=16)
-
-
-@pytest.fixture(scope="module")
-def sd_cache(sd, pictures, tmp_path_factory):
-    return F.build_cache(sd, pictures, tmp_path_factory.mktemp("cache") / "sd")
+def sd(sd_checkpoint):
+    return sd_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +79,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_proxy_run_on_the_cache_is_deterministic_and_reads_no_encoder(sd, sd_cache, sd_teacher, monkeypatch):
-    import archsearch.distill._text as text
+    import archsearch.data._text as text
 
     def boom(*a, **k):
         raise AssertionError("a cached run must not encode text")
@@ -234,6 +226,8 @@ def test_resume_gives_the_same_weights_as_a_straight_run(sd, sd_cache, sd_teache
     assert [p.name for p in list_checkpoints(tmp_path / "split" / "checkpoints")] == ["step-00000010"]
     state = json.loads((tmp_path / "split" / "checkpoints" / "step-00000010" / "state.json").read_text())
     assert state["step"] == 10 and state["data_position"] == 10
+    assert "objective" not in state["settings"]  # KD: the checkpoint as it always was, no objective state
+    assert not (tmp_path / "split" / "checkpoints" / "step-00000010" / "objective.pt").exists()
     res = train(cand, sd_teacher, sd_cache, cfg, tmp_path / "split", device="cpu", resume="latest")
     assert res.start_step == 10 and len(res.loss_curve) == 10
     for sub in ("", "raw"):
@@ -241,6 +235,51 @@ def test_resume_gives_the_same_weights_as_a_straight_run(sd, sd_cache, sd_teache
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), sub
     straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     assert straight["loss_curve"][10:] == res.loss_curve
+
+
+class _Counting(KDObjective):
+    """KD scaled by a factor that follows the optimizer steps seen: its state must resume."""
+
+    name = "counting"
+
+    def __init__(self, base: KDObjective) -> None:
+        super().__init__(base.kd_output, base.kd_feature, base.pairs, base.projections)
+        self.seen = 0
+
+    def loss(self, pred, feats, batch):
+        loss, parts = super().loss(pred, feats, batch)
+        return loss * (1.0 + 0.25 * self.seen), parts
+
+    def after_step(self, step):
+        assert step == self.seen + 1
+        self.seen = step
+
+    def state_dict(self):
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state):
+        self.seen = int(state["seen"])
+
+
+def test_an_objective_with_its_own_state_resumes_exactly(sd, sd_cache, sd_teacher, tmp_path, monkeypatch):
+    from archsearch.errors import ParameterError
+
+    monkeypatch.setitem(OBJECTIVES, "counting", lambda ctx: _Counting(OBJECTIVES["kd"](ctx)))
+    with pytest.raises(ParameterError, match=r"^objective: bad value 'nope' \(allowed: counting, kd\)$"):
+        TrainConfig(proxy=_proxy(sd), objective="nope").check()
+    cand = _tiny_candidate()
+    cfg = TrainConfig(proxy=_proxy(sd, steps=6), checkpoint_every=3, keep=2, log_every=1, ema_decay=0,
+                      objective="counting")
+    straight = train(cand, sd_teacher, sd_cache, cfg, tmp_path / "straight", device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        train(cand, sd_teacher, sd_cache, cfg, tmp_path / "split", device="cpu", callbacks=[_Crash(5)])
+    ckpt = tmp_path / "split" / "checkpoints" / "step-00000003"
+    assert torch.load(ckpt / "objective.pt", weights_only=True) == {"seen": 3}
+    assert json.loads((ckpt / "state.json").read_text())["settings"]["objective"] == "counting"
+    res = train(cand, sd_teacher, sd_cache, cfg, tmp_path / "split", device="cpu", resume="latest")
+    assert res.start_step == 3 and res.loss_curve == straight.loss_curve[3:]
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_gradient_checkpointing_and_accumulation_keep_the_objective(sd, sd_cache, sd_teacher, tmp_path):

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from search_helpers import PROXY
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import yaml
 
 from archsearch._util import atomic_write_text, short_hash
-from archsearch.errors import CandidateError, SpecError
+from archsearch.errors import CandidateError, ParameterError, SpecError
 from archsearch.spec import (
     ADDED_CONDITIONING_TYPES,
     ATTENTION_KINDS,
@@ -603,7 +603,7 @@ def enumerate_candidates(space: SearchSpace, limit: int | None = None) -> Iterat
     one). ``limit``: stop after this many.
     """
     if limit is not None and limit < 0:
-        raise ValueError(f"limit {limit}: bad value (allowed: None or an integer >= 0)")
+        raise ParameterError("limit", f"{limit}: bad value (allowed: None or an integer >= 0)")
 
     def distinct() -> Iterator[Candidate]:
         # two assignments can build one architecture (adjacent {choice: [transformer, skip]}

@@ -54,7 +54,7 @@ def flag_errors(flags: dict[str, str]) -> Callable[[F], F]:
     def reword(exc: ArchsearchError) -> ArchsearchError | None:
         if isinstance(exc, ParameterError):
             flag = flags.get(exc.param)
-            return None if flag is None else ArchsearchError(f"{flag} {exc.detail}")
+            return None if flag is None else ArchsearchError(exc.named(flag))
         msg = str(exc)
         for param in sorted(flags, key=len, reverse=True):
             if msg.startswith(param) and msg[len(param):len(param) + 1] in (":", " "):

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
 
-from archsearch.cli._common import console, user_errors
-from archsearch.errors import ArchsearchError
+from archsearch.cli._common import console, flag_errors, user_errors
 
 #: The library's parameter names -> this command's flags (errors are reworded with them).
 FLAGS = {
@@ -38,20 +36,22 @@ FLAGS = {
 }
 
 
-@contextlib.contextmanager
-def _flag_errors() -> Iterator[None]:
-    try:
-        yield
-    except ArchsearchError as exc:
-        msg = str(exc)
-        param = msg.split(":", 1)[0]
-        if param in FLAGS:
-            raise type(exc)(FLAGS[param] + msg[len(param):]) from None
-        raise
+@flag_errors(FLAGS)
+def _prepare(*args: Any, **kw: Any) -> Any:
+    from archsearch.data import prepare
+
+    return prepare(*args, **kw)
 
 
 def _bars():  # noqa: ANN202
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("[bold]{task.fields[phase]:<7}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"),
@@ -126,14 +126,12 @@ def register(app: typer.Typer) -> None:
           archsearch data prepare clips/ --teacher ckpt/t2v --out cache/clips --frames 16 --fps 8
           archsearch data prepare prompts.txt --teacher ckpt/sd15 --out cache/gen --steps 25 --guidance 7.5
         """
-        from archsearch.distill import prepare
-
-        with _flag_errors(), _Bars() as bars:
-            res = prepare(source, teacher, out, resolution=resolution, frames=frames, fps=fps, crop=crop,
-                          buckets=buckets, workers=workers, batch=batch, shard_size=shard_size, holdout=holdout,
-                          seed=seed, dtype=dtype, device=device, format=format, image_column=image_column,
-                          caption_column=caption_column, split=split, steps=steps, guidance=guidance,
-                          progress=bars)
+        with _Bars() as bars:
+            res = _prepare(source, teacher, out, resolution=resolution, frames=frames, fps=fps, crop=crop,
+                           buckets=buckets, workers=workers, batch=batch, shard_size=shard_size, holdout=holdout,
+                           seed=seed, dtype=dtype, device=device, format=format, image_column=image_column,
+                           caption_column=caption_column, split=split, steps=steps, guidance=guidance,
+                           progress=bars)
         ix = res.index
         console.print(f"{res.n_samples} samples in {escape(str(res.out))} ({ix['n_holdout']} holdout), "
                       f"{res.n_skipped} skipped; encoded {res.encoded} this run in {res.wall_time_s:.1f} s "

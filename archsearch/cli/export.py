@@ -48,50 +48,19 @@ def register(app: typer.Typer) -> None:
           archsearch export runs/1a2b3c4d5e6f/model --format coreml     (trained weights)
           archsearch export reports/tiny/pareto/1a2b3c4d5e6f.yaml --format pte   (ExecuTorch, XNNPACK)
         """
-        if format not in ("coreml", "pte"):
-            raise ArchsearchError(f"--format {format}: unknown (allowed: coreml, pte)")
-        if model.is_dir():
-            from archsearch.model import ArchUNet
+        from archsearch.export import export_model
 
-            source = ArchUNet.from_pretrained(model)
-            ident = source.candidate.id
-        else:
-            from archsearch.candidate import load_candidate
+        def show(phase: str, what: str, done: int, total: int) -> None:
+            status.update(f"{escape(what)} ...")
 
-            source = load_candidate(model)
-            ident = source.id
-        if format == "pte":
-            from archsearch.cost.latency._executorch import export_pte
-
-            path = out or Path("exports") / f"{ident}.pte"
-            with console.status(f"lowering {escape(str(model))} to ExecuTorch (XNNPACK) ..."):
-                info = export_pte(source, path)
-            console.print(f"[green]wrote[/green] {escape(str(path))} (ExecuTorch program, float32, XNNPACK took "
-                          f"{info['delegated']}/{info['ops']} ops; {info['bytes'] / 2**20:.1f} MiB)")
-            console.print(f"numerics: max relative error {info['max_rel_error']:.2g} against torch")
-            if not info["max_rel_error"] < 1e-3:
-                raise ArchsearchError(f"{path}: the program differs from torch (max relative error "
-                                      f"{info['max_rel_error']:.2g})")
-            return
-        from archsearch.cost.latency._coreml import convert_model, save_mlmodel
-
-        with console.status(f"converting {escape(str(model))} to Core ML ({layout} layout) ..."):
-            result = convert_model(source, compute_units=compute_units, layout=layout, palettize=palettize,
-                                   check=check)
-        if not result.ok:
-            raise ArchsearchError(f"{model}: does not convert to Core ML: {result.error}")
-        path = out or Path("exports") / f"{ident}.mlpackage"
-        save_mlmodel(result.mlmodel, path)
-        console.print(f"[green]wrote[/green] {escape(str(path))} (mlprogram, fp16, iOS 17, {layout} layout"
-                      f"{f', {palettize}-bit palettized' if palettize else ''}) in {result.seconds:.1f} s")
+        with console.status(f"exporting {escape(str(model))} ...") as status:
+            result = export_model(model, format, out, compute_units=compute_units, layout=layout,
+                                  palettize=palettize, check=check, progress=show)
+        console.print(f"[green]wrote[/green] {escape(str(result.path))} {escape(result.summary)}")
         if result.check is not None:
             console.print(f"numerics: {escape(result.check.line())}")
-        if result.off_ane:
-            console.print("[yellow]ops that would fall off the Neural Engine[/yellow]: "
-                          + ", ".join(f"{k} {v}" for k, v in result.off_ane.most_common()))
-        else:
-            console.print("ops that would fall off the Neural Engine: none found")
-        if result.flags:
-            console.print("ANE-hostile patterns: " + ", ".join(f"{k} {v}" for k, v in sorted(result.flags.items())))
-        if result.check is not None and result.check.done and not result.check.ok:
-            raise ArchsearchError(f"{path}: the converted model differs from torch ({result.check.line()})")
+        for note in result.notes:
+            label = f"[yellow]{escape(note.label)}[/yellow]" if note.warn else escape(note.label)
+            console.print(f"{label}: {escape(note.text)}")
+        if result.problem:
+            raise ArchsearchError(result.problem)

@@ -107,7 +107,14 @@ def register(app: typer.Typer) -> None:
           archsearch profile --target ane            (Linux: Core ML conversion + roofline estimate)
           archsearch profile --import iphone.csv --target ane --out latency_tables/unet_mobile-ane-r128.csv
         """
-        from archsearch.cost.latency import MeasureSettings, SentinelSettings, import_table, plan_profile, run_profile
+        from archsearch.cost.latency import (
+            MeasureSettings,
+            ProfileOptions,
+            SentinelSettings,
+            import_table,
+            plan_profile,
+            run_profile,
+        )
 
         if max_time < min_time:
             raise ArchsearchError(f"--max-time {max_time} is below --min-time {min_time} (allowed: max >= min)")
@@ -134,12 +141,12 @@ def register(app: typer.Typer) -> None:
         settings = MeasureSettings(min_time, max_time, threshold, statistic,
                                    None if flush_mb is None else int(flush_mb * (1 << 20)), stable_time)
         sentinel = SentinelSettings(every=sentinel_every, drift=sentinel_drift) if sentinel_every else None
+        options = ProfileOptions(resolution=resolution, batch=batch, dtype=dtype, threads=threads, settings=settings,
+                                 calibrate=calibrate, device_profile=device_profile, convert=not no_convert,
+                                 export_dir=export_coreml, compute_units=compute_units, sentinel=sentinel,
+                                 check_calibration=bool(validate), max_overhead_share=max_overhead)
         with console.status(f"enumerating the blocks of {escape(str(path))} ..."):
-            plan = plan_profile(src, target, out, resolution=resolution, batch=batch, dtype=dtype, threads=threads,
-                                settings=settings, calibrate=calibrate, device_profile=device_profile,
-                                convert=not no_convert, export_dir=export_coreml, name=name, sentinel=sentinel,
-                                check_calibration=bool(validate), max_overhead_share=max_overhead,
-                                compute_units=compute_units)
+            plan = plan_profile(src, target, out, options, name=name)
         _print_plan(plan, path)
         if dry_run:
             from collections import Counter

@@ -65,14 +65,26 @@ def register(app: typer.Typer) -> None:
             help="HTML file to write (default: <study>/index.html, or "
             "<reports-dir>/compare_<A>_vs_<B>.html with --compare).",
         ),
+        png: Optional[Path] = typer.Option(
+            None,
+            "--png",
+            help="Also write each figure of the report as DIR/<figure>.png (for papers and slides; "
+            "needs Chrome or Chromium).",
+        ),
     ) -> None:
         """Write reports/<study>/index.html: Pareto front, latency breakdown, progress, choices.
 
         The page is self-contained and opens offline. Prints the path written.
+
+        Example:
+
+          archsearch report unet_mobile --png reports/unet_mobile/figures
         """
         from archsearch.report import write_compare, write_report
         from archsearch.store import refresh_store
 
+        if png is not None and compare:
+            raise ArchsearchError("--png: give one study (the comparison page has no picture export)")
         if out is not None and out.suffix.lower() not in (".html", ".htm"):
             raise ArchsearchError(f"--out {out}: must end in .html")
         dirs = [resolve_study(s, reports_dir) for s in studies]
@@ -96,5 +108,7 @@ def register(app: typer.Typer) -> None:
                 )
             with err_console.status(f"Writing report of {escape(str(dirs[0]))}…"):
                 refresh_store(dirs[0])  # the study is the truth: a killed run, a cut-short trials.csv
-                path = write_report(dirs[0], out)
+                path = write_report(dirs[0], out, png_dir=png)
         typer.echo(str(path))
+        if png is not None:
+            typer.echo(f"figures: {png}/*.png")

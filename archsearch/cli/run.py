@@ -123,25 +123,21 @@ def register(app: typer.Typer) -> None:
 
           archsearch run search_spaces/unet_mobile.yaml --backend ray --address 10.0.0.1:6379
         """
-        from archsearch._resources import describe, find_space
-        from archsearch.search import run_search
+        from archsearch._resources import describe
+        from archsearch.search import RunOptions, run_search
         from archsearch.spec import load_space
         from archsearch.store import write_store
 
         space = load_space(spec)
+        options = RunOptions(trials=trials, timeout=timeout, seed=seed, storage=storage, study=study, workers=workers,
+                             sampler=sampler, resume=resume, backend=backend, address=address, device=device,
+                             reports_dir=reports_dir)
 
         def log(message: str) -> None:
             err_console.print(escape(message), soft_wrap=True)
 
-        def on_trial(study_obj) -> None:  # noqa: ANN001 - after each finished trial: a killed run can be reported
-            write_store(study_obj)
-
-        with _LazyBars(progress) as bars:
-            result = run_search(
-                space, trials=trials, timeout=timeout, seed=seed, storage=storage, study=study,
-                resume=resume, backend=backend, workers=workers, address=address, device=device,
-                reports_dir=reports_dir, sampler=sampler, progress=bars, log=log, on_trial=on_trial,
-            )
+        with _LazyBars(progress) as bars:  # the store is written after each finished trial: a killed run is reported
+            result = run_search(space, options, progress=bars, log=log, on_trial=write_store)
         meta = write_store(result.study, result.study_dir)
         from archsearch.store import load_trials
 

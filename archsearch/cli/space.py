@@ -24,8 +24,7 @@ def _fmt_int(n: int) -> str:
 
 
 def _stage_table(candidate, title: str) -> Table:
-    from archsearch.cost import count_params, flops
-    from archsearch.cost._params_flops import block_params
+    from archsearch.cost import block_params, count_params, flops
     from archsearch.model import walk
 
     report = flops(candidate)
@@ -182,7 +181,6 @@ def register(app: typer.Typer) -> None:
         """
         from archsearch._resources import find_space
         from archsearch.candidate import load_candidate
-
         from archsearch.model import check_memory
 
         cand = load_candidate(find_space(candidate))  # a path, or a bundled space (reference/sd15_unet)

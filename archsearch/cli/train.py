@@ -125,7 +125,7 @@ def register(app: typer.Typer) -> None:
                              eval_every=eval_every, sample_every=sample_every, nan=nan,
                              init_from_teacher=init_from_teacher,
                              spatial_from=str(spatial_from) if spatial_from else None,
-                             unfreeze_spatial=unfreeze_spatial, distributed=distributed)
+                             unfreeze_spatial=unfreeze_spatial, distributed=distributed, meta={"spec": str(spec)})
         config.check()
         from archsearch.model import check_memory
 
@@ -136,7 +136,7 @@ def register(app: typer.Typer) -> None:
         with progress_bars() as progress:
             teacher = load_teacher(proxy, kind=space.kind, progress=progress, device=device)
             result = run_train(cand, teacher, data, config, out, progress, device=device, resume=resume,
-                               log=lambda m: console.print(escape(m), soft_wrap=True), meta={"spec": str(spec)})
+                               log=lambda m: console.print(escape(m), soft_wrap=True))
         if result.processes > 1 and not _main_process():
             return
         trained = result.metrics.get("candidate_id", cand.id)

@@ -3,7 +3,6 @@
 from archsearch.cost._params_flops import (
     FlopCache,
     FlopReport,
-    PositionalCall,
     block_flops,
     block_params,
     count_params,
@@ -11,6 +10,7 @@ from archsearch.cost._params_flops import (
     model_flops,
     sdpa_flop_handle,
 )
+from archsearch.export import PositionalCall  # how blocks are traced here (and converted there)
 
 __all__ = [
     "FlopCache",

@@ -28,9 +28,10 @@ from torch import nn
 
 from archsearch._util import cache_root
 from archsearch.candidate import Candidate
+from archsearch.export import PositionalCall
 from archsearch.model import BlockSpec, build_block, build_model, example_inputs, walk
 
-__all__ = ["FlopCache", "FlopReport", "PositionalCall", "block_flops", "block_params", "count_params", "flops", "sdpa_flop_handle"]
+__all__ = ["FlopCache", "FlopReport", "block_flops", "block_params", "count_params", "flops", "sdpa_flop_handle"]
 
 
 def sdpa_flop_handle(inputs: list[Any], outputs: list[Any]) -> int:
@@ -186,20 +187,6 @@ def _trace_flops(spec: BlockSpec) -> int:
         fa.uncalled_modules_warnings(False)
         with torch.no_grad():
             return int(fa.total())
-
-
-class PositionalCall(nn.Module):
-    """Calls ``block(x, temb, context)`` from only the non-None inputs (for jit tracing)."""
-
-    def __init__(self, block: nn.Module, present: list[bool]) -> None:
-        super().__init__()
-        self.block = block
-        self.present = present
-
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        it = iter(args)
-        full = [next(it) if p else None for p in self.present]
-        return self.block(*full)
 
 
 _PROBE_SIZES = (2, 4, 6)

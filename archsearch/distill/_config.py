@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from archsearch.distill._noise import PREDICTIONS
-from archsearch.errors import ArchsearchError, SpecError
+from archsearch.errors import ParameterError, SpecError
 
 __all__ = ["PROXY_KINDS", "ProxyConfig"]
 
@@ -69,7 +69,7 @@ class ProxyConfig:
 
         ``overrides`` (``steps=2000``, ``width_mult=1.0``, ...; ``None`` values are ignored)
         replace the spec's settings and are validated the same way; a bad one raises an
-        :class:`~archsearch.errors.ArchsearchError` naming the setting (``proxy.steps: ...``),
+        :class:`~archsearch.errors.ParameterError` naming the setting (``proxy.steps: ...``),
         with no file position, since it does not come from the file.
         """
         n_stages = getattr(space, "n_stages", None)
@@ -82,7 +82,8 @@ class ProxyConfig:
 
         def fail(path: tuple, value: Any, allowed: str | None = None, message: str | None = None):
             if len(path) >= 2 and path[0] == "proxy" and path[1] in given:
-                raise ArchsearchError(_message(path, value, allowed, message))
+                key, _, rest = _message(path, value, allowed, message).partition(":")
+                raise ParameterError(key, ":" + rest)
             space.fail(path, value, allowed, message)
 
         data = space.proxy if isinstance(space.proxy, dict) else {}

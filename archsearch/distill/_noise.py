@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from archsearch.errors import ArchsearchError
+from archsearch.errors import ArchsearchError, ParameterError
 
 __all__ = ["PREDICTIONS", "NoiseProcess", "check_prediction"]
 
@@ -39,7 +39,7 @@ class NoiseProcess:
 
     def __init__(self, prediction: str, scheduler_config: dict[str, Any] | None = None) -> None:
         if prediction not in PREDICTIONS:
-            raise ArchsearchError(f"prediction: bad value {prediction!r} (allowed: {', '.join(PREDICTIONS)})")
+            raise ParameterError("prediction", f": bad value {prediction!r} (allowed: {', '.join(PREDICTIONS)})")
         self.prediction = prediction
         cfg = dict(scheduler_config or {})
         self.num_train_timesteps = int(cfg.get("num_train_timesteps", 1000))

@@ -34,7 +34,7 @@ from diffusers import ConfigMixin, ModelMixin  # ModelMixin must be importable f
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
-from archsearch.errors import ArchsearchError
+from archsearch.errors import ParameterError
 
 __all__ = ["ArchUNetDiffusers", "ConfigMixin", "ModelMixin", "export_pipeline", "generate", "load_pipeline",
            "pipeline_class"]
@@ -68,7 +68,7 @@ class ArchUNetDiffusers(ModelMixin, ConfigMixin):
         from archsearch.model import build_model
 
         if candidate is None:
-            raise ArchsearchError("candidate: an ArchUNetDiffusers needs the candidate it was built from")
+            raise ParameterError("candidate", ": an ArchUNetDiffusers needs the candidate it was built from")
         self.model = build_model(Candidate.from_dict(candidate, "ArchUNetDiffusers"))
         if pooled_dim:
             self.add_embedding = _AddEmbedding(pooled_dim + 6 * int(addition_time_embed_dim or 0))
@@ -99,7 +99,7 @@ class ArchUNetDiffusers(ModelMixin, ConfigMixin):
         if self.config.pooled_dim:
             pooled = (added_cond_kwargs or {}).get("text_embeds")
             if pooled is None:
-                raise ArchsearchError("added_cond_kwargs: this UNet needs text_embeds (the pooled text embedding)")
+                raise ParameterError("added_cond_kwargs", ": this UNet needs text_embeds (the pooled text embedding)")
             tok = torch.zeros(ctx.shape[0], 1, ctx.shape[-1], dtype=ctx.dtype, device=ctx.device)
             tok[:, 0, : pooled.shape[-1]] = pooled.to(ctx.dtype)
             ctx = torch.cat([ctx, tok], dim=1)
@@ -136,17 +136,9 @@ class ArchUNetDiffusers(ModelMixin, ConfigMixin):
 
 def pipeline_class(teacher_root: Path) -> type:
     """The diffusers pipeline class of a teacher checkpoint (its ``model_index.json``)."""
-    import diffusers
+    from archsearch.data import DiffusersFolder
 
-    ix = teacher_root / "model_index.json"
-    if not ix.is_file():
-        raise ArchsearchError(f"teacher: {teacher_root}: no model_index.json (a pipeline export needs a full "
-                              "diffusers checkpoint: vae/, text_encoder/, tokenizer/, scheduler/)")
-    name = json.loads(ix.read_text()).get("_class_name", "StableDiffusionPipeline")
-    cls = getattr(diffusers, name, None)
-    if cls is None:
-        raise ArchsearchError(f"{ix}: _class_name {name!r} is not a diffusers pipeline")
-    return cls
+    return DiffusersFolder(teacher_root).pipeline_class()
 
 
 def export_pipeline(model: Any, teacher_root: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -155,13 +147,13 @@ def export_pipeline(model: Any, teacher_root: str | os.PathLike, out: str | os.P
     from diffusers.utils import logging as dlog
 
     dlog.set_verbosity_error()
+    from archsearch.data import DiffusersFolder
+
     root = Path(teacher_root)
-    cls = pipeline_class(root)
-    unet_cfg = json.loads((root / "unet" / "config.json").read_text())
-    pooled = 0
-    if unet_cfg.get("addition_embed_type") == "text_time":
-        te2 = json.loads((root / "text_encoder_2" / "config.json").read_text())
-        pooled = int(te2.get("projection_dim") or te2.get("hidden_size"))
+    folder = DiffusersFolder(root)
+    cls = folder.pipeline_class()
+    unet_cfg = folder.config("unet")
+    pooled = folder.pooled_dim if folder.text_time else 0
     unet = ArchUNetDiffusers.from_archunet(model, pooled_dim=pooled,
                                            addition_time_embed_dim=unet_cfg.get("addition_time_embed_dim"),
                                            sample_size=model.candidate.resolution)
@@ -197,8 +189,8 @@ def find_pipeline(path: str | os.PathLike) -> Path:
     for cand in (p, p / "pipeline"):
         if (cand / "model_index.json").is_file():
             return cand
-    raise ArchsearchError(f"model: {p}: no diffusers pipeline here (expected model_index.json; archsearch train "
-                          "writes one when the teacher is a diffusers checkpoint)")
+    raise ParameterError("model", f": {p}: no diffusers pipeline here (expected model_index.json; archsearch train "
+                                  "writes one when the teacher is a diffusers checkpoint)")
 
 
 def load_pipeline(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Any:
@@ -219,12 +211,12 @@ def generate(model: str | os.PathLike, prompt: str, out: str | os.PathLike, *, s
              device: str | torch.device | None = "auto", pipe: Any = None) -> list[Path]:
     """Draw ``n`` pictures (or clips) of ``prompt`` with the trained pipeline; PNGs (GIFs for
     video) named ``<out>/<seed+i>.png``. Picture ``i`` uses ``torch.Generator().manual_seed(seed + i)``."""
-    from archsearch.distill._device import resolve_device
+    from archsearch.data import resolve_device
 
     if steps < 1:
-        raise ArchsearchError(f"steps: bad value {steps} (allowed: an integer >= 1)")
+        raise ParameterError("steps", f": bad value {steps} (allowed: an integer >= 1)")
     if n < 1:
-        raise ArchsearchError(f"n: bad value {n} (allowed: an integer >= 1)")
+        raise ParameterError("n", f": bad value {n} (allowed: an integer >= 1)")
     dev = resolve_device(device)
     pipe = pipe or load_pipeline(model, dev)
     out = Path(out)

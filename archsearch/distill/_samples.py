@@ -51,18 +51,16 @@ def sample_grid(student: Any, teacher: Any, prompts: list[str], seeds: list[int]
 
 def _with_pipeline(student: Any, root: Path, prompts: list[str], seeds: list[int], steps: int, guidance: float,
                    device: torch.device, cache: dict) -> list[Any]:
-    from archsearch.distill._pipeline import ArchUNetDiffusers, pipeline_class
+    from archsearch.distill._pipeline import ArchUNetDiffusers
 
     pipe = cache.get("pipe")
     if pipe is None:
-        import json
+        from archsearch.data import DiffusersFolder
 
-        cls = pipeline_class(root)
-        cfg = json.loads((root / "unet" / "config.json").read_text())
-        pooled = 0
-        if cfg.get("addition_embed_type") == "text_time":
-            te2 = json.loads((root / "text_encoder_2" / "config.json").read_text())
-            pooled = int(te2.get("projection_dim") or te2.get("hidden_size"))
+        folder = DiffusersFolder(root)
+        cls = folder.pipeline_class()
+        cfg = folder.config("unet")
+        pooled = folder.pooled_dim if folder.text_time else 0
         unet = ArchUNetDiffusers.from_archunet(student, pooled, cfg.get("addition_time_embed_dim"))
         kw: dict[str, Any] = {"unet": unet}
         if cls.__name__ == "StableDiffusionPipeline":

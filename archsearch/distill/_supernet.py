@@ -69,22 +69,24 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 from torch import nn
 
-from archsearch._util import atomic_write_text, short_hash
+from archsearch._util import atomic_write_text, cache_root, file_lock, short_hash
+from archsearch.candidate import LargestChooser
+from archsearch.data import autocast, resolve_device, seeded, step_seed, torch_threads
 from archsearch.distill._config import ProxyConfig
-from archsearch.distill._device import autocast, resolve_device, seeded, torch_threads
-from archsearch.distill._loop import LoopCallback, Progress, StepState, TrialFailed, make_optimizer, step_seed, train_loop
-from archsearch.distill._text import cache_root
+from archsearch.distill._loop import LoopCallback, LoopOptions, Progress, TrialFailed, make_optimizer, train_loop
+from archsearch.distill._student import proxy_scale, score_holdout
 from archsearch.errors import ArchsearchError
 
-__all__ = ["SUPERNET_VERSION", "LargestChooser", "Supernet", "SupernetError", "SupernetPlan", "check_supernet",
-           "largest_candidate",
-           "load_supernet",
-           "plan_supernet", "proxy_scale", "supernet_key"]
+if TYPE_CHECKING:
+    from archsearch.distill._loop import StepState
+
+__all__ = ["SUPERNET_VERSION", "Supernet", "SupernetError", "SupernetPlan", "check_supernet", "load_supernet",
+           "plan_supernet", "supernet_key"]
 
 #: bump when the supernet's layout or training recipe changes: invalidates cached supernets
 SUPERNET_VERSION = 1
@@ -99,59 +101,8 @@ class SupernetError(ArchsearchError):
 
 
 # --------------------------------------------------------------------------- choosing candidates
-
-#: which option of a named choice builds the larger block (later = larger); unnamed ranks lowest
-_HEAVIER = {name: rank for rank, name in enumerate((
-    "after_resnet", "separable", "plain", "gelu", "geglu", "mqa", "mha", "none", "self", "cross", "self_cross",
-    "conv1d", "conv3d", "attn1d", "cross1d", "attn3d", "cross3d", "skip", "resnet", "cross_ffn", "transformer",
-    "after_transformer"))}
-
-
-def _heavier(option: Any) -> tuple[int, float]:
-    if isinstance(option, bool):
-        return (1, float(option))
-    if isinstance(option, (int, float)):
-        return (1, float(option))
-    return (0, float(_HEAVIER.get(option, -1)))
-
-
-class LargestChooser:
-    """A chooser taking ``fixed[name]`` where given (and allowed), else the largest option (the
-    highest number, ``true``, and for names the order of :data:`_HEAVIER`); it records what it was
-    asked (``asked``) and every option of each asked name (``options``)."""
-
-    def __init__(self, fixed: dict[str, Any] | None = None) -> None:
-        self.fixed = dict(fixed or {})
-        self.asked: dict[str, Any] = {}
-        self.options: dict[str, list[Any]] = {}  # every option of each asked name (ranges listed)
-
-    def categorical(self, name: str, options: list[Any]) -> Any:
-        want = self.fixed.get(name, _MISSING)
-        value = want if any(want == o and type(want) is type(o) for o in options) else max(options, key=_heavier)
-        self.asked[name] = value
-        self.options[name] = list(options)
-        return value
-
-    def integer(self, name: str, low: int, high: int, step: int) -> int:
-        want = self.fixed.get(name)
-        if isinstance(want, int) and not isinstance(want, bool) and low <= want <= high and (want - low) % step == 0:
-            value = want
-        else:
-            value = low + (high - low) // step * step
-        self.asked[name] = value
-        n = (high - low) // step + 1
-        self.options[name] = [low, high] if n > 16 else list(range(low, high + 1, step))
-        return value
-
-
-_MISSING = object()
-
-
-def largest_candidate(space: Any) -> Any:
-    """The space's largest candidate: every dimension at its largest option (full scale)."""
-    from archsearch.candidate import resolve
-
-    return resolve(space, LargestChooser())
+# LargestChooser and largest_candidate: archsearch.candidate's, the ONE "largest candidate"
+# (validate, the supernet and search.method: evolve agree on it)
 
 
 def _covering(space: Any, limit: int = 2000) -> list[Any]:
@@ -186,16 +137,6 @@ def _covering(space: Any, limit: int = 2000) -> list[Any]:
     for c in out:
         seen.setdefault(c.id, c)
     return list(seen.values())
-
-
-def proxy_scale(candidate: Any, teacher: Any, proxy: ProxyConfig) -> Any:
-    """``candidate`` at the proxy's scale with the teacher's text encoder (as ``distill``)."""
-    return candidate.for_proxy(
-        width_mult=proxy.width_mult, resolution=proxy.resolution,
-        frames=proxy.frames if teacher.kind == "video" else None,
-        context_dim=teacher.context_dim, context_length=teacher.context_length,
-        latent_channels=teacher.latent_channels,
-    )
 
 
 # --------------------------------------------------------------------------- blocks and slices
@@ -447,14 +388,7 @@ def _meta_model(small: Any) -> nn.Module:
         blocks.append(pool[n])
     if len(_META_BLOCKS) > 8192:
         _META_BLOCKS.clear()
-    model = ArchUNet.__new__(ArchUNet)
-    nn.Module.__init__(model)
-    model.candidate = small
-    model.block_specs = specs
-    model.blocks = nn.ModuleList(blocks)
-    model.feature_channels = {s.tap: s.hparams.get("channels") or s.hparams.get("out_channels")
-                              for s in specs if s.tap}
-    return model
+    return ArchUNet.from_blocks(small, blocks)
 
 
 # --------------------------------------------------------------------------- the supernet
@@ -652,21 +586,15 @@ class Supernet(nn.Module):
             hold = self._holdout[str(dev)] = holdout_for(self.teacher, self.proxy, dev)
         with torch.no_grad():
             tensors = self._tensors(sub)
-            preds = []
-            for i in range(0, hold["xt"].shape[0], 16):
-                with autocast(dev):
-                    preds.append(torch.func.functional_call(
-                        sub.model, tensors, (hold["xt"][i : i + 16], hold["t"][i : i + 16], hold["ctx"][i : i + 16])
-                    ).float())
-            pred = torch.cat(preds)
-            quality = float(torch.mean((pred - hold["teacher"]) ** 2))
-            hold_task = float(torch.mean((pred - hold["target"]) ** 2))
+        held = score_holdout(lambda xt, t, ctx: torch.func.functional_call(sub.model, tensors, (xt, t, ctx)), hold,
+                             lambda: autocast(dev))
+        quality = held.quality
         if not math.isfinite(quality):
             raise TrialFailed(f"supernet held-out score is {quality}")
         params = sum(math.prod(tuple(v.shape)) for v in tensors.values())
         return DistillResult(
             quality=quality, loss_curve=[], wall_time_s=time.perf_counter() - t0, steps=0, params=int(params),
-            device=str(dev), metrics={"holdout_task_mse": hold_task, "proxy_candidate": small.id,
+            device=str(dev), metrics={"holdout_task_mse": held.task, "proxy_candidate": small.id,
                                       "proxy_kind": "supernet", "supernet": self.key, "teacher": self.teacher.fingerprint})
 
 
@@ -811,12 +739,6 @@ def _resume(folder: Path, net: Supernet, opt: torch.optim.Optimizer) -> int:
         return 0
 
 
-def _file_lock(path: Path):
-    from archsearch.distill._teacher import _file_lock as lock
-
-    return lock(path)
-
-
 def load_supernet(
     space: Any,
     proxy: ProxyConfig,
@@ -854,7 +776,7 @@ def load_supernet(
 
     if load():
         return net.eval().requires_grad_(False)
-    with _file_lock(root / f".{key}.lock"), torch_threads(threads):  # another process may be training it
+    with file_lock(root / f".{key}.lock"), torch_threads(threads):  # another process may be training it
         if load():
             return net.eval().requires_grad_(False)
         steps = proxy.supernet_training_steps
@@ -869,9 +791,10 @@ def load_supernet(
         every = checkpoint_every or max(1, steps // 10)
         cb = _Checkpoints(folder / "training", net, opt, every)
         with seeded(proxy.seed, dev):
-            log = train_loop(net, batches, config, device=dev, optimizer=opt, start_step=start,
-                             forward=lambda xt, t, ctx: net.forward_features(batches.current, xt, t, ctx),
-                             progress=progress, phase="supernet", label=f"supernet {key[:8]} ", callbacks=[cb])
+            options = LoopOptions(optimizer=opt, start_step=start, callbacks=[cb],
+                                  forward=lambda xt, t, ctx: net.forward_features(batches.current, xt, t, ctx))
+            log = train_loop(net, batches, config, device=dev, options=options, progress=progress, phase="supernet",
+                             label=f"supernet {key[:8]} ")
         tail = log.loss_curve[-50:]
         info = {"key": key, "steps": steps, "resumed_from": start, "train_s": log.train_s,
                 "final_loss": float(sum(tail) / len(tail)) if tail else None, "params": plan.n_params,

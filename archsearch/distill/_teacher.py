@@ -4,14 +4,15 @@ Two sources (the ``proxy.teacher`` entry of a spec):
 
 * ``{builtin: image|video, train_steps: N, width: W, ...}`` -- an archsearch UNet
   (:data:`TEACHER_IMAGE` / :data:`TEACHER_VIDEO`, built with :func:`archsearch.model.build_model`)
-  trained on the built-in synthetic data (:mod:`archsearch.distill._data`) with the built-in MiniLM
+  trained on the built-in synthetic data (:func:`archsearch.data.synthetic_dataset`) with the built-in MiniLM
   text encoder the first time it is needed -- through the distillation runs' own loop
   (:func:`~archsearch.distill.train_loop`) with the KD weights at 0 -- then cached
   (``ArchUNet.save_pretrained``: ``config.json`` + ``model.safetensors``; plus ``candidate.yaml``
   and ``teacher.json``) under ``<cache>/teachers/<hash>/`` where ``<cache>`` is ``cache_dir``,
   ``$ARCHSEARCH_CACHE_DIR`` or ``~/.cache/archsearch``. The hash covers everything that defines
   the teacher (architecture, data, text encoder, noise process, training settings, code version).
-* ``{diffusers: PATH, subfolder: unet}`` -- a local diffusers checkpoint folder: its
+* ``{diffusers: PATH, subfolder: unet}`` -- a local diffusers checkpoint folder (read through
+  :class:`archsearch.data.DiffusersFolder`, as ``archsearch data prepare`` reads it): its
   ``UNet2DConditionModel`` (image) or ``UNet3DConditionModel`` (video), its scheduler, and its
   ``text_encoder/`` + ``tokenizer/`` when present (else the built-in MiniLM); for an SDXL-style
   UNet (``addition_embed_type: text_time``) both encoders (:class:`DualTextEncoder`). The
@@ -22,25 +23,32 @@ Its :class:`~archsearch.distill.NoiseProcess` (noise, v or flow) is the one the 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from archsearch._util import atomic_write_text, canonical_json, short_hash
+from archsearch._util import atomic_write_text, cache_root, canonical_json, file_lock, short_hash
+from archsearch.data import (
+    BUILTIN_CONTEXT_LENGTH,
+    DiffusersFolder,
+    DualTextEncoder,
+    StepBatches,
+    TextEncoder,
+    resolve_device,
+    seeded,
+    synthetic_dataset,
+    torch_threads,
+)
 from archsearch.distill._config import ProxyConfig
-from archsearch.distill._data import synthetic_dataset
-from archsearch.distill._device import resolve_device, seeded, torch_threads
-from archsearch.distill._loop import Progress, StepBatches, TrialFailed, train_loop
+from archsearch.distill._loop import LoopOptions, Progress, TrialFailed, train_loop
 from archsearch.distill._noise import NoiseProcess, check_prediction
-from archsearch.distill._text import BUILTIN_CONTEXT_LENGTH, DualTextEncoder, TextEncoder, cache_root
 from archsearch.errors import ArchsearchError
 
 __all__ = [
@@ -216,24 +224,18 @@ class _Tap:
 _UNET_CLASSES = {"UNet2DConditionModel": "image", "UNet3DConditionModel": "video"}
 
 
-def _check_diffusers(spec: dict[str, Any], kind: str, source: str) -> tuple[Path, Path, dict[str, Any], str]:
+def _check_diffusers(spec: dict[str, Any], kind: str, source: str) -> tuple[DiffusersFolder, dict[str, Any], str]:
     """What can be checked of a diffusers teacher without loading weights: the folder, the
     UNet config, its class and conditioning, the text encoders it needs.
 
-    Returns ``(root, unet_dir, unet_config, where)``."""
-    root = Path(str(spec["diffusers"])).expanduser()
+    Returns ``(folder, unet_config, where)``."""
+    folder = DiffusersFolder.from_spec(spec, source)
+    root, unet_dir = folder.root, folder.unet_dir
     where = f"{source}: proxy.teacher.diffusers"
-    if not root.is_absolute() and source and Path(source).exists():
-        root = (Path(source).parent / root).resolve()
-    sub = spec.get("subfolder", "unet")
-    unet_dir = root / sub if sub else root
     cfg_path = unet_dir / "config.json"
-    if not cfg_path.exists():
+    if not folder.has(folder.unet_sub):
         raise ArchsearchError(f"{where}: no diffusers UNet at {unet_dir} (expected {cfg_path})")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ArchsearchError(f"{cfg_path}: cannot read the UNet config ({exc})") from None
+    cfg = folder.config(folder.unet_sub, what="the UNet config")
     cls_name = cfg.get("_class_name", "UNet2DConditionModel")
     if cls_name not in _UNET_CLASSES:
         raise ArchsearchError(f"{cfg_path}: _class_name: {cls_name!r} is not supported "
@@ -252,34 +254,25 @@ def _check_diffusers(spec: dict[str, Any], kind: str, source: str) -> tuple[Path
             if not (root / d).exists():
                 raise ArchsearchError(f"{where}: an SDXL-style UNet (addition_embed_type: text_time) needs "
                                       f"{d}/ in {root} (allowed: text_encoder, tokenizer, text_encoder_2, tokenizer_2)")
-    return root, unet_dir, cfg, where
+    return folder, cfg, where
 
 
 def _load_diffusers(spec: dict[str, Any], kind: str, source: str, device: torch.device) -> Teacher:
-    root, unet_dir, cfg, where = _check_diffusers(spec, kind, source)
+    folder, cfg, where = _check_diffusers(spec, kind, source)
+    root, unet_dir = folder.root, folder.unet_dir
+    cfg_path = unet_dir / "config.json"
     cls_name = cfg.get("_class_name", "UNet2DConditionModel")
     added = cfg.get("addition_embed_type")
 
-    import diffusers
-    from diffusers.utils import logging as dlog
-
-    dlog.set_verbosity_error()
     try:
-        unet = getattr(diffusers, cls_name).from_pretrained(str(unet_dir), local_files_only=True)
+        unet = folder.load_unet()
     except (OSError, ValueError, TypeError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ArchsearchError(f"{where}: cannot load the UNet from {unet_dir} ({msg})") from None
-    unet = unet.eval().requires_grad_(False)
 
     # scheduler: the checkpoint's, else diffusers' DDPM defaults (epsilon)
-    sched_cfg: dict[str, Any] = {}
-    sched_dir = root / str(spec.get("scheduler", "scheduler"))
-    sched_file = sched_dir / "scheduler_config.json"
-    if sched_file.exists():
-        try:
-            sched_cfg = json.loads(sched_file.read_text())
-        except (OSError, ValueError) as exc:
-            raise ArchsearchError(f"{sched_file}: cannot read the scheduler config ({exc})") from None
+    sched_file = folder.scheduler_dir / "scheduler_config.json"
+    sched_cfg = folder.scheduler_config(what="the scheduler config")
     if "FlowMatch" in str(sched_cfg.get("_class_name", "")):
         prediction = "flow"
     else:
@@ -290,33 +283,24 @@ def _load_diffusers(spec: dict[str, Any], kind: str, source: str, device: torch.
     process = NoiseProcess(prediction, sched_cfg)
 
     # text encoder: the checkpoint's (SDXL: both), else the built-in MiniLM
-    te_dir, tok_dir = root / "text_encoder", root / "tokenizer"
     pooled_dim = 0
     if added == "text_time":
-        te2, tok2 = root / "text_encoder_2", root / "tokenizer_2"
-        first = TextEncoder.from_folders(te_dir, tok_dir, device="cpu")
+        first = folder.text_encoder("")
         first.context_length = min(first.context_length, 77)
-        second = TextEncoder.from_folders(te2, tok2, first.context_length, device="cpu")
-        te2_cfg = json.loads((te2 / "config.json").read_text())
-        pooled_dim = int(te2_cfg.get("projection_dim") or second.context_dim)
+        second = folder.text_encoder("_2", first.context_length)
+        pooled_dim = folder.pooled_dim
         want = cfg.get("projection_class_embeddings_input_dim")
         per_time = cfg.get("addition_time_embed_dim") or 0
         if want is not None and want != pooled_dim + 6 * per_time:
             raise ArchsearchError(f"{cfg_path}: projection_class_embeddings_input_dim is {want} but the pooled text "
                                   f"embedding ({pooled_dim}) + 6 time ids x {per_time} give {pooled_dim + 6 * per_time}")
         text = DualTextEncoder(first, second, pooled_dim)
-    elif (te_dir / "config.json").exists() and tok_dir.exists():
-        text = TextEncoder.from_folders(te_dir, tok_dir, device="cpu")
+    elif folder.has("text_encoder") and folder.path("tokenizer").exists():
+        text = folder.text_encoder("")
         text.context_length = min(text.context_length, 77)  # SD's CLIP length; BERT-style say 512
     else:
         text = TextEncoder.builtin()
-    vae_scale = 8
-    vae_cfg = root / "vae" / "config.json"
-    if vae_cfg.exists():
-        try:
-            vae_scale = 2 ** (len(json.loads(vae_cfg.read_text()).get("block_out_channels", [0] * 4)) - 1)
-        except (OSError, ValueError):
-            pass
+    vae_scale = folder.vae_scale_factor
     cross = cfg.get("cross_attention_dim")
     cross = cross[0] if isinstance(cross, (list, tuple)) else cross
     if cross is not None and int(cross) != text.context_dim:
@@ -325,7 +309,7 @@ def _load_diffusers(spec: dict[str, Any], kind: str, source: str, device: torch.
             f"(allowed: add text_encoder/ and tokenizer/ to {root}, or a UNet with cross_attention_dim "
             f"{text.context_dim} for the built-in MiniLM)"
         )
-    weights = sorted(unet_dir.glob("*.safetensors")) + sorted(unet_dir.glob("*.bin"))
+    weights = folder.weight_files(folder.unet_sub)
     fp = short_hash({
         "source": "diffusers",
         "unet_config": {k: v for k, v in cfg.items() if not k.startswith("_")},
@@ -413,23 +397,6 @@ def _builtin_key(cfg: BuiltinTeacherConfig, cand: Any, process: NoiseProcess, te
     }
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (POSIX ``flock``; no-op where unavailable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _train_builtin(
     model: nn.Module,
     cfg: BuiltinTeacherConfig,
@@ -446,10 +413,10 @@ def _train_builtin(
     """
     config = ProxyConfig(steps=cfg.train_steps, batch=cfg.batch, lr=cfg.lr, weight_decay=0.01, seed=cfg.seed,
                          kd_output=0.0, kd_feature=0.0)
-    batches = StepBatches(data, emb, process, cfg.batch, cfg.seed, device)
+    batches = StepBatches.synthetic(data, emb, process, cfg.batch, cfg.seed, device)
     try:
-        log = train_loop(model, batches, config, device=device, schedule="cosine", progress=progress,
-                         phase="teacher", label=f"built-in {cfg.kind} teacher (first run only) ")
+        log = train_loop(model, batches, config, device=device, options=LoopOptions(schedule="cosine"),
+                         progress=progress, phase="teacher", label=f"built-in {cfg.kind} teacher (first run only) ")
     except TrialFailed as exc:
         raise ArchsearchError(f"the built-in teacher's training diverged ({exc.reason}); "
                               "lower proxy.teacher.lr") from None
@@ -516,7 +483,7 @@ def _load_builtin(spec: dict[str, Any], proxy: ProxyConfig, kind: str, cache_dir
     found = load()
     if found is not None:
         return found
-    with _file_lock(root / f".{fp}.lock"):  # another worker may be training it right now
+    with file_lock(root / f".{fp}.lock"):  # another worker may be training it right now
         found = load()
         if found is not None:
             return found

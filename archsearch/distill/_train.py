@@ -2,7 +2,10 @@
 
 :func:`train` distils a candidate against the teacher through the one training loop
 (:func:`~archsearch.distill.train_loop`, the same objective as a proxy run: task + output KD +
-feature KD with SnapGen's timestep-aware scaling) with what a long run needs:
+feature KD with SnapGen's timestep-aware scaling, or another one of
+:data:`~archsearch.distill.OBJECTIVES` named by ``config.objective``) with what a long run needs.
+It is set-up (:func:`_set_up`, one typed :class:`_Run`), resume (:func:`_restore`), the loop with
+its callbacks (:func:`_fit`) and the outputs (:func:`_finish`):
 
 * ``accelerate`` owns devices, processes and precision: the same call runs in one process, under
   ``accelerate launch --multi_gpu`` / ``torchrun`` on one node or many (DDP by default,
@@ -21,7 +24,8 @@ feature KD with SnapGen's timestep-aware scaling) with what a long run needs:
   (torch RNG states), and ``state.json`` (step, data position, LR schedule, settings) written
   last, all into a temp folder renamed into place, so a folder without ``state.json`` never
   exists and ``kill -9`` at any moment leaves the previous checkpoint loadable; the last
-  ``keep`` are kept. ``resume="latest"`` (or a folder) continues exactly.
+  ``keep`` are kept; an objective with state of its own adds ``objective.pt``.
+  ``resume="latest"`` (or a folder) continues exactly.
 * A NaN / inf loss stops with a message naming the step (``nan="skip"`` skips the step); a
   checkpoint is never written from non-finite weights.
 * Logs: ``out/log.csv`` and TensorBoard (``out/tb/``, when tensorboard or tensorboardX is
@@ -51,33 +55,40 @@ import time
 import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 
 from archsearch._util import atomic_write_text
+from archsearch.data import resolve_device, run_data
 from archsearch.distill._config import ProxyConfig
-from archsearch.distill._device import resolve_device, seeded
 from archsearch.distill._loop import (
     SCHEDULES,
     LoopCallback,
+    LoopLog,
+    LoopOptions,
     Progress,
-    StepBatches,
     StepState,
     TrialFailed,
     make_optimizer,
     train_loop,
 )
-from archsearch.distill._losses import make_projections, pair_taps
-from archsearch.distill._noise import check_prediction
+from archsearch.distill._objective import Objective
+from archsearch.distill._student import OBJECTIVES, build_student, check_student, proxy_scale, score_holdout
 from archsearch.distill._teacher import Teacher
-from archsearch.errors import ArchsearchError
+from archsearch.errors import ArchsearchError, ParameterError
+
+if TYPE_CHECKING:
+    from archsearch.candidate import Candidate
+    from archsearch.data import RunData
 
 __all__ = ["CANDIDATE_FILE", "CHECKPOINT_PREFIX", "TrainConfig", "TrainResult", "find_checkpoint", "list_checkpoints",
            "train"]
 
 CHECKPOINT_PREFIX = "step-"
+#: a checkpoint's file of the objective's own state (only when it has any)
+OBJECTIVE_STATE = "objective.pt"
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DISTRIBUTED = ("ddp", "fsdp")
 DEFAULT_PROMPTS = ("a red circle", "a blue square at the top", "a green cat", "a small red dog")
@@ -107,6 +118,9 @@ class TrainConfig:
         spatial_from: an image ``train`` output whose spatial layers a video student takes;
             ``unfreeze_spatial``: train them too (default: frozen, only temporal layers train).
         distributed: ``ddp`` | ``fsdp`` (several processes only).
+        objective: the training objective, a name in :data:`~archsearch.distill.OBJECTIVES`
+            (``kd``: task + output KD + feature KD; in ``settings`` only when not ``kd``).
+        meta: extra entries for ``metrics.json`` (e.g. the spec it came from); not a setting.
     """
 
     proxy: ProxyConfig
@@ -134,11 +148,13 @@ class TrainConfig:
     spatial_from: str | None = None
     unfreeze_spatial: bool = False
     distributed: str = "ddp"
+    objective: str = "kd"
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         """One-line errors naming the parameter."""
         def bad(name: str, value: Any, allowed: str) -> None:
-            raise ArchsearchError(f"{name}: bad value {value!r} (allowed: {allowed})")
+            raise ParameterError(name, f": bad value {value!r} (allowed: {allowed})")
 
         if self.schedule not in SCHEDULES:
             bad("schedule", self.schedule, ", ".join(SCHEDULES))
@@ -160,9 +176,14 @@ class TrainConfig:
             bad("warmup", self.warmup, "an integer >= 0")
         if not 0 <= self.ema_decay < 1:
             bad("ema_decay", self.ema_decay, "a number in [0, 1)")
+        if self.objective not in OBJECTIVES:
+            bad("objective", self.objective, ", ".join(sorted(OBJECTIVES)))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        del d["meta"]
+        if self.objective == "kd":  # the settings of a KD run as they always were
+            del d["objective"]
         d["proxy"] = self.proxy.to_dict()
         d["sample_prompts"], d["sample_seeds"] = list(self.sample_prompts), list(self.sample_seeds)
         return d
@@ -216,8 +237,8 @@ def find_checkpoint(resume: str | os.PathLike, out: str | os.PathLike) -> Path |
         return found[-1] if found else None
     p = Path(resume)
     if not (p / "state.json").is_file():
-        raise ArchsearchError(f"resume: {p}: not a complete checkpoint (no state.json; allowed: latest or a "
-                              f"{CHECKPOINT_PREFIX}N folder under OUT/checkpoints)")
+        raise ParameterError("resume", f": {p}: not a complete checkpoint (no state.json; allowed: latest or a "
+                                       f"{CHECKPOINT_PREFIX}N folder under OUT/checkpoints)")
     return p
 
 
@@ -279,6 +300,9 @@ class _Checkpointer(LoopCallback):
                 names = [n for n, _ in run.student.named_parameters()]
                 save_file({n: t.detach().cpu().contiguous() for n, t in zip(names, run.ema.shadow_params)},
                           str(tmp / "ema.safetensors"))
+            extra = run.objective.state_dict()
+            if extra:  # an objective's own state (none for KD: the files are as they always were)
+                torch.save(extra, tmp / OBJECTIVE_STATE)
             state = {
                 "step": step,
                 "data_position": step * run.cfg.grad_accum,  # batches read (the stream is a function of it)
@@ -303,6 +327,37 @@ class _Checkpointer(LoopCallback):
         acc.wait_for_everyone()
         self.last_saved = step
         return final
+
+
+def _restore(run: "_Run", resume: str | os.PathLike | None) -> int:
+    """Load the checkpoint ``resume`` names into the run (model, optimizer, schedule, EMA,
+    objective, RNG); returns the step to start from (0: none)."""
+    ckpt = find_checkpoint(resume, run.out) if resume is not None else None
+    if ckpt is None:
+        return 0
+    from safetensors.torch import load_file
+
+    state = json.loads((ckpt / "state.json").read_text())
+    if state.get("candidate") not in (None, run.candidate_id):
+        raise ParameterError("resume", f": {ckpt} is a checkpoint of candidate {state.get('candidate')}, "
+                                       f"not {run.candidate_id}")
+    run.accelerator.load_state(str(ckpt / "accelerate"))
+    sched = run.sched
+    if sched is not None and state.get("lr_scheduler"):
+        sched.load_state_dict({**state["lr_scheduler"], "lr_lambdas": [None] * len(sched.lr_lambdas)})
+    if run.ema is not None and (ckpt / "ema.safetensors").is_file():
+        saved = load_file(str(ckpt / "ema.safetensors"))
+        for (name, _), shadow in zip(run.student.named_parameters(), run.ema.shadow_params):
+            shadow.data.copy_(saved[name].to(shadow.device))
+        run.ema.optimization_step = int(state.get("ema_step") or 0)
+    if (ckpt / OBJECTIVE_STATE).is_file():
+        run.objective.load_state_dict(torch.load(ckpt / OBJECTIVE_STATE, weights_only=True,
+                                                 map_location=run.accelerator.device))
+    rng = ckpt / f"rng-{run.accelerator.process_index}.safetensors"
+    if rng.is_file():
+        _set_rng(load_file(str(rng)))
+    run.say(f"resumed from {ckpt} at step {state['step']}")
+    return int(state["step"])
 
 
 @contextlib.contextmanager
@@ -455,27 +510,46 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 # --------------------------------------------------------------------------- the run
 
 
+@dataclass
 class _Run:
-    """State shared by the callbacks of one :func:`train` call."""
+    """One :func:`train` call, set up: what its callbacks share."""
 
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
-        self.stopped_early = False
+    cfg: TrainConfig
+    accelerator: Any  # accelerate.Accelerator
+    teacher: Teacher
+    candidate: "Candidate"  # as requested
+    small: "Candidate"  # as trained: adapted to the teacher and to the run's width and resolution
+    student: nn.Module  # the unwrapped student
+    objective: Objective
+    wrapper: nn.Module  # the student and the objective's trainable modules, as accelerate prepared them
+    optimizer: torch.optim.Optimizer
+    sched: Any  # the learning-rate schedule, or None
+    ema: Any  # diffusers' EMAModel, or None
+    out: Path
+    data: "RunData"
+    say: Callable[[str], None]
+    reports: dict[str, Any]  # metrics.json: params, trainable_params, copy and spatial reports, adapted
+    sample_cache: dict[str, Any] = field(default_factory=dict)
+    stopped_early: bool = False
 
-    @torch.no_grad()
+    @property
+    def candidate_id(self) -> str:
+        return self.small.id
+
+    @property
+    def label(self) -> str:
+        return f"{self.candidate.id} "
+
     def holdout_kd(self, weights: str = "raw") -> float:
-        h = self.hold
+        """The held-out KD MSE of the raw or the EMA weights."""
         model = self.student
         was = model.training
         model.eval()
         ctx = self.ema_weights() if weights == "ema" and self.ema is not None else contextlib.nullcontext()
-        preds = []
         with ctx:
-            for i in range(0, h["xt"].shape[0], 16):
-                with self.accelerator.autocast():
-                    preds.append(model(h["xt"][i:i + 16], h["t"][i:i + 16], h["ctx"][i:i + 16]).float())
+            quality = score_holdout(model, self.data.holdout, self.accelerator.autocast).quality
         model.train(was)
-        return float(torch.mean((torch.cat(preds) - h["teacher"]) ** 2))
+        return quality
 
     @contextlib.contextmanager
     def ema_weights(self):
@@ -520,15 +594,21 @@ def _accelerator(cfg: TrainConfig, device: torch.device) -> Any:
     return Accelerator(**kw)
 
 
-def _teacher_dtype(name: str | None) -> torch.dtype | None:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(name or "")
+def _freeze_teacher(teacher: Teacher, device: torch.device, dtype: str | None) -> None:
+    """The teacher on ``device``, in eval mode, without gradients, optionally in lower precision."""
+    teacher.to(device)
+    teacher.module.eval().requires_grad_(False)
+    tdtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(dtype or "")
+    if tdtype is not None:
+        teacher.module.to(tdtype)
 
 
 #: beside the model: the candidate that was trained (the requested one adapted to the teacher)
 CANDIDATE_FILE = "candidate.yaml"
 
 
-def _announce_adaptation(requested: Any, trained: Any, out: Path, main: bool, say: Callable[[str], None]) -> list[str]:
+def _announce_adaptation(requested: "Candidate", trained: "Candidate", out: Path, main: bool,
+                         say: Callable[[str], None]) -> list[str]:
     """Save the candidate actually trained beside the model; when it is not the requested one
     (the teacher's text encoder and latents, the run's width and resolution), say so in one
     line naming both ids and what changed. Returns the changes (``metrics.json: adapted``)."""
@@ -543,8 +623,133 @@ def _announce_adaptation(requested: Any, trained: Any, out: Path, main: bool, sa
     return changes
 
 
+def _init_student(student: nn.Module, teacher: Teacher, cfg: TrainConfig, small: "Candidate",
+                  say: Callable[[str], None]) -> dict[str, Any]:
+    """BK-SDM's copy of matching teacher weights and a video student's spatial layers from an
+    image model (``spatial_from``); returns the reports and the parameter counts."""
+    from archsearch.distill._init_from_teacher import init_from_teacher
+    from archsearch.distill._spatial import load_spatial
+    from archsearch.model import ArchUNet
+
+    out: dict[str, Any] = {"copy_report": None, "spatial_report": None}
+    if cfg.init_from_teacher:
+        rep = init_from_teacher(student, teacher)
+        out["copy_report"] = rep.to_dict()
+        say(rep.summary())
+    if cfg.spatial_from:
+        if small.kind != "video":
+            raise ParameterError("spatial_from", ": only a video candidate takes spatial layers from an image model")
+        rep = load_spatial(student, ArchUNet.from_pretrained(cfg.spatial_from), freeze=not cfg.unfreeze_spatial)
+        out["spatial_report"] = rep.to_dict()
+        say(f"spatial layers from {cfg.spatial_from}: " + rep.summary().split(": ", 1)[1])
+    out["params"] = sum(p.numel() for p in student.parameters())
+    out["trainable_params"] = sum(p.numel() for p in student.parameters() if p.requires_grad)
+    return out
+
+
+def _set_up(candidate: "Candidate", teacher: Teacher, data: str | os.PathLike | None, cfg: TrainConfig, out: Path,
+            device: str | torch.device | None, log: Callable[[str], None] | None) -> _Run:
+    """The accelerator, the teacher, the data, the student with its objective, the optimizer
+    and schedule (prepared by accelerate) and the EMA."""
+    proxy = cfg.proxy
+    acc = _accelerator(cfg, resolve_device(device))
+    dev = acc.device
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    acc.wait_for_everyone()
+    say = (log if acc.is_main_process else None) or (lambda _msg: None)
+    _freeze_teacher(teacher, dev, cfg.teacher_dtype)
+    source = run_data(teacher, proxy, dev, data=data, resolution=cfg.resolution, training=True)
+    small = proxy_scale(candidate, teacher, proxy, source.resolution)
+    reports: dict[str, Any] = {"adapted": _announce_adaptation(candidate, small, out, acc.is_main_process, say)}
+    student, objective = build_student(small, teacher, proxy, dev, source.holdout, amp=acc.autocast,
+                                       objective=cfg.objective,
+                                       prepare=lambda m: reports.update(_init_student(m, teacher, cfg, small, say)))
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(student)
+    wrapper = _Student(student, objective.trainable_modules())
+    warmup = cfg.warmup if cfg.warmup is not None else max(1, min(500, int(proxy.steps) // 20))
+    opt, sched = make_optimizer([p for p in wrapper.parameters() if p.requires_grad], proxy, cfg.schedule, warmup,
+                                cfg.optimizer)
+    wrapper, opt = acc.prepare(wrapper, opt)
+    ema = None
+    if cfg.ema_decay > 0:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(student.parameters(), decay=cfg.ema_decay)
+        ema.to(dev)
+    return _Run(cfg, acc, teacher, candidate, small, student, objective, wrapper, opt, sched, ema, out, source, say,
+                reports)
+
+
+def _fit(run: _Run, start: int, progress: Progress | None, callbacks: list[LoopCallback] | tuple) -> LoopLog:
+    """The loop with the run's callbacks: EMA, logs, sample grids, the caller's, checkpoints."""
+    acc, cfg = run.accelerator, run.cfg
+    cbs: list[LoopCallback] = [_EMA(run)] if run.ema is not None else []
+    cbs += [_Logger(run, progress if acc.is_main_process else None), _Samples(run)]
+    cbs += list(callbacks)
+    cbs.append(_Checkpointer(run))  # last: a checkpoint holds the EMA step and the logs before it
+    batches = run.data.batches(run.objective.uses_teacher, rank=acc.process_index, world=acc.num_processes)
+    options = LoopOptions(forward=run.wrapper, optimizer=run.optimizer, lr_scheduler=run.sched, start_step=start,
+                          accumulate=cfg.grad_accum, accelerator=acc, clip=cfg.clip, nan=cfg.nan, callbacks=cbs,
+                          samples_per_batch=cfg.proxy.batch * acc.num_processes)
+    try:
+        loop_log = train_loop(run.wrapper, batches, cfg.proxy, device=acc.device, objective=run.objective,
+                              options=options)
+    except TrialFailed as exc:
+        last = list_checkpoints(run.out / "checkpoints")
+        raise ArchsearchError(f"training stopped: the {exc.reason} (no checkpoint written from it; last good: "
+                              f"{last[-1] if last else 'none'}; lower the learning rate, or nan='skip' to skip "
+                              "such steps)") from None
+    run.stopped_early = loop_log.stopped
+    acc.wait_for_everyone()
+    return loop_log
+
+
+def _finish(run: _Run, loop_log: LoopLog, start: int, t_start: float) -> TrainResult:
+    """The held-out scores, the result, and on the main process the model (EMA weights; the raw
+    ones in ``raw/``), the pipeline of a diffusers teacher and ``metrics.json``."""
+    from archsearch.model import build_model
+
+    acc, cfg, teacher, out, reps = run.accelerator, run.cfg, run.teacher, run.out, run.reports
+    quality_raw = run.holdout_kd("raw")
+    quality = run.holdout_kd("ema") if run.ema is not None else quality_raw
+    ran, world = len(loop_log.loss_curve), acc.num_processes
+    sps = ran * cfg.grad_accum * cfg.proxy.batch * world / loop_log.train_s if loop_log.train_s > 0 else float("nan")
+    result = TrainResult(out=out, steps=start + ran, start_step=start, loss_curve=loop_log.loss_curve,
+                         quality=quality, quality_raw=quality_raw, params=int(reps["params"]),
+                         wall_time_s=time.perf_counter() - t_start, samples_per_s=sps,
+                         skipped_steps=loop_log.skipped, copy_report=reps["copy_report"], pipeline=None,
+                         processes=world,
+                         metrics={"trainable_params": int(reps["trainable_params"]),
+                                  "spatial_report": reps["spatial_report"], "data": run.data.source,
+                                  "resolution": run.data.resolution, "train_s": loop_log.train_s,
+                                  "feature_pairs": [list(p) for p in getattr(run.objective, "pairs", [])],
+                                  "proxy_candidate": run.small.id, "candidate_id": run.small.id,
+                                  "requested_candidate_id": run.candidate.id, "adapted": reps["adapted"],
+                                  "teacher": teacher.fingerprint, "stopped_early": loop_log.stopped})
+    if acc.is_main_process and not loop_log.stopped:
+        (out / "raw").mkdir(exist_ok=True)
+        final = build_model(run.small)
+        final.load_state_dict(run.student.state_dict())
+        final.cpu().save_pretrained(out / "raw")
+        if run.ema is not None:
+            run.ema.copy_to(final.parameters())
+        final.save_pretrained(out)  # the EMA weights: what the pipeline ships
+        if teacher.source == "diffusers" and (Path(teacher.info["path"]) / "model_index.json").is_file():
+            from archsearch.distill._pipeline import export_pipeline
+
+            result.pipeline = export_pipeline(final, teacher.info["path"], out / "pipeline")
+        metrics = {"candidate": run.candidate.id, **cfg.meta, "settings": cfg.to_dict(), **result.to_dict()}
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str))
+    acc.wait_for_everyone()
+    if not math.isfinite(quality):
+        raise ArchsearchError(f"the held-out KD loss is {quality} after {result.steps} steps")
+    return result
+
+
 def train(
-    candidate: Any,
+    candidate: "Candidate",
     teacher: Teacher,
     data: str | os.PathLike | None,
     config: TrainConfig,
@@ -555,7 +760,6 @@ def train(
     resume: str | os.PathLike | None = None,
     callbacks: list[LoopCallback] | tuple = (),
     log: Callable[[str], None] | None = None,
-    meta: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``candidate`` against ``teacher`` (see the module docstring) into ``out``.
 
@@ -566,7 +770,8 @@ def train(
         teacher: from :func:`~archsearch.distill.load_teacher`.
         data: a latent cache folder (``archsearch data prepare``); ``None``: ``config.proxy.data``,
             else the built-in synthetic data.
-        config: the settings (:class:`TrainConfig`).
+        config: the settings (:class:`TrainConfig`; ``config.objective``: the training
+            objective, ``config.meta``: extra entries for ``metrics.json``).
         out: the output folder.
         progress: ``progress(phase, description, done, total)`` (phase ``train``; main process only).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``mps`` (under ``accelerate launch`` each process
@@ -574,188 +779,11 @@ def train(
         resume: ``latest`` or a checkpoint folder (``None``: start afresh).
         callbacks: extra :class:`~archsearch.distill.LoopCallback` hooks.
         log: where one-line reports go (the copy report); ``None``: quiet.
-        meta: extra entries for ``metrics.json`` (e.g. the spec it came from).
     """
-    from archsearch.distill._cachedata import CacheBatches, check_resolution, latent_side, open_cache_for
-    from archsearch.distill._distill import _cache_holdout, _embeddings, _holdout
-    from archsearch.distill._init_from_teacher import init_from_teacher
-    from archsearch.model import ArchUNet, build_model
-
     config.check()
-    proxy = config.proxy
     t_start = time.perf_counter()
-    if candidate.kind != teacher.kind:
-        raise ArchsearchError(f"candidate {candidate.id} is kind {candidate.kind!r} but the teacher is "
-                              f"{teacher.kind!r} (allowed: a {teacher.kind} teacher)")
-    check_prediction(proxy.prediction, teacher.prediction, proxy.source)
-    dev = resolve_device(device)
-    acc = _accelerator(config, dev)
-    dev = acc.device
-    out = Path(out)
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-    acc.wait_for_everyone()
-    say = (log if acc.is_main_process else None) or (lambda _msg: None)
-
-    # data
-    data_path = Path(data) if data is not None else proxy.data_path()
-    cache = None
-    frames = proxy.frames if teacher.kind == "video" else None
-    if data_path is not None:
-        cache = open_cache_for(data_path, teacher, kind=teacher.kind, latent_channels=teacher.latent_channels,
-                               frames=frames, param="data")
-        resolution = config.resolution or latent_side(cache)
-        factor = check_resolution(cache, resolution, "resolution")
-    else:
-        resolution, factor = config.resolution or proxy.resolution, None
-    run_proxy = ProxyConfig(**{**{k: getattr(proxy, k) for k in ProxyConfig._keys()}, "resolution": resolution,
-                               "source": proxy.source})
-
-    # teacher: eval, no gradients, optionally lower precision
-    teacher.to(dev)
-    teacher.module.eval().requires_grad_(False)
-    tdtype = _teacher_dtype(config.teacher_dtype)
-    if tdtype is not None:
-        teacher.module.to(tdtype)
-    small = candidate.for_proxy(width_mult=proxy.width_mult, resolution=resolution, frames=frames,
-                                context_dim=teacher.context_dim, context_length=teacher.context_length,
-                                latent_channels=teacher.latent_channels)
-    adapted = _announce_adaptation(candidate, small, out, acc.is_main_process, say)
-    if cache is None:
-        hold = _holdout(teacher, run_proxy, dev)
-    else:
-        hold = _cache_holdout(teacher, cache, run_proxy, factor, dev)
-    with seeded(proxy.seed, dev):
-        student = build_model(small).to(dev)
-    report = None
-    if config.init_from_teacher:
-        rep = init_from_teacher(student, teacher)
-        report = rep.to_dict()
-        say(rep.summary())
-    spatial_report = None
-    if config.spatial_from:
-        if small.kind != "video":
-            raise ArchsearchError("spatial_from: only a video candidate takes spatial layers from an image model")
-        from archsearch.distill._spatial import load_spatial
-
-        rep = load_spatial(student, ArchUNet.from_pretrained(config.spatial_from), freeze=not config.unfreeze_spatial)
-        spatial_report = rep.to_dict()
-        say(f"spatial layers from {config.spatial_from}: " + rep.summary().split(": ", 1)[1])
-    params = sum(p.numel() for p in student.parameters())
-    trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
-
-    with torch.no_grad(), acc.autocast():
-        _, s_feats = student.forward_features(hold["xt"][:1], hold["t"][:1], hold["ctx"][:1])
-        _, t_feats = teacher.forward_features(hold["xt"][:1], hold["t"][:1], hold["ctx"][:1])
-    pairs = pair_taps({k: tuple(v.shape) for k, v in s_feats.items()},
-                      {k: tuple(v.shape) for k, v in t_feats.items()}) if proxy.kd_feature > 0 else []
-    with seeded(proxy.seed + 1, dev):
-        projections = make_projections(pairs, s_feats, t_feats).to(dev)
-    del s_feats, t_feats
-    if config.gradient_checkpointing:
-        enable_gradient_checkpointing(student)
-
-    wrapper = _Student(student, projections)
-    steps = int(proxy.steps)
-    warmup = config.warmup if config.warmup is not None else max(1, min(500, steps // 20))
-    opt, sched = make_optimizer([p for p in wrapper.parameters() if p.requires_grad], proxy, config.schedule,
-                                warmup, config.optimizer)
-    wrapper, opt = acc.prepare(wrapper, opt)
-
-    ema = None
-    if config.ema_decay > 0:
-        from diffusers.training_utils import EMAModel
-
-        ema = EMAModel(student.parameters(), decay=config.ema_decay)
-        ema.to(dev)
-
-    uses_teacher = proxy.kd_output > 0 or bool(pairs)
-    rank, world = acc.process_index, acc.num_processes
-    if cache is None:
-        ds = teacher.dataset(resolution, frames or 1)
-        emb = _embeddings(teacher, ds)
-        batches: Any = StepBatches(ds, emb, teacher.process, proxy.batch, proxy.seed, dev,
-                                   teacher=teacher if uses_teacher else None, rank=rank, world=world)
-    else:
-        batches = CacheBatches(cache, teacher, proxy.batch, proxy.seed, dev, use_teacher=uses_teacher, factor=factor,
-                               rank=rank, world=world)
-
-    # resume
-    start = 0
-    ckpt = find_checkpoint(resume, out) if resume is not None else None
-    if ckpt is not None:
-        state = json.loads((ckpt / "state.json").read_text())
-        if state.get("candidate") not in (None, small.id):
-            raise ArchsearchError(f"resume: {ckpt} is a checkpoint of candidate {state.get('candidate')}, not {small.id}")
-        acc.load_state(str(ckpt / "accelerate"))
-        if sched is not None and state.get("lr_scheduler"):
-            sched.load_state_dict({**state["lr_scheduler"], "lr_lambdas": [None] * len(sched.lr_lambdas)})
-        from safetensors.torch import load_file
-
-        if ema is not None and (ckpt / "ema.safetensors").is_file():
-            saved = load_file(str(ckpt / "ema.safetensors"))
-            for (name, _), shadow in zip(student.named_parameters(), ema.shadow_params):
-                shadow.data.copy_(saved[name].to(shadow.device))
-            ema.optimization_step = int(state.get("ema_step") or 0)
-        rng = ckpt / f"rng-{acc.process_index}.safetensors"
-        if rng.is_file():
-            _set_rng(load_file(str(rng)))
-        start = int(state["step"])
-        say(f"resumed from {ckpt} at step {start}")
-
-    run = _Run(cfg=config, accelerator=acc, student=student, teacher=teacher, ema=ema, sched=sched, out=out,
-               hold=hold, candidate_id=small.id, label=f"{candidate.id} ", sample_cache={})
-    cbs: list[LoopCallback] = []
-    if ema is not None:
-        cbs.append(_EMA(run))
-    cbs += [_Logger(run, progress if acc.is_main_process else None), _Samples(run)]
-    cbs += list(callbacks)
-    cbs.append(_Checkpointer(run))  # last: a checkpoint holds the EMA step and the logs before it
-    try:
-        loop_log = train_loop(wrapper, batches, proxy, device=dev, pairs=pairs, projections=projections,
-                              forward=wrapper, optimizer=opt, lr_scheduler=sched, start_step=start,
-                              accumulate=config.grad_accum, accelerator=acc, clip=config.clip, nan=config.nan,
-                              callbacks=cbs, samples_per_batch=proxy.batch * world)
-    except TrialFailed as exc:
-        last = list_checkpoints(out / "checkpoints")
-        raise ArchsearchError(f"training stopped: the {exc.reason} (no checkpoint written from it; last good: "
-                              f"{last[-1] if last else 'none'}; lower the learning rate, or nan='skip' to skip "
-                              "such steps)") from None
-    run.stopped_early = loop_log.stopped
-    acc.wait_for_everyone()
-
-    quality_raw = run.holdout_kd("raw")
-    quality = run.holdout_kd("ema") if ema is not None else quality_raw
-    pipeline = None
-    ran = len(loop_log.loss_curve)
-    sps = ran * config.grad_accum * proxy.batch * world / loop_log.train_s if loop_log.train_s > 0 else float("nan")
-    result = TrainResult(out=out, steps=start + ran, start_step=start, loss_curve=loop_log.loss_curve,
-                         quality=quality, quality_raw=quality_raw, params=int(params),
-                         wall_time_s=time.perf_counter() - t_start, samples_per_s=sps,
-                         skipped_steps=loop_log.skipped, copy_report=report, pipeline=None, processes=world,
-                         metrics={"trainable_params": int(trainable), "spatial_report": spatial_report,
-                                  "data": str(cache.root) if cache is not None else "synthetic",
-                                  "resolution": resolution, "train_s": loop_log.train_s,
-                                  "feature_pairs": [list(p) for p in pairs], "proxy_candidate": small.id,
-                                  "candidate_id": small.id, "requested_candidate_id": candidate.id,
-                                  "adapted": adapted,
-                                  "teacher": teacher.fingerprint, "stopped_early": loop_log.stopped})
-    if acc.is_main_process and not loop_log.stopped:
-        (out / "raw").mkdir(exist_ok=True)
-        final = build_model(small)
-        final.load_state_dict(student.state_dict())
-        final.cpu().save_pretrained(out / "raw")
-        if ema is not None:
-            ema.copy_to(final.parameters())
-        final.save_pretrained(out)  # the EMA weights: what the pipeline ships
-        if teacher.source == "diffusers" and (Path(teacher.info["path"]) / "model_index.json").is_file():
-            from archsearch.distill._pipeline import export_pipeline
-
-            pipeline = export_pipeline(final, teacher.info["path"], out / "pipeline")
-            result.pipeline = pipeline
-        metrics = {"candidate": candidate.id, **(meta or {}), "settings": config.to_dict(), **result.to_dict()}
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str))
-    acc.wait_for_everyone()
-    if not math.isfinite(quality):
-        raise ArchsearchError(f"the held-out KD loss is {quality} after {result.steps} steps")
-    return result
+    check_student(candidate, teacher, config.proxy)
+    run = _set_up(candidate, teacher, data, config, Path(out), device, log)
+    start = _restore(run, resume)
+    loop_log = _fit(run, start, progress, callbacks)
+    return _finish(run, loop_log, start, t_start)

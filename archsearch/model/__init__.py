@@ -1,6 +1,6 @@
 """Candidate → torch module, and the one block decomposition everything else shares."""
 
-from archsearch.model._blocks import BLOCK_TYPES, create_block, register_block
+from archsearch.model._blocks import BLOCK_TYPES, SpatialTransformer, create_block, register_block, rope_2d
 from archsearch.model._memory import (
     MAX_MODEL_BYTES,
     MEMORY_ENV,
@@ -19,6 +19,7 @@ __all__ = [
     "ArchUNet",
     "BlockSpec",
     "MemoryEstimate",
+    "SpatialTransformer",
     "build_block",
     "build_model",
     "check_memory",
@@ -27,5 +28,6 @@ __all__ = [
     "example_inputs",
     "memory_limit",
     "register_block",
+    "rope_2d",
     "walk",
 ]

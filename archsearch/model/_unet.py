@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -59,18 +59,28 @@ class ArchUNet(nn.Module):
     ``(B, C, T, H, W)`` for video.
     """
 
-    def __init__(self, candidate: Candidate, device: Any = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, candidate: Candidate, device: Any = None, dtype: torch.dtype | None = None,
+                 blocks: Iterable[nn.Module] | None = None) -> None:
         super().__init__()
-        if not _on_meta(device):  # estimated on meta first: a model that cannot fit is refused
+        if blocks is None and not _on_meta(device):  # estimated on meta first: a model that cannot fit is refused
             check_memory(candidate, dtype, device)
         self.candidate = candidate
         self.block_specs: list[BlockSpec] = walk(candidate)
-        self.blocks = nn.ModuleList(build_block(s, device, dtype) for s in self.block_specs)
+        if blocks is None:
+            blocks = (build_block(s, device, dtype) for s in self.block_specs)
+        self.blocks = nn.ModuleList(blocks)
         self.feature_channels: dict[str, int] = {}
         for s in self.block_specs:
             if s.tap:
                 hp = s.hparams
                 self.feature_channels[s.tap] = hp.get("channels") or hp.get("out_channels")
+
+    @classmethod
+    def from_blocks(cls, candidate: Candidate, blocks: Iterable[nn.Module]) -> "ArchUNet":
+        """``candidate``'s model made of existing block modules, one per block of
+        :func:`walk` in its order (nothing is built or checked; blocks may be on ``meta`` and
+        shared between models run with :func:`torch.func.functional_call`)."""
+        return cls(candidate, blocks=blocks)
 
     @property
     def is_video(self) -> bool:

@@ -3,12 +3,13 @@
 - :func:`load_study` reads a study folder written by the store (trials.csv, meta.json,
   pareto/*.yaml and the optional latency_breakdown.csv / validation.csv).
 - :func:`write_report` writes the self-contained, offline Plotly page of one study.
+- :func:`write_pngs` writes figures as static PNGs (kaleido; ``archsearch report --png DIR``).
 - :func:`write_compare` overlays the fronts of two or more studies with their hypervolumes
   against a common reference point.
 """
 
 from archsearch.report._data import Objective, StudyData, load_study
-from archsearch.report._report import render_compare, render_report, write_compare, write_report
+from archsearch.report._report import render_compare, render_report, write_compare, write_pngs, write_report
 
 __all__ = [
     "Objective",
@@ -17,5 +18,6 @@ __all__ = [
     "render_compare",
     "render_report",
     "write_compare",
+    "write_pngs",
     "write_report",
 ]

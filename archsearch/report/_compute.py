@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from archsearch.report._data import ARCH_PREFIX, StudyData
 from archsearch.pareto import (
     default_reference,
     hypervolume,
     hypervolume_history,
     non_dominated,
 )
+from archsearch.report._data import ARCH_PREFIX, StudyData
 
 __all__ = [
     "FrontData",

@@ -80,6 +80,8 @@ class Page:
         self._data_scripts: list[str] = []
         self._scripts: list[str] = []
         self._n_figs = 0
+        #: every figure drawn, by div id (what :func:`write_pngs` exports as static pictures)
+        self.figures: dict[str, go.Figure] = {}
 
     # ---- building blocks (return HTML strings)
 
@@ -88,6 +90,7 @@ class Page:
     ) -> str:
         """One figure as a div; plotly.js is NOT included (the page head has it once)."""
         self._n_figs += 1
+        self.figures[div_id] = fig
         h = height or int(fig.layout.height or 500)
         fixed = fig.layout.width is not None and fig.layout.autosize is False
         out = pio.to_html(

@@ -8,17 +8,18 @@ import os
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 
 from archsearch._util import atomic_write_text
-from archsearch.errors import ArchsearchError
+from archsearch.errors import ArchsearchError, ParameterError
+from archsearch.pareto import default_reference, hypervolume, to_losses
 from archsearch.report import _compute as C
 from archsearch.report import _figures as F
 from archsearch.report._data import STATES, StudyData, load_study
 from archsearch.report._html import Page, esc
-from archsearch.pareto import default_reference, hypervolume, to_losses
 
 __all__ = ["render_compare", "render_report", "write_compare", "write_report"]
 
@@ -340,8 +341,9 @@ def _evolution_section(page: Page, study: StudyData) -> str:
     return out
 
 
-def render_report(study: StudyData, out_dir: Path) -> str:
-    """The report page for ``study`` as an HTML string; links are relative to ``out_dir``."""
+def render_report(study: StudyData, out_dir: Path, figures: dict[str, Any] | None = None) -> str:
+    """The report page for ``study`` as an HTML string; links are relative to ``out_dir``.
+    ``figures``, if given, receives every Plotly figure of the page by its div id."""
     reference, ref_origin = C.reference_point(study)
     tab = C.pareto_table(study)
     pareto_ids = tab["candidate_id"].tolist()
@@ -360,21 +362,52 @@ def render_report(study: StudyData, out_dir: Path) -> str:
     page.section("choices", "Architecture choices vs objectives", _parcoords_section(page, study),
                  nav="Architecture choices")  # fmt: skip
     page.section("validation", "Predictor accuracy", _validation_section(page, study))
+    if figures is not None:
+        figures.update(page.figures)
     return page.render()
 
 
-def write_report(study_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+def write_report(study_dir: str | os.PathLike, out: str | os.PathLike | None = None,
+                 png_dir: str | os.PathLike | None = None) -> Path:
     """Write the HTML report of the study in ``study_dir`` (default ``<study_dir>/index.html``).
 
     The page is self-contained (Plotly's JS is inlined once) and opens offline. The file is
-    replaced atomically. Returns the path written.
+    replaced atomically. ``png_dir``: also write each figure as ``<png_dir>/<figure>.png`` for
+    papers and slides (:func:`write_pngs`). Returns the path written.
     """
     study = load_study(study_dir)
     out_path = Path(out) if out is not None else study.path / "index.html"
     if out_path.is_dir():
         raise ArchsearchError(f"--out {out_path}: is a folder; give a file name ending in .html")
-    text = render_report(study, out_path.parent)
+    figures: dict[str, Any] = {}
+    text = render_report(study, out_path.parent, figures)
+    if png_dir is not None:
+        write_pngs(figures, png_dir)
     return atomic_write_text(out_path, text)
+
+
+def write_pngs(figures: dict[str, Any], out_dir: str | os.PathLike, scale: float = 2.0) -> list[Path]:
+    """Each Plotly figure as a static PNG, ``<out_dir>/<name>.png`` (kaleido, which drives a
+    local Chrome/Chromium; one browser start for all of them). Each file is written to a temporary
+    name, then renamed. Returns the paths written."""
+    import plotly.io as pio
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = sorted(figures)
+    final = [out / f"{n.removeprefix('fig-')}.png" for n in names]
+    tmp = [p.with_name(f".{p.stem}.tmp.png") for p in final]
+    try:
+        pio.write_images([figures[n] for n in names], tmp, format="png", scale=scale)
+    except Exception as exc:  # kaleido: no browser, or it died
+        for t in tmp:
+            t.unlink(missing_ok=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArchsearchError(f"png: static pictures need Chrome or Chromium for kaleido (on Debian: apt-get "
+                              f"install chromium): {first}") from None
+    for t, p in zip(tmp, final):
+        os.replace(t, p)
+    return final
 
 
 # --------------------------------------------------------------------------- comparison
@@ -475,7 +508,7 @@ def write_compare(study_dirs: Sequence[str | os.PathLike], out: str | os.PathLik
     """Write one page overlaying the fronts of two or more studies, with their hypervolumes
     against a common reference point. Returns the path written."""
     if len(study_dirs) < 2:
-        raise ArchsearchError(f"compare: give at least two studies (got {len(study_dirs)})")
+        raise ParameterError("study_dirs", f": give at least two studies to compare (got {len(study_dirs)})")
     studies = [load_study(d) for d in study_dirs]
     out_path = Path(out)
     if out_path.is_dir():

@@ -1,10 +1,16 @@
 """The search: Optuna studies of candidates scored by distillation runs (:mod:`archsearch.distill`).
 
 * :func:`run_search` -- what ``archsearch run SPEC`` does: settings from the spec's ``search:``
-  section and its arguments, the teacher, the study (created or resumed; interrupted trials
-  re-run) and the backend (``local`` processes or ``ray`` Tune trials). It draws nothing:
+  section and the caller's :class:`RunOptions`, the teacher, the study (created or resumed;
+  interrupted trials re-run) and the search method's trials. It draws nothing:
   ``progress(phase, description, done, total)``, ``log(message)`` and ``on_trial(study)``
   callbacks.
+* :class:`SearchMethod` -- one way of searching (``search.method``), registered by name
+  (:func:`register_method`, :data:`METHODS`; :func:`search_method` looks one up): ``optuna``
+  (the sampler proposes; ``local`` processes or ``ray`` Tune trials), ``evolve`` (SnapFusion's
+  architecture evolving over the supernet), ``temporal`` (SnapGen-V's temporal layers on a
+  frozen image backbone). Each says what its ``search:`` section needs, what ``validate``
+  refuses, the one trial context, what a study runs first and how the trials run.
 * :class:`SearchSettings`, :func:`make_sampler` (``nsga2`` default, ``tpe``, ``gp``, ``random``),
   :func:`storage_url` / :func:`open_storage`, :func:`count_trials`, :func:`trial_state`,
   :func:`study_attrs`, :func:`requeue_interrupted`, :class:`TrialSeededSampler`,
@@ -19,13 +25,15 @@ from __future__ import annotations
 
 from archsearch.search._check import SpaceCheck, check_space
 from archsearch.search._local import available_cores, check_workers, threads_per_worker
+from archsearch.search._methods import SearchMethod, register_method, search_method
 from archsearch.search._objective import TrialContext, TrialRecord, claim, evaluate
 from archsearch.search._progress import Progress, TrialsProgress, describe_counts
-from archsearch.search._run import BACKENDS, SearchRun, resolve_latency_table, run_search
+from archsearch.search._run import BACKENDS, RunOptions, SearchRun, resolve_latency_table, run_search
 from archsearch.search._study import (
     DEFAULT_OBJECTIVES,
     DEFAULT_SAMPLER,
     INTERRUPTED,
+    METHODS,
     OBJECTIVES,
     SAMPLERS,
     SEARCH_KEYS,
@@ -51,10 +59,13 @@ __all__ = [
     "DEFAULT_OBJECTIVES",
     "DEFAULT_SAMPLER",
     "INTERRUPTED",
+    "METHODS",
     "OBJECTIVES",
     "SAMPLERS",
     "SEARCH_KEYS",
     "Progress",
+    "RunOptions",
+    "SearchMethod",
     "SearchRun",
     "SearchSettings",
     "SpaceCheck",
@@ -75,9 +86,11 @@ __all__ = [
     "open_storage",
     "open_study",
     "recover_interrupted",
+    "register_method",
     "requeue_interrupted",
     "resolve_latency_table",
     "run_search",
+    "search_method",
     "storage_file",
     "storage_url",
     "study_attrs",

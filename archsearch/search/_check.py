@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from archsearch.errors import ArchsearchError
+from archsearch.errors import ArchsearchError, ParameterError
+from archsearch.search._methods import search_method
 from archsearch.search._study import SearchSettings
+
+if TYPE_CHECKING:
+    from archsearch.distill import ProxyConfig
+    from archsearch.spec import SearchSpace
 
 __all__ = ["SpaceCheck", "check_space", "resolve_latency_table"]
 
@@ -22,7 +27,7 @@ class SpaceCheck:
     """
 
     settings: SearchSettings
-    proxy: Any  # archsearch.distill.ProxyConfig
+    proxy: ProxyConfig
     latency_table: Path | None
     notes: list[str] = field(default_factory=list)
 
@@ -30,7 +35,7 @@ class SpaceCheck:
 def _check_cache(space: Any, proxy: Any) -> None:
     """``proxy.data``: the cache exists, was made by the spec's teacher (hash) and has the
     space's latent channels (and frames, for video): one line naming what differs."""
-    from archsearch.distill import LatentCache, teacher_hash
+    from archsearch.data import LatentCache, teacher_hash
 
     where = f"{space.path}: proxy.data"
     path = proxy.data_path()
@@ -64,7 +69,7 @@ def _check_cache(space: Any, proxy: Any) -> None:
                               + " (run archsearch data prepare again with this teacher)")
 
 
-def check_space(space: Any, *, need_table: bool = False) -> SpaceCheck:
+def check_space(space: SearchSpace, *, need_table: bool = False) -> SpaceCheck:
     """Check the ``search:``, ``proxy:`` (teacher included) and ``constraints:`` sections of a
     loaded space; the architecture sections were checked by :func:`archsearch.spec.load_space`.
 
@@ -82,14 +87,7 @@ def check_space(space: Any, *, need_table: bool = False) -> SpaceCheck:
             space.fail(path, value, ", ".join(TARGETS))
     proxy = ProxyConfig.from_space(space)
     check_teacher(proxy, space.kind)
-    if settings.method == "temporal":  # the space against its backbone (no weights loaded)
-        from archsearch.search._temporal import check_temporal
-
-        check_temporal(space, proxy, settings.backbone)
-    if settings.method == "evolve" or proxy.kind == "supernet":  # a space the supernet cannot cover
-        from archsearch.distill import check_supernet
-
-        check_supernet(space, proxy)
+    search_method(settings.method).check(space, settings, proxy)  # e.g. the backbone, the supernet's cover
     if proxy.data is not None:
         _check_cache(space, proxy)
     _check_largest(space)
@@ -104,32 +102,14 @@ def check_space(space: Any, *, need_table: bool = False) -> SpaceCheck:
     return SpaceCheck(settings, proxy, table, notes)
 
 
-#: which option of a named choice builds the larger block (higher first); what is not named
-#: ranks lowest
-_HEAVIER = {name: rank for rank, name in enumerate(reversed((
-    "transformer", "cross_ffn", "resnet", "cross3d", "attn3d", "cross1d", "attn1d", "conv3d", "conv1d",
-    "self_cross", "cross", "self", "mha", "geglu", "plain", "after_transformer")))}
-
-
-class _LargestChooser:
-    """Takes the option that builds the largest blocks: the highest number, ``true``, and for
-    names the order of :data:`_HEAVIER` (a transformer before a skip, MHA before MQA)."""
-
-    def categorical(self, name: str, options: list[Any]) -> Any:
-        return max(options, key=lambda o: (float(o) if isinstance(o, (int, float)) else _HEAVIER.get(o, -1)))
-
-    def integer(self, name: str, low: int, high: int, step: int) -> int:
-        return low + (high - low) // step * step
-
-
-def _check_largest(space: Any) -> None:
+def _check_largest(space: SearchSpace) -> None:
     """The space's largest candidate (the largest option of every dimension) must be costable:
     a trial costs every candidate block by block at full size (fvcore), so a space whose largest
     block cannot fit in memory is refused now, in one line, not by the allocator mid-run."""
-    from archsearch.candidate import resolve
+    from archsearch.candidate import largest_candidate
     from archsearch.model import check_memory
 
-    largest = resolve(space, _LargestChooser())
+    largest = largest_candidate(space)
     try:
         check_memory(largest, whole=False)
     except ArchsearchError as exc:
@@ -179,7 +159,6 @@ def _unprofilable_reason(target: str) -> str | None:
     the reason the target's backend gives when it is made here (no CUDA device, no Metal, no
     ExecuTorch, ...)."""
     from archsearch.cost.latency import make_backend
-    from archsearch.errors import ParameterError
 
     try:
         make_backend(target, convert=False)

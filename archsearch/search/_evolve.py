@@ -30,25 +30,18 @@ front of an evolve study is taken among them, so they go to ``pareto/``), and th
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 from optuna.trial import TrialState
 
+from archsearch.candidate import Candidate, LargestChooser, resolve
 from archsearch.errors import ArchsearchError
-from archsearch.search._objective import (
-    TrialContext,
-    TrialRecord,
-    _one_line,
-    _violation_text,
-    constraint_values,
-    costs_of,
-    find_previous,
-    record,
-    resolve_candidate,
-)
+from archsearch.search._objective import TrialContext, TrialRecord, evaluate, find_previous, record, resolve_candidate
+
+if TYPE_CHECKING:
+    from archsearch.spec import SearchSpace
 
 __all__ = ["EVOLUTION_ATTR", "RESULT_ATTR", "EvolveAction", "EvolveResult", "block_actions", "run_evolve"]
 
@@ -98,35 +91,13 @@ class EvolveResult:
     chosen: list[int] = field(default_factory=list)
 
 
-class _Replay:
-    """A chooser taking ``values[name]`` (when allowed), else the largest option; records what
-    it was asked: ``asked[name] = value``, ``options[name]`` (a list, or ``(low, high, step)``)."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        from archsearch.distill import LargestChooser
-
-        self._pick = LargestChooser(values)
-        self.options: dict[str, Any] = {}
-
-    @property
-    def asked(self) -> dict[str, Any]:
-        return self._pick.asked
-
-    def categorical(self, name: str, options: list[Any]) -> Any:
-        self.options[name] = list(options)
-        return self._pick.categorical(name, options)
-
-    def integer(self, name: str, low: int, high: int, step: int) -> int:
-        self.options[name] = (low, high, step)
-        return self._pick.integer(name, low, high, step)
-
-
-def _resolve(space: Any, values: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    from archsearch.candidate import resolve
-
-    chooser = _Replay(values)
+def _resolve(space: SearchSpace, values: dict[str, Any]) -> tuple[Candidate, dict[str, Any], dict[str, Any]]:
+    """The candidate taking ``values[name]`` (where allowed), else the largest option
+    (:class:`~archsearch.candidate.LargestChooser`); every value it was asked, and the options
+    of each (a list, or ``(low, high, step)`` of a range)."""
+    chooser = LargestChooser(values)
     cand = resolve(space, chooser)
-    return cand, dict(chooser.asked), chooser.options
+    return cand, dict(chooser.asked), {**chooser.options, **chooser.ranges}
 
 
 def _stage_of(name: str) -> str:
@@ -175,14 +146,14 @@ def block_actions(values: dict[str, Any], options: dict[str, Any], phase: str) -
 class _Evaluator:
     """Evaluates an architecture once: a trial of the study (or the finished trial of it)."""
 
-    def __init__(self, study: optuna.Study, ctx: TrialContext, net: Any) -> None:
-        self.study, self.ctx, self.net = study, ctx, net
+    def __init__(self, study: optuna.Study, ctx: TrialContext) -> None:
+        self.study, self.ctx = study, ctx
         self.seen: dict[str, tuple[int, TrialRecord]] = {}
         # the trials finished before this run (a resumed evolution), read once: the ones this
         # run makes are in ``seen``
         self.done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
 
-    def __call__(self, space: Any, values: dict[str, Any], step: int) -> tuple[int, TrialRecord, dict]:
+    def __call__(self, space: SearchSpace, values: dict[str, Any], step: int) -> tuple[int, TrialRecord, dict]:
         cand, asked, options = _resolve(space, values)
         if cand.id in self.seen:
             number, rec = self.seen[cand.id]
@@ -195,7 +166,7 @@ class _Evaluator:
             self.seen[cand.id] = (number, rec)
         return number, rec, {"values": asked, "options": options, "candidate": cand}
 
-    def _trial(self, space: Any, asked: dict[str, Any], cand: Any, step: int) -> tuple[int, TrialRecord]:
+    def _trial(self, space: SearchSpace, asked: dict[str, Any], cand: Candidate, step: int) -> tuple[int, TrialRecord]:
         from archsearch.search._study import owner_tag
 
         study, ctx = self.study, self.ctx
@@ -206,43 +177,14 @@ class _Evaluator:
             got = resolve_candidate(trial, space)
             if got.id != cand.id:
                 raise ArchsearchError(f"evolve: trial {trial.number} resolved {got.id}, expected {cand.id}")
-            rec = _evaluate(cand, ctx, self.net)
+            # over a constraint the trial is infeasible, its quality kept: the evolution needs it
+            # to choose what to remove
+            rec = evaluate(cand, ctx, score_infeasible=True)
             record(study, trial, rec, ctx.settings.objectives)
         except KeyboardInterrupt:
             study.tell(trial, state=TrialState.FAIL)
             raise
         return trial.number, rec
-
-
-def _evaluate(candidate: Any, ctx: TrialContext, net: Any) -> TrialRecord:
-    """Costs and the supernet score; over a constraint the trial is ``infeasible`` but its
-    quality is kept (the evolution needs it to choose what to remove)."""
-    t0 = time.perf_counter()
-    rec = TrialRecord(candidate=candidate, state="failed")
-    try:
-        costs = costs_of(candidate, ctx.table, need_memory=getattr(ctx.settings, "max_memory_mb", None) is not None)
-        rec.params, rec.flops = costs["params"], costs["flops"]
-        rec.latency_ms, rec.latency_source = costs.get("latency_ms"), costs.get("latency_source")
-        rec.memory_mb, rec.memory_source = costs.get("memory_mb"), costs.get("memory_source")
-        rec.constraints = constraint_values(costs, ctx.settings)
-        result = net.score(candidate)
-    except Exception as exc:  # noqa: BLE001 - recorded as a failed trial, as the optuna method does
-        rec.fail_reason = _one_line(exc)
-        rec.wall_time_s = time.perf_counter() - t0
-        return rec
-    rec.quality = float(result.quality)
-    metrics = result.metrics or {}
-    rec.proxy = {"steps": 0, "params": result.params, "device": result.device,
-                 "wall_time_s": round(result.wall_time_s, 4),
-                 **{k: metrics[k] for k in ("holdout_task_mse", "proxy_candidate", "proxy_kind", "supernet")
-                    if k in metrics}}
-    if rec.feasible:
-        rec.state = "complete"
-    else:
-        rec.state = "infeasible"
-        rec.fail_reason = _violation_text(costs, ctx.settings, rec.constraints)
-    rec.wall_time_s = time.perf_counter() - t0
-    return rec
 
 
 def _value(cur: TrialRecord, new: TrialRecord, kind: str) -> tuple[float | None, float | None, float | None]:
@@ -258,19 +200,21 @@ def _value(cur: TrialRecord, new: TrialRecord, kind: str) -> tuple[float | None,
     return dq, dl, (float(value) if value is not None and math.isfinite(value) else None)
 
 
-def run_evolve(study: optuna.Study, ctx: TrialContext, net: Any, *,
+def run_evolve(study: optuna.Study, ctx: TrialContext, *,
                on_change: Callable[[optuna.Study], None] | None = None) -> EvolveResult:
-    """Evolve from the space's largest candidate to the latency budget (see the module docstring)."""
+    """Evolve from the space's largest candidate to the latency budget (see the module docstring),
+    scoring with the context's supernet (the cached one if it holds none)."""
     space, settings = ctx.space, ctx.settings
     budget = settings.max_latency_ms
     if budget is None:
         raise ArchsearchError(f"{space.path}: search.method: evolve needs constraints.max_latency_ms (its budget)")
     if ctx.table is None:
         raise ArchsearchError(f"{space.path}: search.method: evolve needs a latency table (search.latency_table)")
-    evaluate = _Evaluator(study, ctx, net)
+    ctx.scorer()  # every architecture is scored by the supernet, whatever the proxy's kind
+    visit = _Evaluator(study, ctx)
     out = EvolveResult()
     step = 0
-    number, rec, info = evaluate(space, {}, step)
+    number, rec, info = visit(space, {}, step)
     out.chosen.append(number)
     if on_change:
         on_change(study)
@@ -284,7 +228,7 @@ def run_evolve(study: optuna.Study, ctx: TrialContext, net: Any, *,
         candidates = []
         for act in block_actions(info["values"], info["options"], phase):
             values = {**info["values"], act["dimension"]: act["after"]}
-            n2, r2, i2 = evaluate(space, values, step)
+            n2, r2, i2 = visit(space, values, step)
             if on_change:
                 on_change(study)
             dq, dl, value = _value(rec, r2, phase)

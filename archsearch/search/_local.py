@@ -23,7 +23,7 @@ import multiprocessing as mp
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import optuna
@@ -120,17 +120,15 @@ def worker_loop(
 
 @dataclass(frozen=True)
 class WorkerJob:
-    """What a spawned worker needs (pickled to the child)."""
+    """What a spawned worker needs (pickled to the child): the run's trial context without its
+    teacher, latency table and supernet, which the worker loads itself (from the caches)."""
 
     index: int
-    space: Any
-    settings: Any
-    proxy: Any
+    ctx: TrialContext
     table_path: str | None
     storage_url: str
     study_name: str
     budget: Budget
-    device: str | None
     threads: int
     parent_pid: int
 
@@ -156,15 +154,11 @@ def _worker_main(job: WorkerJob) -> None:
         from archsearch.cost.latency import load_table
 
         table = load_table(job.table_path)
-    teacher = load_teacher(job.proxy, kind=job.space.kind, device=job.device)
-    ctx = TrialContext(job.space, job.settings, job.proxy, teacher, table, job.device, job.threads,
-                       lock=StudyLock(job.budget.lock_path))
-    if getattr(job.settings, "method", None) == "temporal":  # the frozen backbone, loaded in this process
-        from archsearch.search._temporal import temporal_context
-
-        ctx = temporal_context(ctx)
+    ctx = job.ctx  # as the run's method built it (a temporal backbone reloads its weights on first use)
+    teacher = load_teacher(ctx.proxy, kind=ctx.space.kind, device=ctx.device)
+    ctx = replace(ctx, teacher=teacher, table=table, threads=job.threads, lock=StudyLock(job.budget.lock_path))
     storage = open_storage(job.storage_url)
-    study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=TrialSeededSampler(job.settings))
+    study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=TrialSeededSampler(ctx.settings))
     try:
         worker_loop(study, ctx, job.budget)
     except KeyboardInterrupt:
@@ -217,10 +211,11 @@ def run_local(
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update({"OMP_NUM_THREADS": env_threads, "MKL_NUM_THREADS": env_threads})
 
+    portable = replace(ctx, teacher=None, table=None, supernet=None)  # each worker loads its own
+
     def start(index: int) -> mp.process.BaseProcess:
-        job = WorkerJob(index=index, space=ctx.space, settings=ctx.settings, proxy=ctx.proxy,
-                        table_path=table_path, storage_url=storage_url, study_name=study.study_name,
-                        budget=budget, device=ctx.device, threads=int(env_threads), parent_pid=os.getpid())
+        job = WorkerJob(index=index, ctx=portable, table_path=table_path, storage_url=storage_url,
+                        study_name=study.study_name, budget=budget, threads=int(env_threads), parent_pid=os.getpid())
         p = spawn.Process(target=_worker_main, args=(job,), name=f"archsearch-worker-{index}", daemon=True)
         p.start()
         return p

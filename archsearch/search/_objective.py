@@ -23,12 +23,18 @@ import gc
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from archsearch.candidate import Candidate, OptunaChooser, resolve
+
+if TYPE_CHECKING:
+    from archsearch.cost.latency import LatencyTable
+    from archsearch.distill import ProxyConfig, Supernet, Teacher
+    from archsearch.search._study import SearchSettings, StudyLock
+    from archsearch.spec import SearchSpace
 
 __all__ = [
     "MAX_CURVE_POINTS",
@@ -48,19 +54,28 @@ MAX_CURVE_POINTS = 500
 
 @dataclass
 class TrialContext:
-    """Everything a trial needs besides the candidate (one per worker process)."""
+    """Everything a trial needs besides the candidate: built once per run by its search method
+    (:meth:`~archsearch.search._methods.SearchMethod.context`); a local worker process gets a
+    copy without the teacher, table and supernet, and loads them itself."""
 
-    space: Any  # SearchSpace
-    settings: Any  # SearchSettings
-    proxy: Any  # ProxyConfig
-    teacher: Any  # Teacher
-    table: Any | None  # LatencyTable
+    space: SearchSpace
+    settings: SearchSettings
+    proxy: ProxyConfig
+    teacher: Teacher
+    table: LatencyTable | None
     device: str | None = None
     threads: int | None = None
-    lock: Any | None = None  # StudyLock: serialises candidate claims across processes
-    supernet: Any | None = None  # distill.Supernet (proxy.kind: supernet); loaded on first use if None
+    lock: StudyLock | None = None  # serialises candidate claims across processes
+    supernet: Supernet | None = None  # proxy.kind: supernet (loaded on first use if None), or evolve's
 
-    def scorer(self) -> Any:
+    @property
+    def scores_by_supernet(self) -> bool:
+        """Whether candidates are scored by a supernet instead of a proxy run: ``proxy.kind:
+        supernet``, or a context given one (``search.method: evolve`` scores with its supernet
+        whatever the proxy's kind)."""
+        return self.supernet is not None or getattr(self.proxy, "kind", "per_trial") == "supernet"
+
+    def scorer(self) -> Supernet:
         """The supernet that scores candidates (``proxy.kind: supernet`` or ``search.method:
         evolve``): this context's, else loaded from the cache (a worker process; the run trained
         it before the first trial)."""
@@ -217,16 +232,15 @@ def _violation_text(costs: dict[str, Any], settings: Any, cons: dict[str, float]
     return "; ".join(parts)
 
 
-def evaluate(candidate: Candidate, ctx: TrialContext) -> TrialRecord:
-    """Costs, constraint check, then (for a feasible candidate) the proxy distillation run.
+def evaluate(candidate: Candidate, ctx: TrialContext, *, score_infeasible: bool = False) -> TrialRecord:
+    """Costs, constraint check, then (for a feasible candidate) the proxy distillation run, or
+    the supernet's score (:attr:`TrialContext.scores_by_supernet`).
 
-    Never raises for a bad candidate or a failed run: the record says ``failed`` and why.
-    ``KeyboardInterrupt`` propagates.
+    ``score_infeasible``: a candidate over a constraint is scored too (its record stays
+    ``infeasible``, with its quality: ``search.method: evolve`` weighs what removing a block
+    is worth). Never raises for a bad candidate or a failed run: the record says ``failed``
+    and why. ``KeyboardInterrupt`` propagates.
     """
-    import torch
-
-    from archsearch import distill as stage  # looked up at call time: a test may wrap stage.distill
-
     t0 = time.perf_counter()
     rec = TrialRecord(candidate=candidate, state="failed")
     try:
@@ -242,24 +256,36 @@ def evaluate(candidate: Candidate, ctx: TrialContext) -> TrialRecord:
     if not rec.feasible:
         rec.state = "infeasible"
         rec.fail_reason = _violation_text(costs, ctx.settings, rec.constraints)
-        rec.wall_time_s = time.perf_counter() - t0
-        return rec
+    if rec.feasible or score_infeasible:
+        _score(candidate, ctx, rec)
+    rec.wall_time_s = time.perf_counter() - t0
+    return rec
+
+
+def _score(candidate: Candidate, ctx: TrialContext, rec: TrialRecord) -> None:
+    """The proxy's score onto ``rec``: its quality, loss curve and run facts (a feasible record
+    becomes ``complete``), or ``failed`` with the reason the run failed."""
+    import torch
+
+    from archsearch import distill as stage  # looked up at call time: a test may wrap stage.distill
+
     try:
-        if getattr(ctx.proxy, "kind", "per_trial") == "supernet":
+        if ctx.scores_by_supernet:
             result = ctx.scorer().score(candidate)
         else:
             result = stage.distill(candidate, ctx.teacher, ctx.proxy, device=ctx.device, threads=ctx.threads,
                                    prepare_student=getattr(ctx, "prepare_student", None))
     except stage.TrialFailed as exc:
-        rec.fail_reason = exc.reason
+        rec.state, rec.fail_reason = "failed", exc.reason
     except MemoryError:
-        rec.fail_reason = "out of memory (host)"
+        rec.state, rec.fail_reason = "failed", "out of memory (host)"
     except Exception as exc:  # torch.OutOfMemoryError, RuntimeError, a bug in a block: all recorded
-        rec.fail_reason = _one_line(exc)
+        rec.state, rec.fail_reason = "failed", _one_line(exc)
         if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
             _free_accelerator_memory()
     else:
-        rec.state = "complete"
+        if rec.feasible:
+            rec.state = "complete"
         rec.quality = float(result.quality)
         rec.loss_curve = list(result.loss_curve)
         metrics = result.metrics or {}
@@ -269,8 +295,6 @@ def evaluate(candidate: Candidate, ctx: TrialContext) -> TrialRecord:
             **{k: metrics[k] for k in ("steps_per_s", "holdout_task_mse", "proxy_candidate", "proxy_kind", "supernet")
                if k in metrics},
         }
-    rec.wall_time_s = time.perf_counter() - t0
-    return rec
 
 
 def _free_accelerator_memory() -> None:

@@ -51,12 +51,15 @@ import socket
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from archsearch.errors import ArchsearchError, ParameterError
+from archsearch.errors import ParameterError
+
+if TYPE_CHECKING:
+    from archsearch.spec import SearchSpace
 
 __all__ = [
     "DEFAULT_OBJECTIVES",
@@ -64,6 +67,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "INTERRUPTED",
     "METHODS",
+    "MethodRules",
     "OBJECTIVES",
     "SAMPLERS",
     "SEARCH_KEYS",
@@ -90,14 +94,7 @@ OBJECTIVES = {"quality": "quality", "latency": "latency_ms", "latency_ms": "late
               "params": "params", "flops": "flops"}
 DEFAULT_OBJECTIVES = ("quality", "latency_ms", "params")
 DEFAULT_N_TRIALS = 20
-#: How a search proposes candidates: ``optuna`` (the sampler; default), ``evolve``
-#: (SnapFusion's architecture evolving over the trained supernet, :mod:`archsearch.search._evolve`)
-#: or ``temporal`` (SnapGen-V's temporal layers on a frozen image backbone,
-#: :mod:`archsearch.search._temporal`; NSGA-II unless ``sampler`` says otherwise).
-METHODS = ("optuna", "evolve", "temporal")
 DEFAULT_METHOD = "optuna"
-#: the sampler of ``method: temporal`` unless the spec names one (SnapGen-V searched with NSGA-II)
-TEMPORAL_SAMPLER = "nsga2"
 SEARCH_KEYS = ("objectives", "sampler", "n_trials", "seed", "timeout", "target", "latency_table",
                "storage", "study", "workers", "threads", "population_size", "warm_start", "reference_point", "trial_resources",
                "method", "backbone")
@@ -114,6 +111,27 @@ def _is_int(v: Any) -> bool:
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class MethodRules:
+    """What a search method asks of the ``search:`` section (:meth:`SearchSettings.from_space`
+    reads it, never a method's name). A method is a :class:`~archsearch.search._methods.SearchMethod`
+    -- these rules and what the method does -- registered by name in :data:`METHODS`."""
+
+    #: its ``search.method`` value
+    name: ClassVar[str] = ""
+    #: the sampler unless ``search.sampler`` names one (None: :data:`DEFAULT_SAMPLER`)
+    sampler: ClassVar[str | None] = None
+    #: needs ``constraints.max_latency_ms``: its latency budget
+    needs_budget: ClassVar[bool] = False
+    #: reads ``search.backbone``
+    takes_backbone: ClassVar[bool] = False
+
+
+#: How a search proposes candidates: ``search.method`` -> its method, in the order they were
+#: registered (:func:`~archsearch.search._methods.register_method`; the package registers
+#: ``optuna``, the default, ``evolve`` and ``temporal`` when it is imported).
+METHODS: dict[str, MethodRules] = {}
 
 
 @dataclass(frozen=True)
@@ -143,7 +161,7 @@ class SearchSettings:
 
     # ----------------------------------------------------------------- from the spec
     @classmethod
-    def from_space(cls, space: Any) -> "SearchSettings":
+    def from_space(cls, space: SearchSpace) -> SearchSettings:
         """Validate ``space.search`` (errors: ``FILE:LINE: search.KEY: ... (allowed: ...)``)."""
         s = space.search
         fail = space.fail
@@ -171,19 +189,21 @@ class SearchSettings:
                 fail(("search", "sampler"), s["sampler"], ", ".join(SAMPLERS))
             out["sampler"] = s["sampler"]
         if "method" in s:
-            if s["method"] not in METHODS:
+            method = METHODS.get(s["method"]) if isinstance(s["method"], str) else None
+            if method is None:
                 fail(("search", "method"), s["method"], ", ".join(METHODS))
-            out["method"] = s["method"]
-            if s["method"] == "evolve" and space.constraints.get("max_latency_ms") is None:
-                fail(("search", "method"), s["method"], "evolve with constraints.max_latency_ms (its latency budget), "
-                     "or optuna", message="evolve needs a latency budget")
-            if s["method"] == "temporal" and "sampler" not in s:
-                out["sampler"] = TEMPORAL_SAMPLER  # SnapGen-V's search is evolutionary: NSGA-II
+            out["method"] = method.name
+            if method.needs_budget and space.constraints.get("max_latency_ms") is None:
+                fail(("search", "method"), method.name, f"{method.name} with constraints.max_latency_ms (its latency "
+                     f"budget), or {DEFAULT_METHOD}", message=f"{method.name} needs a latency budget")
+            if method.sampler is not None and "sampler" not in s:
+                out["sampler"] = method.sampler
         if s.get("backbone") is not None:
             v = s["backbone"]
-            if out.get("method") != "temporal":
-                fail(("search", "backbone"), v, "method: temporal with a backbone, or no backbone",
-                     message="a backbone is used only by method temporal")
+            if not METHODS[out.get("method", DEFAULT_METHOD)].takes_backbone:
+                takers = " or ".join(name for name, m in METHODS.items() if m.takes_backbone)
+                fail(("search", "backbone"), v, f"method: {takers} with a backbone, or no backbone",
+                     message=f"a backbone is used only by method {takers}")
             if not (isinstance(v, str) and v.strip()):
                 fail(("search", "backbone"), v, "builtin, or an `archsearch train` output folder")
             out["backbone"] = v
@@ -389,10 +409,8 @@ def storage_url(storage: str | None, study_dir: str | os.PathLike) -> str:
         return f"sqlite:///{p.resolve()}"
     if p.suffix in (".log", ".jsonl"):
         return str(p.resolve())
-    raise ArchsearchError(
-        f"storage {storage!r}: not an Optuna URL or a known file type "
-        "(allowed: sqlite:///PATH, postgresql://..., mysql://..., a .db or .log file)"
-    )
+    raise ParameterError("storage", f"{storage!r}: not an Optuna URL or a known file type "
+                         "(allowed: sqlite:///PATH, postgresql://..., mysql://..., a .db or .log file)")
 
 
 def storage_file(url: str) -> Path | None:
@@ -426,10 +444,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     try:
         return optuna.storages.RDBStorage(url, **kwargs)
     except ImportError as exc:
-        raise ArchsearchError(f"storage {url!r}: needs a database driver that is not installed ({exc})") from None
+        raise ParameterError("storage", f"{url!r}: needs a database driver that is not installed ({exc})") from None
     except Exception as exc:  # sqlalchemy errors: bad URL, unreachable server
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArchsearchError(f"storage {url!r}: cannot open ({first})") from None
+        raise ParameterError("storage", f"{url!r}: cannot open ({first})") from None
 
 
 def lock_path(url: str, study_dir: str | os.PathLike) -> str:
@@ -492,7 +510,7 @@ def make_sampler(settings: SearchSettings, seed: int | None = None) -> optuna.sa
                                              warn_independent_sampling=False)
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
-    raise ArchsearchError(f"sampler {name!r}: unknown (allowed: {', '.join(SAMPLERS)})")
+    raise ParameterError("sampler", f"{name!r}: unknown (allowed: {', '.join(SAMPLERS)})")
 
 
 def worker_seed(seed: int, worker: int, n_existing: int) -> int:

@@ -14,7 +14,8 @@ stage, and temporal positions of per-stage ``layers:``. Everything else is the o
   synthetic clips or a ``proxy.data`` cache); its ``prepare_student`` hook is
   :class:`FrozenSpatial`, which copies the backbone's spatial tensors into the student and stops
   their gradients, so only the temporal layers (and the feature-KD projections) train;
-* NSGA-II proposes candidates (:data:`archsearch.search._study.TEMPORAL_SAMPLER`), through the same study, store and report.
+* NSGA-II proposes candidates (unless ``search.sampler`` names another), through the same study,
+  store and report (the method: :class:`~archsearch.search._methods.TemporalMethod`).
 
 **The backbone** (``search.backbone``): an ``archsearch train`` output folder (``config.json`` +
 ``model.safetensors``, :meth:`ArchUNet.from_pretrained <archsearch.model.ArchUNet.from_pretrained>`;
@@ -39,6 +40,7 @@ from typing import Any
 
 from archsearch.errors import ArchsearchError
 from archsearch.search._objective import TrialContext
+from archsearch.search._progress import Progress
 
 __all__ = [
     "BUILTIN_BACKBONE",
@@ -55,8 +57,6 @@ __all__ = [
 
 #: ``search.backbone`` of the built-in image model at the video teacher's width (the default)
 BUILTIN_BACKBONE = "builtin"
-#: The sampler of a temporal search unless ``search.sampler`` says otherwise (SnapGen-V's is
-#: evolutionary)
 
 _LAYOUT_TEMPORAL = ("conv1d", "conv3d", "attn1d", "attn3d", "cross1d", "cross3d", "skip")
 _ALLOWED_DIMS = ("temporal type, count and placement per stage, and layers: positions choosing among "
@@ -162,7 +162,8 @@ def describe_backbone(space: Any, proxy: Any, backbone: str | None = None) -> Ba
         if "diffusers" in teacher:
             space.fail(_where(space), value, "an `archsearch train` output folder (a diffusers teacher has no "
                        "built-in image model)", message="backbone builtin needs a built-in teacher")
-        from archsearch.distill import BuiltinTeacherConfig, TextEncoder, builtin_teacher_candidate
+        from archsearch.data import TextEncoder
+        from archsearch.distill import BuiltinTeacherConfig, builtin_teacher_candidate
 
         width = int(teacher.get("width", BuiltinTeacherConfig.width))
         text = TextEncoder.builtin()
@@ -302,8 +303,8 @@ def prepare_temporal(space: Any, settings: Any, proxy: Any, teacher: Any, table:
 
 
 def temporal_context(ctx: TrialContext, backbone: Backbone | str | None = None,
-                     progress: Any = None) -> TemporalContext:
-    """:func:`prepare_temporal` on an existing context (what ``run_search`` and a local worker
-    process build), keeping its teacher, table, device, threads and lock."""
+                     progress: Progress | None = None) -> TemporalContext:
+    """:func:`prepare_temporal` on an existing context (what the temporal search method builds),
+    keeping its teacher, table, device, threads and lock."""
     return prepare_temporal(ctx.space, ctx.settings, ctx.proxy, ctx.teacher, ctx.table, backbone=backbone,
                             device=ctx.device, threads=ctx.threads, lock=ctx.lock, progress=progress)

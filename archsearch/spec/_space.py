@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 from archsearch._util import short_hash
 from archsearch.errors import SpecError
-from archsearch.spec._loader import LocatedDocument, format_path, load_yaml, load_yaml_text
+from archsearch.spec._loader import LocatedDocument, load_yaml, load_yaml_text
 
 __all__ = [
     "ADDED_CONDITIONING_TYPES",

@@ -44,8 +44,8 @@ import pandas as pd
 
 from archsearch._util import atomic_write_text
 from archsearch.errors import ArchsearchError
-from archsearch.search import StudyLock, open_storage, storage_file, study_attrs, trial_state
 from archsearch.pareto import default_reference, hypervolume, non_dominated
+from archsearch.search import StudyLock, open_storage, storage_file, study_attrs, trial_state
 
 __all__ = ["BASE_COLUMNS", "EVOLUTION_COLUMNS", "StoreSummary", "check_store", "load_trials", "pareto_ids", "refresh_store",
            "trials_frame", "write_store"]

@@ -11,15 +11,17 @@ candidate as the sum of its blocks plus a calibrated overhead, and prove how acc
     ms = predict(candidates, table)
     df = predict_breakdown(candidate, table)
 
-Building a table: :func:`plan_profile` (what a run would do: blocks, backend, file, time)
-then :func:`run_profile`, or both at once with :func:`profile_space`; rows measured
-elsewhere come in with :func:`import_table`. A :class:`Backend` fills the rows: torch
-(cpu/cuda/mps), Core ML on macOS, the roofline estimator (coreml/ane elsewhere) or an
-imported CSV.
+Building a table: :func:`plan_profile` (what a run would do: blocks, backend, file, time;
+how to measure is a :class:`ProfileOptions`) then :func:`run_profile`, or both at once with
+:func:`profile_space`; rows measured elsewhere come in with :func:`import_table`. A
+:class:`Backend` fills the rows: torch (cpu/cuda/mps), Core ML on macOS, the roofline
+estimator (coreml/ane elsewhere), ExecuTorch/XNNPACK or an imported CSV. Converting a block
+or a model (Core ML, the Neural-Engine layout, ExecuTorch) is ``archsearch.export``'s.
 
 Modules: ``_table`` (the file format), ``_keys`` (a candidate's block keys), ``_predictor``,
 ``_blocks`` (enumeration, op census), ``_backends``, ``_profile`` (plan, run, import),
-``_measure`` (torch timing), ``_coreml``, ``_devices`` (roofline profiles), ``_validate``.
+``_measure`` (torch timing), ``_coreml`` (Core ML timing on macOS), ``_devices`` (roofline
+profiles, op counts), ``_memory``, ``_sentinel``, ``_anchors``, ``_validate``.
 """
 
 from archsearch.cost.latency._anchors import check_published, fit_efficiency
@@ -47,6 +49,8 @@ from archsearch.cost.latency._devices import (
     OP_CLASSES,
     DeviceProfile,
     OpRecord,
+    ane_layout_ops,
+    ane_model_ops,
     available_devices,
     count_ops,
     load_device,
@@ -56,12 +60,13 @@ from archsearch.cost.latency._errors import (
     MissingBlocksError,
     ParameterError,
     UnknownBlockKeyError,
+    UnknownDeviceProfileError,
 )
 from archsearch.cost.latency._keys import CandidateBlocks, candidate_blocks
 from archsearch.cost.latency._measure import MeasureSettings, Timing, time_module
 from archsearch.cost.latency._memory import (
     BlockMemory,
-    MemoryEstimate,
+    PeakMemory,
     estimate_block_memory,
     estimate_memory,
     measure_block_memory,
@@ -82,6 +87,7 @@ from archsearch.cost.latency._predictor import (
 from archsearch.cost.latency._profile import (
     CALIBRATION_SEED,
     SCALE_RANGE,
+    ProfileOptions,
     ProfilePlan,
     TimeEstimate,
     check_calibration,
@@ -138,10 +144,11 @@ __all__ = [
     "LatencyTable",
     "MeasureSettings",
     "MemoryAccuracy",
-    "MemoryEstimate",
     "MissingBlocksError",
     "OpRecord",
     "ParameterError",
+    "PeakMemory",
+    "ProfileOptions",
     "ProfilePlan",
     "TimeEstimate",
     "RooflineBackend",
@@ -150,8 +157,11 @@ __all__ = [
     "Timing",
     "TorchBackend",
     "UnknownBlockKeyError",
+    "UnknownDeviceProfileError",
     "ValidationResult",
     "accuracy",
+    "ane_layout_ops",
+    "ane_model_ops",
     "at_resolution",
     "available_devices",
     "block_census",

@@ -18,7 +18,7 @@ __all__ = ["check_published", "fit_efficiency"]
 def check_published(profile: DeviceProfile, root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """The profile's estimate of each reference model in its ``checks:`` next to the published figure."""
     from archsearch.candidate import sample
-    from archsearch.cost.latency._ane_layout import ane_model_ops
+    from archsearch.cost.latency._devices import ane_model_ops
     from archsearch.spec import load_space
 
     base = Path(root) if root else bundled_root()  # checks name shipped spaces: search_spaces/...

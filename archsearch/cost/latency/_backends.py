@@ -27,21 +27,31 @@ from typing import Any, Iterator
 import pandas as pd
 import torch
 
-from archsearch.cost.latency._ane_layout import ane_layout_ops, ane_model_ops
 from archsearch.cost.latency._blocks import BlockCensus
-from archsearch.cost.latency._devices import DeviceProfile, load_device
-from archsearch.cost.latency._errors import ParameterError
+from archsearch.cost.latency._devices import DeviceProfile, ane_layout_ops, ane_model_ops, load_device
+from archsearch.cost.latency._errors import ParameterError, UnknownDeviceProfileError
 from archsearch.cost.latency._measure import (
     DTYPES,
     TORCH_TARGETS,
     MeasureSettings,
     device_name,
-    model_inputs,
-    resolve_device,
+    resolve_profile_device,
     time_callable,
     time_module,
 )
 from archsearch.errors import ArchsearchError
+from archsearch.export import (
+    PTE_TOLERANCE,
+    ConversionResult,
+    LoweredProgram,
+    convert_module,
+    coreml_version,
+    lower_and_check,
+    model_inputs,
+    need_executorch,
+    save_mlmodel,
+    write_pte,
+)
 
 __all__ = [
     "COMPUTE_UNITS",
@@ -95,6 +105,12 @@ class Backend(abc.ABC):
     calibrates: bool = True
     #: whether a profile run re-times a sentinel block to notice a disturbed machine
     watches_sentinel: bool = False
+    #: the device profile of an estimating backend (None: the rows are not estimated from one)
+    profile: DeviceProfile | None = None
+    #: Core ML compute units of a Core ML backend (None: not a Core ML backend)
+    compute_units: str | None = None
+    #: whether each block is converted to Core ML (the ``coreml``/``ane_flags`` columns)
+    convert: bool = False
 
     def describe(self) -> dict[str, Any]:
         """Table metadata about the device: at least ``device``."""
@@ -176,7 +192,7 @@ class TorchBackend(Backend):
         if n < 1:
             raise ParameterError("threads", f"{n}: bad value (allowed: an integer >= 1)")
         self.target = target
-        self.device = resolve_device(target)
+        self.device = resolve_profile_device(target)
         self.dtype = dtype
         self.torch_dtype = DTYPES[dtype]
         self.batch = batch
@@ -208,6 +224,8 @@ class TorchBackend(Backend):
     # A row's block is built once: block_memory runs it (twice) and leaves it here, warm,
     # for block_row to time; block_row drops it.
     _row: tuple[str, torch.nn.Module, tuple] | None = None
+    # the sentinel block, built once: (key, block, inputs)
+    _sentinel: tuple[str, torch.nn.Module, tuple] | None = None
 
     def _row_block(self, spec: Any) -> tuple[torch.nn.Module, tuple, bool]:
         """(block, inputs, warm): the block :meth:`block_memory` left for this key, or a new one."""
@@ -223,7 +241,7 @@ class TorchBackend(Backend):
         return {"ms": t.ms, "ms_iqr": t.iqr_ms, "runs": t.runs}
 
     def sentinel_ms(self, spec: Any) -> float:
-        cached = getattr(self, "_sentinel", None)
+        cached = self._sentinel
         if cached is None or cached[0] != spec.key:
             cached = self._sentinel = (spec.key, *self._build(spec))
         return time_module(cached[1], cached[2], self.threads, _sentinel_settings(self.settings)).ms
@@ -264,8 +282,7 @@ class _CoreMLConversion:
     compute_units: str
     export_dir: Path | None
 
-    def _convert_block(self, spec: Any, keep: bool) -> tuple[dict[str, Any], Any, tuple]:
-        from archsearch.cost.latency._coreml import convert_module, save_mlmodel
+    def _convert_block(self, spec: Any, keep: bool) -> tuple[dict[str, Any], ConversionResult, tuple]:
         from archsearch.model import build_block, example_inputs
 
         block = build_block(spec, device="cpu").eval()
@@ -287,8 +304,6 @@ class _CoreMLConversion:
         return row, result, inputs
 
     def versions(self) -> dict[str, str]:
-        from archsearch.cost.latency._coreml import coreml_version
-
         return {"coremltools": coreml_version()}
 
 
@@ -309,6 +324,7 @@ class CoreMLBackend(_CoreMLConversion, Backend):
 
     source = "measured"
     watches_sentinel = True
+    convert = True
 
     def __init__(self, target: str, batch: int = 1, settings: MeasureSettings = MeasureSettings(),
                  export_dir: str | os.PathLike | None = None, compute_units: str | None = None) -> None:
@@ -336,7 +352,6 @@ class CoreMLBackend(_CoreMLConversion, Backend):
         return {**row, "ms": med, "ms_iqr": iqr, "runs": runs}
 
     def model_ms(self, candidate: Any) -> float:
-        from archsearch.cost.latency._coreml import convert_module
         from archsearch.model import build_model
 
         model = build_model(candidate, device="cpu").eval()
@@ -453,9 +468,14 @@ class ImportBackend(Backend):
 
 class ExecuTorchBackend(Backend):
     """Times blocks and whole models through ExecuTorch's XNNPACK runtime on this CPU
-    (target ``xnnpack``; see :mod:`archsearch.cost.latency._executorch`): each block is
-    exported, lowered to XNNPACK, run as a ``.pte`` program and checked against torch, then
-    timed; rows note how many ops XNNPACK took. Memory columns are estimated."""
+    (target ``xnnpack``; the CPU runtime Android and iOS apps ship): each block is exported,
+    lowered to XNNPACK, run as a ``.pte`` program and checked against torch
+    (:func:`archsearch.export.lower_and_check`), then timed by ``executorch.runtime`` with the
+    XNNPACK thread pool set to the table's thread count; rows note how many ops XNNPACK took
+    (``xnnpack 7/7 ops``; the others run in ExecuTorch's portable kernels, as on a phone) and
+    a mismatch with torch. ``export_dir`` keeps every ``.pte`` program, to time on a device
+    with ExecuTorch's own runner. Memory columns are estimated. Needs the optional
+    dependency: ``pip install 'archsearch[executorch]'``."""
 
     source = "measured"
     watches_sentinel = True
@@ -464,8 +484,6 @@ class ExecuTorchBackend(Backend):
 
     def __init__(self, batch: int = 1, threads: int | None = None, settings: MeasureSettings = MeasureSettings(),
                  export_dir: str | os.PathLike | None = None) -> None:
-        from archsearch.cost.latency._executorch import need_executorch
-
         need_executorch()
         n = threads if threads is not None else max(1, torch.get_num_threads())
         if n < 1:
@@ -475,7 +493,7 @@ class ExecuTorchBackend(Backend):
         self.threads = n
         self.settings = settings
         self.export_dir = Path(export_dir) if export_dir is not None else None
-        self._programs: dict[str, Any] = {}  # the sentinel's LoweredProgram, by block key
+        self._programs: dict[str, LoweredProgram] = {}  # the sentinel's program, by block key
 
     def describe(self) -> dict[str, Any]:
         return {"device": f"{device_name('cpu')} (ExecuTorch XNNPACK)", "threads": self.threads}
@@ -496,12 +514,9 @@ class ExecuTorchBackend(Backend):
         finally:
             portable_lib._unsafe_reset_threadpool(old)
 
-    def _lowered(self, name: str, module: torch.nn.Module, inputs: tuple, stem: str) -> Any:
-        """``module`` as a loaded, checked ExecuTorch program (a ``LoweredProgram``), its
-        ``.pte`` kept in ``export_dir`` as ``stem.pte`` if set; one line naming ``name`` if it
-        cannot lower."""
-        from archsearch.cost.latency._executorch import lower_and_check, write_pte
-
+    def _lowered(self, name: str, module: torch.nn.Module, inputs: tuple, stem: str) -> LoweredProgram:
+        """``module`` as a loaded, checked ExecuTorch program, its ``.pte`` kept in
+        ``export_dir`` as ``stem.pte`` if set; one line naming ``name`` if it cannot lower."""
         try:
             low = lower_and_check(module, inputs)
         except Exception as exc:  # an op torch.export or the lowering cannot take
@@ -511,7 +526,7 @@ class ExecuTorchBackend(Backend):
             write_pte(low.pte, self.export_dir / f"{stem}.pte")
         return low
 
-    def _block_program(self, spec: Any) -> Any:
+    def _block_program(self, spec: Any) -> LoweredProgram:
         from archsearch.model import build_block, example_inputs
 
         block = build_block(spec).eval()
@@ -524,7 +539,7 @@ class ExecuTorchBackend(Backend):
     def block_row(self, spec: Any, census: BlockCensus, existing: dict[str, Any] | None) -> dict[str, Any]:
         low = self._block_program(spec)
         note = f"xnnpack {low.delegated}/{low.total} ops"
-        if not low.max_rel_error < 1e-3:
+        if not low.max_rel_error < PTE_TOLERANCE:
             note += f"; output differs from torch by {low.max_rel_error:.2g} (relative)"
         t = time_callable(low.run, self.settings)
         return {"ms": t.ms, "ms_iqr": t.iqr_ms, "runs": t.runs, "note": note}
@@ -581,10 +596,8 @@ def make_backend(target: str | Backend, *, dtype: str = "float32", batch: int = 
         return CoreMLBackend(target, batch, settings, export_dir, compute_units)
     try:
         profile = load_device(device_profile or DEFAULT_DEVICE_PROFILE)
-    except ArchsearchError as exc:
-        text = str(exc)
-        if device_profile is not None and text.startswith("unknown device profile"):
-            reason = text.replace(f" {str(device_profile)!r}", "", 1)
-            raise ParameterError("device_profile", f"{device_profile}: {reason}") from None
-        raise
+    except UnknownDeviceProfileError as exc:
+        if device_profile is None:
+            raise
+        raise ParameterError("device_profile", f"{device_profile}: unknown device profile ({exc.allowed_text()})") from None
     return RooflineBackend(target, profile, batch, convert, export_dir, compute_units)

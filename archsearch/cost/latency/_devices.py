@@ -23,7 +23,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from archsearch._resources import bundled_root, device_profile_names, find_device_profile
+from archsearch.cost.latency._errors import UnknownDeviceProfileError
 from archsearch.errors import ArchsearchError
+from archsearch.export import OpRecord, ane_block, ane_model, einsum_macs, model_inputs
 
 __all__ = [
     "DEVICE_FORMAT",
@@ -31,6 +33,8 @@ __all__ = [
     "OP_CLASSES",
     "DeviceProfile",
     "OpRecord",
+    "ane_layout_ops",
+    "ane_model_ops",
     "available_devices",
     "count_ops",
     "load_device",
@@ -68,17 +72,6 @@ _SKIP = {"empty", "empty_like", "zeros", "ones", "full", "arange", "randn", "ran
          "lift_fresh", "_local_scalar_dense", "item"}
 
 
-@dataclass
-class OpRecord:
-    """One op a block runs: its class, multiply-accumulates and bytes moved."""
-
-    name: str
-    op_class: str
-    macs: int
-    bytes: int
-    elems: int  # output elements (elementwise work)
-
-
 def _tensors(obj: Any) -> list[torch.Tensor]:
     flat, _ = tree_flatten(obj)
     return [t for t in flat if isinstance(t, torch.Tensor)]
@@ -86,31 +79,6 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
 
 def _numel(shape: Any) -> int:
     return int(math.prod(int(s) for s in shape))
-
-
-def einsum_macs(equation: str, shapes: list[Any]) -> int:
-    """Multiply-accumulates of an einsum of operands of these ``shapes`` done pairwise: the
-    product of the sizes of every index (``...`` dims included) for two or more operands; a
-    single operand (a sum or a transpose) does none. Used for torch ops and MIL ops alike."""
-    lhs = equation.replace(" ", "").split("->")[0].split(",")
-    if len(lhs) < 2 or len(lhs) != len(shapes):
-        return 0
-    sizes: dict[Any, int] = {}
-    for subs, shape in zip(lhs, shapes):
-        shape = list(shape or ())
-        if "..." in subs:
-            head, tail = subs.split("...")
-            n_ell = len(shape) - len(head) - len(tail)
-            for i in range(n_ell):  # broadcast dims, aligned from the right
-                key = ("...", n_ell - i)
-                sizes[key] = max(sizes.get(key, 1), int(shape[len(head) + i]))
-            letters = list(head) + [None] * n_ell + list(tail)
-        else:
-            letters = list(subs)
-        for letter, n in zip(letters, shape):
-            if letter is not None:
-                sizes[letter] = max(sizes.get(letter, 1), int(n))
-    return int(math.prod(sizes.values())) if sizes else 0
 
 
 class _Census(TorchDispatchMode):
@@ -189,6 +157,22 @@ def count_ops(module: torch.nn.Module, inputs: tuple, elem_bytes: int = 2) -> li
         module(*inputs)
     return census.ops
 
+
+def ane_layout_ops(spec: Any, batch: int = 1) -> list[OpRecord]:
+    """The ops of one block in the Neural-Engine layout (:func:`archsearch.export.ane_block`),
+    counted on meta at fp16."""
+    from archsearch.model import build_block, example_inputs
+
+    block = ane_block(build_block(spec, device="meta"))
+    return count_ops(block, example_inputs(spec, batch, device="meta"), 2)
+
+
+def ane_model_ops(candidate: Any, batch: int = 1) -> list[OpRecord]:
+    """The ops of a whole model in the Neural-Engine layout, counted on meta at fp16."""
+    from archsearch.model import build_model
+
+    model = ane_model(build_model(candidate, device="meta"))
+    return count_ops(model, model_inputs(candidate, batch, device="meta"), 2)
 
 # ----------------------------------------------------------------------------- device profiles
 
@@ -336,6 +320,5 @@ def load_device(name_or_path: str | os.PathLike, directory: str | os.PathLike | 
         found = find_device_profile(str(name_or_path), _user_devices_dirs())
         names = available_devices()
     if found is None:
-        raise ArchsearchError(f"unknown device profile {str(name_or_path)!r} "
-                              f"(allowed: {', '.join(names) or 'none shipped'}, or a path to a .yaml)")
+        raise UnknownDeviceProfileError(str(name_or_path), names)
     return _load_profile_file(found)

@@ -11,7 +11,8 @@ from typing import Any
 
 from archsearch.errors import ArchsearchError, MissingBlockError, ParameterError
 
-__all__ = ["ImplausibleCalibrationError", "MissingBlocksError", "ParameterError", "UnknownBlockKeyError"]
+__all__ = ["ImplausibleCalibrationError", "MissingBlocksError", "ParameterError", "UnknownBlockKeyError",
+           "UnknownDeviceProfileError"]
 
 
 class MissingBlocksError(MissingBlockError):
@@ -76,6 +77,22 @@ class UnknownBlockKeyError(ArchsearchError):
         self.target = target
         super().__init__(f"{path}: key {key!r} is not a block of {source} at resolution {resolution} "
                          f"({n_unknown} unknown key(s))")
+
+
+class UnknownDeviceProfileError(ArchsearchError):
+    """No device profile of that name (:func:`~archsearch.cost.latency.load_device`).
+
+    Fields: ``name`` (as asked), ``allowed`` (the profile names there are).
+    """
+
+    def __init__(self, name: str, allowed: list[str]) -> None:
+        self.name = name
+        self.allowed = allowed
+        super().__init__(f"unknown device profile {name!r} ({self.allowed_text()})")
+
+    def allowed_text(self) -> str:
+        """``allowed: a, b, or a path to a .yaml``."""
+        return f"allowed: {', '.join(self.allowed) or 'none shipped'}, or a path to a .yaml"
 
 
 class ImplausibleCalibrationError(ArchsearchError):

@@ -29,8 +29,7 @@ __all__ = [
     "cpu_name",
     "last_level_cache_bytes",
     "device_name",
-    "model_inputs",
-    "resolve_device",
+    "resolve_profile_device",
     "time_callable",
     "time_module",
 ]
@@ -115,8 +114,9 @@ def last_level_cache_bytes() -> int:
     return best or (32 << 20)
 
 
-def resolve_device(target: str) -> torch.device:
-    """The torch device of a torch target, or a one-line error if it is absent here."""
+def resolve_profile_device(target: str) -> torch.device:
+    """The torch device a torch latency target (``cpu``, ``cuda``, ``mps``) is timed on, or a
+    one-line error if it is absent here."""
     if target == "cpu":
         return torch.device("cpu")
     if target == "cuda":
@@ -250,18 +250,3 @@ def time_module(module: torch.nn.Module, inputs: tuple, threads: int,
     finally:
         torch.set_num_threads(old)
 
-
-def model_inputs(candidate: Any, batch: int = 1, device: Any = None,
-                 dtype: torch.dtype | None = None) -> tuple:
-    """``(sample, timestep, encoder_hidden_states)`` for a whole model of ``candidate``."""
-    c = candidate
-    dtype = dtype or torch.float32
-    g = torch.Generator().manual_seed(0)
-    if c.kind == "video":
-        shape = (batch, c.latent_channels, c.frames, c.resolution, c.resolution)
-    else:
-        shape = (batch, c.latent_channels, c.resolution, c.resolution)
-    sample = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
-    timestep = torch.full((batch,), 500.0, device=device)
-    context = torch.randn(batch, c.context_length, c.context_dim, generator=g).to(device=device, dtype=dtype)
-    return sample, timestep, context

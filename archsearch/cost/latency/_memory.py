@@ -36,7 +36,7 @@ from torch.utils._pytree import tree_flatten
 __all__ = [
     "MEM_SOURCES",
     "BlockMemory",
-    "MemoryEstimate",
+    "PeakMemory",
     "estimate_block_memory",
     "estimate_memory",
     "measure_block_memory",
@@ -65,7 +65,7 @@ class BlockMemory:
 
 
 @dataclass(frozen=True)
-class MemoryEstimate:
+class PeakMemory:
     """A candidate's peak memory during one forward call (bytes).
 
     ``peak_bytes`` = ``weight_bytes`` (every block's weights, resident) + ``activation_bytes``
@@ -248,7 +248,7 @@ def _input_bytes(candidate: Any, batch: int, elem_bytes: int) -> int:
 
 
 def model_peak(candidate: Any, memory_of: Callable[[Any], tuple[int, int, int, str]], batch: int = 1,
-               elem_bytes: int = 4) -> MemoryEstimate:
+               elem_bytes: int = 4) -> PeakMemory:
     """Peak memory of one forward call of ``candidate``, from its blocks' memory.
 
     ``memory_of(spec) -> (weight_bytes, act_bytes, out_bytes, source)`` (a table's row, or an
@@ -298,10 +298,10 @@ def model_peak(candidate: Any, memory_of: Callable[[Any], tuple[int, int, int, s
             stacked += out
             x = 0
     source = sources.pop() if len(sources) == 1 else "mixed"
-    return MemoryEstimate(int(weights + peak), weights, int(peak), int(skip_at), at, source)
+    return PeakMemory(int(weights + peak), weights, int(peak), int(skip_at), at, source)
 
 
-def estimate_memory(candidate: Any, batch: int = 1, elem_bytes: int = 4) -> MemoryEstimate:
+def estimate_memory(candidate: Any, batch: int = 1, elem_bytes: int = 4) -> PeakMemory:
     """A candidate's peak memory with no latency table: :func:`model_peak` over every
     block's ``meta``-run estimate (``source="estimate"``; nothing is allocated)."""
     found: dict[Any, tuple[int, int, int, str]] = {}
@@ -319,7 +319,7 @@ def measure_model_memory(candidate: Any, device: Any = "cpu", dtype: torch.dtype
                          batch: int = 1) -> int:
     """Measured peak bytes of one forward call of ``candidate``'s whole model: its weights and
     inputs plus the peak allocated during the call (see :func:`measure_peak`)."""
-    from archsearch.cost.latency._measure import model_inputs
+    from archsearch.export import model_inputs
     from archsearch.model import build_model
 
     device = torch.device(device)

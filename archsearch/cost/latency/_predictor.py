@@ -223,7 +223,7 @@ class LatencyPredictor:
         return vals
 
     def memory(self, candidate: Any) -> Any:
-        """Peak memory of one forward call of ``candidate`` (a :class:`MemoryEstimate`):
+        """Peak memory of one forward call of ``candidate`` (a :class:`PeakMemory`):
         every block's weights, plus the largest sum, along the model's own block order, of
         the inputs, the skip tensors alive from the down path to the up path, and a block's
         input and activations. ``.peak_mb`` is what ``max_memory_mb`` compares."""

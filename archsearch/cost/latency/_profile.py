@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +27,8 @@ import pandas as pd
 from archsearch.cost.latency._backends import DEFAULT_DEVICE_PROFILE, TARGETS, Backend, ImportBackend, make_backend
 from archsearch.cost.latency._blocks import BlockSet, block_census, enumerate_blocks, resolution_of, sample_candidates
 from archsearch.cost.latency._errors import ImplausibleCalibrationError, ParameterError, UnknownBlockKeyError
-from archsearch.cost.latency._measure import MeasureSettings
+from archsearch.cost.latency._keys import candidate_blocks
+from archsearch.cost.latency._measure import TORCH_TARGETS, MeasureSettings
 from archsearch.cost.latency._sentinel import SentinelMonitor, SentinelSettings, choose_sentinel
 from archsearch.cost.latency._table import LatencyTable, load_table, read_import_csv
 from archsearch.errors import ArchsearchError
@@ -35,7 +36,9 @@ from archsearch.errors import ArchsearchError
 __all__ = [
     "CALIBRATION_SEED",
     "SCALE_RANGE",
+    "ProfileOptions",
     "ProfilePlan",
+    "TimeEstimate",
     "check_calibration",
     "default_table_path",
     "fit_calibration",
@@ -64,9 +67,9 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def default_table_path(name: str, target: str, resolution: int | None, backend: Any = None) -> Path:
+def default_table_path(name: str, target: str, resolution: int | None, backend: Backend | None = None) -> Path:
     """``latency_tables/<space>-<target>-r<res>.csv`` (``-estimate`` for roofline tables)."""
-    suffix = "-estimate" if getattr(backend, "source", "") == "estimate" else ""
+    suffix = "-estimate" if backend is not None and backend.source == "estimate" else ""
     res = f"-r{resolution}" if resolution else ""
     return Path("latency_tables") / f"{name}-{target}{res}{suffix}.csv"
 
@@ -218,8 +221,6 @@ class ProfilePlan:
         ms_per_mac = float(np.sum(ms) / max(np.sum(x), 1.0))
         models_s = 0.0
         if self.calibration_todo:
-            from archsearch.cost.latency._keys import candidate_blocks
-
             for c in self.calibration_todo:
                 model_macs = sum(block_census(s, b_, e_).macs for s in candidate_blocks(c).specs)
                 models_s += 5 * settings.min_run_time + 4 * ms_per_mac * model_macs / 1e3 + a
@@ -232,27 +233,52 @@ class ProfilePlan:
         return TimeEstimate(total, len(picks), spent, how)
 
 
-def plan_profile(
-    source: Any,
-    target: str | Backend = "cpu",
-    out: str | os.PathLike | None = None,
-    *,
-    resolution: int | None = None,
-    batch: int = 1,
-    dtype: str = "float32",
-    threads: int | None = None,
-    settings: MeasureSettings = MeasureSettings(),
-    calibrate: int = 5,
-    device_profile: str | None = None,
-    convert: bool = True,
-    export_dir: str | os.PathLike | None = None,
-    blocks: BlockSet | None = None,
-    name: str | None = None,
-    sentinel: SentinelSettings | None = SentinelSettings(),
-    check_calibration: bool = False,
-    max_overhead_share: float = 0.15,
-    compute_units: str | None = None,
-) -> ProfilePlan:
+@dataclass(frozen=True)
+class ProfileOptions:
+    """How a profile run measures: everything :func:`plan_profile` passes on to the backend
+    and the plan (checked when made).
+
+    ``resolution``: the latent resolution (default: the space's); ``batch``, ``dtype``,
+    ``threads``, ``settings`` (:class:`MeasureSettings`): how blocks are run and timed;
+    ``calibrate``: whole candidates (seeded, never drawn by validation) measured at the end
+    to fit ``ms = scale * sum(blocks) + overhead_ms``; with ``check_calibration`` an
+    implausible fit (:func:`check_calibration`, at ``max_overhead_share``) is refused instead
+    of stored. ``sentinel``: how a measuring run notices a disturbed machine and re-measures
+    (None: off; see ``_sentinel``). ``device_profile``, ``convert``, ``compute_units``,
+    ``export_dir``: the ``coreml``/``ane`` targets' (see :func:`make_backend`; compute units
+    default to CPU_AND_NE for ane, ALL for coreml); ``export_dir`` also keeps xnnpack's
+    ``.pte`` programs.
+    """
+
+    resolution: int | None = None
+    batch: int = 1
+    dtype: str = "float32"
+    threads: int | None = None
+    settings: MeasureSettings = field(default_factory=MeasureSettings)
+    calibrate: int = 5
+    device_profile: str | None = None
+    convert: bool = True
+    export_dir: str | os.PathLike | None = None
+    compute_units: str | None = None
+    sentinel: SentinelSettings | None = field(default_factory=SentinelSettings)
+    check_calibration: bool = False
+    max_overhead_share: float = 0.15
+
+    def __post_init__(self) -> None:
+        share = self.max_overhead_share
+        if not (isinstance(share, (int, float)) and 0 < share <= 1):
+            raise ParameterError("max_overhead_share", f"{share!r}: bad value (allowed: a number in (0, 1])")
+
+    def backend(self, target: str | Backend) -> Backend:
+        """The backend of ``target`` with these options (see :func:`make_backend`)."""
+        return make_backend(target, dtype=self.dtype, batch=self.batch, threads=self.threads, settings=self.settings,
+                            device_profile=self.device_profile, convert=self.convert, export_dir=self.export_dir,
+                            compute_units=self.compute_units)
+
+
+def plan_profile(source: Any, target: str | Backend = "cpu", out: str | os.PathLike | None = None,
+                 options: ProfileOptions | None = None, *, blocks: BlockSet | None = None,
+                 name: str | None = None, **overrides: Any) -> ProfilePlan:
     """Work out a profile run of ``source`` on ``target``; measures and writes nothing.
 
     ``source``: a :class:`SearchSpace`, or candidates (``blocks``: their :class:`BlockSet`,
@@ -260,35 +286,45 @@ def plan_profile(
     :class:`Backend`. ``out``: the table file (default :func:`default_table_path` of
     ``name``: the space's name, or 'candidates'). An existing table there is resumed; one
     made with other settings (target, device, dtype, batch, threads, device profile,
-    statistic) is refused. ``calibrate`` whole candidates (seeded, never drawn by
-    validation) are measured at the end to fit ``ms = scale * sum(blocks) + overhead_ms``;
-    with ``check_calibration`` an implausible fit (:func:`check_calibration`, at
-    ``max_overhead_share``) is refused instead of stored. ``sentinel``: how a measuring
-    run notices a disturbed machine and re-measures (None: off; see ``_sentinel``).
-    ``compute_units``: Core ML compute units on macOS (default: CPU_AND_NE for ane, ALL
-    for coreml).
+    statistic) is refused. ``options``: how to measure (:class:`ProfileOptions`), with
+    ``overrides`` of its fields (``threads=1, calibrate=0``...).
     """
-    if not (isinstance(max_overhead_share, (int, float)) and 0 < max_overhead_share <= 1):
-        raise ParameterError("max_overhead_share", f"{max_overhead_share!r}: bad value (allowed: a number in (0, 1])")
-    backend = make_backend(target, dtype=dtype, batch=batch, threads=threads, settings=settings,
-                           device_profile=device_profile, convert=convert, export_dir=export_dir,
-                           compute_units=compute_units)
+    opts = replace(options or ProfileOptions(), **overrides)
+    backend = opts.backend(target)
     if blocks is None:
-        blocks = enumerate_blocks(source, resolution)
+        blocks = enumerate_blocks(source, opts.resolution)
     space = blocks.space
-    res = resolution or resolution_of(blocks)
+    res = opts.resolution or resolution_of(blocks)
     if out is None:
         out = default_table_path(name or (space.name if space is not None else "candidates"), backend.target,
                                  res, backend)
     out = Path(out)
     measured = backend.settings is not None and backend.source == "measured"
-    meta: dict[str, Any] = {
+    table = _open_table(out, _table_meta(backend, blocks, res, measured), whole_space=space is not None)
+    if backend.versions():
+        table.meta.setdefault("versions", {}).update(backend.versions())
+    calib = _calibration_candidates(blocks, backend, table, opts)
+    specs = dict(blocks.specs)  # calibration candidates' blocks go in the table too
+    for c in calib:
+        for s in candidate_blocks(c).specs:
+            specs.setdefault(s.key, s)
+    return ProfilePlan(backend=backend, blocks=blocks, table=table, out=out, resolution=res, calibration=calib,
+                       todo=backend.select(specs, table), existing=sum(1 for k in blocks.specs if k in table),
+                       arguments=_arguments(backend, opts, out, measured),
+                       sentinel=opts.sentinel if measured else None, check_calibration=opts.check_calibration,
+                       max_overhead_share=float(opts.max_overhead_share))
+
+
+def _table_meta(backend: Backend, blocks: BlockSet, resolution: int | None, measured: bool) -> dict[str, Any]:
+    """The header of the table a run of ``backend`` on ``blocks`` writes (or must resume)."""
+    space = blocks.space
+    return {
         "target": backend.target,
         **backend.describe(),
         "source": backend.source,
         "dtype": backend.dtype,
         "batch": backend.batch,
-        "resolution": res,
+        "resolution": resolution,
         "space": ({"name": space.name, "path": str(space.path), "hash": space.hash} if space is not None
                   else {"name": "candidates", "ids": [c.id for c in blocks.candidates]}),
         "enumeration": blocks.info(),
@@ -296,50 +332,43 @@ def plan_profile(
         "platform": f"{platform.system()} {platform.machine()}",
         "measure": backend.settings.as_dict() if measured else {},
     }
-    table = _open_table(out, meta, whole_space=space is not None)
-    if backend.versions():
-        table.meta.setdefault("versions", {}).update(backend.versions())
 
-    # Calibration candidates' blocks go in the table too.
-    calib: list[Any] = []
-    if calibrate > 0 and backend.calibrates and space is not None:
-        calib = sample_candidates(space, calibrate, CALIBRATION_SEED, resolution)
-    elif calibrate > 0 and backend.calibrates and not table.meta.get("calibration"):
-        # candidates added to a table keep its calibration; a table of candidates alone
-        # is calibrated on them
-        calib = blocks.candidates[:calibrate]
-    specs = dict(blocks.specs)
-    from archsearch.cost.latency._keys import candidate_blocks
 
-    for c in calib:
-        for s in candidate_blocks(c).specs:
-            specs.setdefault(s.key, s)
+def _calibration_candidates(blocks: BlockSet, backend: Backend, table: LatencyTable,
+                            opts: ProfileOptions) -> list[Any]:
+    """The whole candidates a run measures for the calibration: ``opts.calibrate`` seeded
+    samples of a space; candidates added to a table keep its calibration, and a table of
+    candidates alone is calibrated on them."""
+    if opts.calibrate <= 0 or not backend.calibrates:
+        return []
+    if blocks.space is not None:
+        return sample_candidates(blocks.space, opts.calibrate, CALIBRATION_SEED, opts.resolution)
+    if not table.meta.get("calibration"):
+        return blocks.candidates[:opts.calibrate]
+    return []
 
+
+def _arguments(backend: Backend, opts: ProfileOptions, out: Path, measured: bool) -> dict[str, Any]:
+    """The run's non-default parameters, in order (the CLI turns them into the command that
+    rebuilds the table)."""
     arguments: dict[str, Any] = {"target": backend.target}
-    if resolution:
-        arguments["resolution"] = resolution
+    if opts.resolution:
+        arguments["resolution"] = opts.resolution
     if backend.batch != 1:
         arguments["batch"] = backend.batch
-    if backend.dtype != "float32" and backend.target in ("cpu", "cuda", "mps"):
+    if backend.dtype != "float32" and backend.target in TORCH_TARGETS:
         arguments["dtype"] = backend.dtype
     if backend.threads:
         arguments["threads"] = backend.threads
     if measured:
-        default = MeasureSettings()
-        for k, v in backend.settings.as_dict().items():
-            if v != getattr(default, k):
-                arguments[k] = v
-    prof = getattr(backend, "profile", None)
-    if prof is not None and prof.name != DEFAULT_DEVICE_PROFILE:
-        arguments["device_profile"] = prof.name
-    cu = getattr(backend, "compute_units", None)
-    if compute_units is not None and cu is not None:
-        arguments["compute_units"] = cu
+        default = MeasureSettings().as_dict()
+        arguments.update({k: v for k, v in backend.settings.as_dict().items() if v != default[k]})
+    if backend.profile is not None and backend.profile.name != DEFAULT_DEVICE_PROFILE:
+        arguments["device_profile"] = backend.profile.name
+    if opts.compute_units is not None and backend.compute_units is not None:
+        arguments["compute_units"] = backend.compute_units
     arguments["out"] = str(out)
-    return ProfilePlan(backend=backend, blocks=blocks, table=table, out=out, resolution=res, calibration=calib,
-                       todo=backend.select(specs, table), existing=sum(1 for k in blocks.specs if k in table),
-                       arguments=arguments, sentinel=sentinel if measured else None,
-                       check_calibration=check_calibration, max_overhead_share=float(max_overhead_share))
+    return arguments
 
 
 def _measure_row(table: LatencyTable, spec: Any, backend: Backend, census: Any = None) -> dict[str, Any]:
@@ -476,16 +505,18 @@ def run_profile(plan: ProfilePlan, progress: Progress | None = None, *, command:
     return table
 
 
-def profile_space(source: Any, target: str | Backend = "cpu", out: str | os.PathLike | None = None, *,
-                  progress: Progress | None = None, command: str | None = None, **options: Any) -> LatencyTable:
+def profile_space(source: Any, target: str | Backend = "cpu", out: str | os.PathLike | None = None,
+                  options: ProfileOptions | None = None, *, progress: Progress | None = None,
+                  command: str | None = None, **plan: Any) -> LatencyTable:
     """Measure (or estimate) every distinct block of ``source`` into the table at ``out``.
 
-    ``run_profile(plan_profile(source, target, out, **options), progress, command=command)``:
+    ``run_profile(plan_profile(source, target, out, options, **plan), progress, command=command)``
+    (``plan``: ``blocks``, ``name`` and overrides of the options' fields):
     rows already in ``out`` are kept and not measured again; the file is rewritten
     atomically every :data:`SAVE_INTERVAL_S` seconds and at the end; then the calibration
     is fitted (see :func:`plan_profile`).
     """
-    return run_profile(plan_profile(source, target, out, **options), progress, command=command)
+    return run_profile(plan_profile(source, target, out, options, **plan), progress, command=command)
 
 
 def fit_calibration(sums: np.ndarray, measured: np.ndarray) -> tuple[float, float, str]:

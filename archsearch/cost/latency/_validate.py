@@ -197,7 +197,7 @@ def validate_table(
     from archsearch.cost.latency._blocks import enumerate_blocks, sample_candidates
     from archsearch.cost.latency._measure import MeasureSettings
     from archsearch.cost.latency._predictor import predictor_for
-    from archsearch.cost.latency._profile import CALIBRATION_SEED, profile_space
+    from archsearch.cost.latency._profile import CALIBRATION_SEED, ProfileOptions, profile_space
 
     meta = table.meta
     if table.source != "measured":
@@ -226,9 +226,10 @@ def validate_table(
     missing = [c for c in cands if any(k not in table for k in candidate_blocks(c).keys)]
     if missing:
         # same settings as the table: resume it on these candidates' blocks
-        table = profile_space(missing, meta["target"], table.path, resolution=resolution,
-                              batch=int(meta.get("batch", 1)), dtype=str(meta.get("dtype", "float32")),
-                              threads=int(meta.get("threads", 1)), settings=settings, calibrate=0,
+        options = ProfileOptions(resolution=resolution, batch=int(meta.get("batch", 1)),
+                                 dtype=str(meta.get("dtype", "float32")), threads=int(meta.get("threads", 1)),
+                                 settings=settings, calibrate=0)
+        table = profile_space(missing, meta["target"], table.path, options,
                               blocks=enumerate_blocks(missing, resolution), progress=progress)
     added = len(table) - before
     backend = make_backend(meta["target"], dtype=str(meta.get("dtype", "float32")), batch=int(meta.get("batch", 1)),

@@ -9,6 +9,12 @@ from its local folder. Both give per-token states ``(B, context_length, context_
 Caption embeddings of a dataset are deterministic, so :meth:`TextEncoder.encode_dataset` caches
 them (float16, safetensors) under ``$ARCHSEARCH_CACHE_DIR/text/`` (default
 ``~/.cache/archsearch/text/``): a trial reads them back instead of running the encoder.
+
+SDXL's two encoders are encoded in one place, :func:`sdxl_states` (the penultimate states of
+both, concatenated, and the second's pooled ``text_embeds``): the teacher's
+:class:`DualTextEncoder` and ``archsearch data prepare`` (the latent cache's ``text_states`` and
+``pooled``) both call it, and :func:`pooled_token` is the one place the pooled embedding becomes
+the extra context token.
 """
 
 from __future__ import annotations
@@ -19,26 +25,32 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from archsearch._util import atomic_write_bytes, short_hash
+from archsearch._util import atomic_write_bytes, cache_root, short_hash
 from archsearch.errors import ArchsearchError
 
-__all__ = ["BUILTIN_CONTEXT_LENGTH", "DualTextEncoder", "TextEncoder", "cache_root"]
+__all__ = ["BUILTIN_CONTEXT_LENGTH", "DualTextEncoder", "TextEncoder", "offline", "pooled_token", "sdxl_states"]
 
 #: default token length of the built-in encoder: the longest built-in caption is 21 tokens
 BUILTIN_CONTEXT_LENGTH = 24
 
 
-def cache_root() -> Path:
-    """``$ARCHSEARCH_CACHE_DIR`` or ``~/.cache/archsearch``."""
-    env = os.environ.get("ARCHSEARCH_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "archsearch"
-
-
-def _offline() -> None:
-    """Make sure nothing in the Hugging Face stack tries the network."""
+def offline() -> None:
+    """Make sure nothing in the Hugging Face stack tries the network, and import
+    ``transformers`` without the deprecation notice torch logs the first time it meets
+    torchao's enums (``torch.utils._pytree``: one stray stderr line in every command that
+    loads a text encoder; a library prints nothing on its own)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    import logging
+
+    pytree = logging.getLogger("torch.utils._pytree")
+    level = pytree.level
+    pytree.setLevel(logging.ERROR)
+    try:
+        import transformers.modeling_utils  # noqa: F401 - the import that reaches torchao
+    finally:
+        pytree.setLevel(level)
 
 
 class TextEncoder:
@@ -47,6 +59,12 @@ class TextEncoder:
     Build it with :meth:`builtin` (MiniLM, offline) or :meth:`from_folders` (a checkpoint's
     ``text_encoder/`` and ``tokenizer/``). The model loads lazily on the first :meth:`encode`,
     so a fully cached dataset never imports ``transformers``.
+
+    ``pipeline_tokens``: feed the model as diffusers' pipelines do -- ``input_ids``, and the
+    ``attention_mask`` only where the model's config sets ``use_attention_mask`` -- which is how
+    ``archsearch data prepare`` encodes the latent cache's text states. Off (the default, with
+    which the teachers' encoders and their cached embeddings were made), the model gets every
+    tokenizer output it takes (``attention_mask``, ``token_type_ids``).
     """
 
     def __init__(
@@ -56,7 +74,8 @@ class TextEncoder:
         context_length: int,
         context_dim: int,
         name: str,
-        device: str = "cpu",
+        device: str | torch.device = "cpu",
+        pipeline_tokens: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.tokenizer_dir = Path(tokenizer_dir)
@@ -64,6 +83,7 @@ class TextEncoder:
         self.context_dim = int(context_dim)
         self.name = name
         self.device = device
+        self.pipeline_tokens = bool(pipeline_tokens)
         self._model: Any = None
         self._tokenizer: Any = None
 
@@ -114,19 +134,19 @@ class TextEncoder:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            _offline()
+            offline()
             from transformers import AutoTokenizer
 
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(str(self.tokenizer_dir), local_files_only=True)
-            except (OSError, ValueError) as exc:
-                raise ArchsearchError(f"{self.tokenizer_dir}: cannot load the tokenizer ({exc})") from None
+            except (OSError, ValueError, TypeError) as exc:  # the cause: what the caller may quote
+                raise ArchsearchError(f"{self.tokenizer_dir}: cannot load the tokenizer ({exc})") from exc
         return self._tokenizer
 
     @property
     def model(self) -> Any:
         if self._model is None:
-            _offline()
+            offline()
             from transformers import AutoModel
             from transformers.utils import logging as hf_logging
 
@@ -145,8 +165,8 @@ class TextEncoder:
                 pass
             try:
                 model = cls.from_pretrained(str(self.model_dir), local_files_only=True)
-            except (OSError, ValueError) as exc:
-                raise ArchsearchError(f"{self.model_dir}: cannot load the text encoder ({exc})") from None
+            except (OSError, ValueError, TypeError) as exc:
+                raise ArchsearchError(f"{self.model_dir}: cannot load the text encoder ({exc})") from exc
             finally:
                 hf_logging.set_verbosity(verbosity)
             self._model = model.eval().requires_grad_(False).to(self.device)
@@ -174,6 +194,7 @@ class TextEncoder:
                                      ("tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt")]),
             "weights": stamp,
             "context_length": self.context_length,
+            **({"tokens": "pipeline"} if self.pipeline_tokens else {}),  # absent: the keys made before
         }
 
     # -- encoding ---------------------------------------------------------------------------
@@ -194,6 +215,11 @@ class TextEncoder:
     def _tokens(self, chunk: list[str]) -> dict[str, torch.Tensor]:
         tok = self.tokenizer(chunk, padding="max_length", max_length=self.context_length,
                              truncation=True, return_tensors="pt")
+        if self.pipeline_tokens:
+            out = {"input_ids": tok["input_ids"].to(self.device)}
+            if getattr(self.model.config, "use_attention_mask", False) and "attention_mask" in tok:
+                out["attention_mask"] = tok["attention_mask"].to(self.device)
+            return out
         inputs = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         if "token_type_ids" in inputs and "token_type_ids" not in _forward_args(self.model):
             inputs.pop("token_type_ids")
@@ -266,14 +292,27 @@ class DualTextEncoder(TextEncoder):
         return {"dual": [self.first.fingerprint, self.second.fingerprint], "pooled_dim": self.pooled_dim}
 
     def _encode_chunk(self, chunk: list[str]) -> torch.Tensor:
-        h1 = self.first.model(**self.first._tokens(chunk), output_hidden_states=True).hidden_states[-2]
-        o2 = self.second.model(**self.second._tokens(chunk), output_hidden_states=True)
-        h2 = o2.hidden_states[-2]
-        pooled = getattr(o2, "text_embeds", None)
-        if pooled is None:
-            raise ArchsearchError(f"{self.second.model_dir}: the second text encoder gives no text_embeds "
-                                  "(allowed: a CLIPTextModelWithProjection, as in SDXL)")
-        ctx = torch.cat([h1, h2], dim=-1)
-        tok = torch.zeros(ctx.shape[0], 1, ctx.shape[-1], dtype=ctx.dtype, device=ctx.device)
-        tok[:, 0, : pooled.shape[-1]] = pooled
-        return torch.cat([ctx, tok], dim=1)
+        return pooled_token(*sdxl_states(self.first, self.second, chunk))
+
+
+def sdxl_states(first: TextEncoder, second: TextEncoder, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's text conditioning, as diffusers' SDXL pipeline computes it: the penultimate hidden
+    states of both encoders concatenated ``(B, L, D1 + D2)``, and the second encoder's pooled
+    projection ``text_embeds`` ``(B, P)``."""
+    chunk = list(captions)
+    h1 = first.model(**first._tokens(chunk), output_hidden_states=True).hidden_states[-2]
+    o2 = second.model(**second._tokens(chunk), output_hidden_states=True)
+    pooled = getattr(o2, "text_embeds", None)
+    if pooled is None:
+        raise ArchsearchError(f"{second.model_dir}: the second text encoder gives no text_embeds "
+                              "(allowed: a CLIPTextModelWithProjection, as in SDXL)")
+    return torch.cat([h1, o2.hidden_states[-2]], dim=-1), pooled
+
+
+def pooled_token(states: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """``states`` ``(B, L, D)`` with the pooled embedding ``(B, P)``, ``P <= D``, as one more,
+    zero-padded token at the end ``(B, L + 1, D)``: the context that the teacher splits again
+    into ``encoder_hidden_states`` and SDXL's ``added_cond_kwargs``."""
+    tok = torch.zeros(states.shape[0], 1, states.shape[-1], dtype=states.dtype, device=states.device)
+    tok[:, 0, : pooled.shape[-1]] = pooled
+    return torch.cat([states, tok], dim=1)

@@ -1,4 +1,4 @@
-"""Devices, precision, threads and seeded RNG scopes of the training runs."""
+"""Devices, precision, threads and seeded RNG scopes of the training runs (and of ``prepare``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-from archsearch.errors import ArchsearchError
+from archsearch.errors import ParameterError
 
 __all__ = ["DEVICES", "autocast", "resolve_device", "seeded", "torch_threads"]
 
@@ -37,13 +37,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ArchsearchError(f"device: bad value {device!r} (allowed: {_ALLOWED})") from None
+        raise ParameterError("device", f": bad value {device!r} (allowed: {_ALLOWED})") from None
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise ArchsearchError(f"device: bad value {device!r} (allowed: {_ALLOWED})")
+        raise ParameterError("device", f": bad value {device!r} (allowed: {_ALLOWED})")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ArchsearchError("device: cuda is not available on this machine (allowed: auto, cpu)")
+        raise ParameterError("device", ": cuda is not available on this machine (allowed: auto, cpu)")
     if dev.type == "mps" and not _mps_available():
-        raise ArchsearchError("device: mps is not available on this machine (allowed: auto, cpu)")
+        raise ParameterError("device", ": mps is not available on this machine (allowed: auto, cpu)")
     return dev
 
 

@@ -1,10 +1,11 @@
 """``archsearch data prepare``: encode a data set once with the teacher's VAE and text encoders.
 
-:func:`prepare` reads a source (:func:`~archsearch.distill._sources.open_source`), decodes it in
+:func:`prepare` reads a source (:func:`~archsearch.data.open_source`: a path, or a
+:class:`~archsearch.data.Source`), decodes it in
 ``DataLoader`` workers, resizes and crops each picture (or every frame of a clip), encodes
 batches with the teacher's VAE (``AutoencoderKL``: the latent mean, minus ``shift_factor``,
 times ``scaling_factor``) and its text encoder(s) as the checkpoint has them, and writes a
-sharded cache (:mod:`archsearch.distill._cache`). With a prompts file the teacher's UNet
+sharded cache (:class:`~archsearch.data.LatentCache`). With a prompts file the teacher's UNet
 samples the latents with its own scheduler and classifier-free guidance instead.
 
 It is meant to run for a day: shard ``i`` always holds the items ``i * shard_size ...`` of the
@@ -20,20 +21,19 @@ nothing is printed. Errors name the parameter (``source``, ``teacher``, ``resolu
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from archsearch._util import atomic_write_text
-from archsearch.distill._cache import (
+from archsearch._util import atomic_write_text, file_lock
+from archsearch.data._cache import (
     CACHE_VERSION,
     INDEX_FILE,
     SHARD_DIR,
@@ -45,10 +45,14 @@ from archsearch.distill._cache import (
     teacher_hash,
     write_shard,
 )
-from archsearch.distill._sources import BadSample, Item, Loaded, Source, open_source
-from archsearch.errors import ArchsearchError
+from archsearch.data._checkpoint import DiffusersFolder, first_line
+from archsearch.data._device import resolve_device
+from archsearch.data._sources import BadSample, Item, Loaded, Source, open_source
+from archsearch.data._text import TextEncoder, offline, sdxl_states
+from archsearch.errors import ArchsearchError, ParameterError
 
-__all__ = ["CROPS", "PrepareResult", "TeacherEncoders", "prepare"]
+__all__ = ["CROPS", "DTYPES", "DecodeDataset", "PrepareResult", "TeacherEncoders", "bucket_sizes", "prepare",
+           "resize_crop", "to_tensor"]
 
 Progress = Callable[[str, str, int, int], None]
 CROPS = ("center", "random")
@@ -58,15 +62,10 @@ _BUCKET_RATIOS = (1 / 2, 9 / 16, 2 / 3, 3 / 4, 1.0, 4 / 3, 3 / 2, 16 / 9, 2.0)
 _MAX_REASONS = 20
 
 
-def _offline() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-
-def _first_line(exc: BaseException) -> str:
-    s = str(exc)
-    return s.splitlines()[0] if s else type(exc).__name__
+def _length(tok: Any) -> int:
+    """A tokenizer's padded length, as the pipelines use it (77 when it names none)."""
+    n = getattr(tok, "model_max_length", None)
+    return int(n) if isinstance(n, int) and 0 < n <= 256 else 77
 
 
 # --------------------------------------------------------------------------- the teacher's encoders
@@ -74,168 +73,123 @@ def _first_line(exc: BaseException) -> str:
 
 class TeacherEncoders:
     """A diffusers checkpoint's VAE, text encoder(s) and tokenizer(s) -- and, for prompts, its
-    UNet and scheduler -- loaded from the local folder (never downloads).
+    UNet and scheduler -- loaded from the local folder (never downloads), read through the one
+    :class:`~archsearch.data.DiffusersFolder`.
 
     Text conditioning follows the diffusers pipelines: one CLIP (SD-1.x/2.x) gives
     ``last_hidden_state``; SDXL's two encoders give their penultimate hidden states
-    concatenated, the second's ``text_embeds`` as the pooled embedding, and the
+    concatenated, the second's ``text_embeds`` as the pooled embedding
+    (:func:`~archsearch.data.sdxl_states`, as the teacher's :class:`DualTextEncoder`), and the
     ``add_time_ids`` conditioning; a T5 ``text_encoder`` gives ``last_hidden_state``, and a T5
-    ``text_encoder_3`` (SD3-style) its states as ``t5_states``.
+    ``text_encoder_3`` (SD3-style) its states as ``t5_states``. The encoders are fed as the
+    pipelines feed them (``TextEncoder.pipeline_tokens``).
     """
 
     def __init__(self, root: str | os.PathLike, device: str | torch.device = "cpu") -> None:
-        _offline()
-        self.root = Path(root).expanduser()
+        offline()
+        self.folder = DiffusersFolder(root, param="teacher")
+        self.root = self.folder.root
         self.device = torch.device(device)
-        if not (self.root / "vae" / "config.json").is_file():
-            raise ArchsearchError(f"teacher: {self.root}: no vae/config.json (allowed: a diffusers checkpoint "
-                                  "folder with vae/, text_encoder/ and tokenizer/)")
-        if not (self.root / "text_encoder" / "config.json").is_file():
-            raise ArchsearchError(f"teacher: {self.root}: no text_encoder/config.json (allowed: a diffusers checkpoint "
-                                  "folder with vae/, text_encoder/ and tokenizer/)")
-        self.vae_config = self._json(self.root / "vae" / "config.json")
-        self.unet_config = self._json(self.root / "unet" / "config.json") if (self.root / "unet" / "config.json").is_file() else {}
+        for sub in ("vae", "text_encoder"):
+            if not self.folder.has(sub):
+                raise self.folder.error(f"{self.root}: no {sub}/config.json (allowed: a diffusers checkpoint "
+                                        "folder with vae/, text_encoder/ and tokenizer/)")
+        self.vae_config = self.folder.vae_config
+        self.unet_config = self.folder.unet_config
         cfg = self.vae_config
         self.latent_channels = int(cfg.get("latent_channels", 4))
-        self.vae_scale_factor = 2 ** (len(cfg.get("block_out_channels", [0] * 4)) - 1)
+        self.vae_scale_factor = self.folder.vae_scale_factor
         self.scaling_factor = float(cfg.get("scaling_factor") or 1.0)
         self.shift_factor = cfg.get("shift_factor")
         self.latents_mean = cfg.get("latents_mean")
         self.latents_std = cfg.get("latents_std")
-        self.sdxl = (self.unet_config.get("addition_embed_type") == "text_time"
-                     or (self.root / "text_encoder_2" / "config.json").is_file())
+        self.sdxl = self.folder.text_time or "_2" in self.folder.text_encoders
         self._vae: Any = None
-        self._text: list[tuple[Any, Any, str]] | None = None
+        self._text: list[tuple[TextEncoder, str]] | None = None
         self._unet: Any = None
         self._sched: Any = None
-
-    @staticmethod
-    def _json(path: Path) -> dict[str, Any]:
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ArchsearchError(f"teacher: {path}: cannot read ({exc})") from None
 
     # -- loading --------------------------------------------------------------------------
     @property
     def vae(self) -> Any:
         if self._vae is None:
-            import diffusers
-            from diffusers.utils import logging as dlog
-
-            dlog.set_verbosity_error()
-            cls = getattr(diffusers, str(self.vae_config.get("_class_name", "AutoencoderKL")), diffusers.AutoencoderKL)
-            try:
-                vae = cls.from_pretrained(str(self.root / "vae"), local_files_only=True)
-            except (OSError, ValueError, TypeError) as exc:
-                raise ArchsearchError(f"teacher: cannot load the VAE from {self.root / 'vae'} ({_first_line(exc)})") from None
-            self._vae = vae.eval().requires_grad_(False).to(self.device)
+            self._vae = self.folder.load_vae(self.device)
         return self._vae
 
-    def _load_text(self, n: str) -> tuple[Any, Any, str]:
-        import transformers
+    def _load_text(self, n: str) -> tuple[TextEncoder, str]:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-        te_dir, tok_dir = self.root / f"text_encoder{n}", self.root / f"tokenizer{n}"
-        cfg = self._json(te_dir / "config.json")
-        arch = (cfg.get("architectures") or ["AutoModel"])[0]
-        cls = getattr(transformers, arch, None) or transformers.AutoModel
+        dim = self.folder.text_dim(n)
+        te_dir, tok_dir = self.folder.path(f"text_encoder{n}"), self.folder.path(f"tokenizer{n}")
+        enc = TextEncoder(te_dir, tok_dir, 0, dim, name=f"folder:{te_dir}", device=self.device, pipeline_tokens=True)
         try:
-            tok = transformers.AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-            model = cls.from_pretrained(str(te_dir), local_files_only=True)
-        except (OSError, ValueError, TypeError) as exc:
-            raise ArchsearchError(f"teacher: cannot load {te_dir.name}/ or {tok_dir.name}/ from {self.root} "
-                                  f"({_first_line(exc)})") from None
-        role = "t5" if "T5" in arch else "clip"
-        return tok, model.eval().requires_grad_(False).to(self.device), role
+            enc.context_length = _length(enc.tokenizer)
+            enc.model  # noqa: B018 - loaded now: a broken folder fails before any work
+        except ArchsearchError as exc:
+            raise self.folder.error(f"cannot load {te_dir.name}/ or {tok_dir.name}/ from {self.root} "
+                                    f"({first_line(exc.__cause__ or exc)})") from None
+        arch = (self.folder.text_config(n).get("architectures") or ["AutoModel"])[0]
+        return enc, "t5" if "T5" in arch else "clip"
 
     @property
-    def text(self) -> list[tuple[Any, Any, str]]:
+    def text(self) -> list[TextEncoder]:
+        """The checkpoint's text encoders (``text_encoder``, ``_2``, ``_3`` as present), loaded."""
         if self._text is None:
-            names = [""] + [n for n in ("_2", "_3") if (self.root / f"text_encoder{n}" / "config.json").is_file()]
-            self._text = [self._load_text(n) for n in names]
-        return self._text
+            self._text = [self._load_text(n) for n in self.folder.text_encoders]
+        return [enc for enc, _role in self._text]
+
+    @property
+    def roles(self) -> list[str]:
+        """``clip`` or ``t5`` for each of :attr:`text`."""
+        self.text  # noqa: B018
+        return [role for _enc, role in self._text or []]
 
     @property
     def unet(self) -> Any:
         if self._unet is None:
-            import diffusers
-
             if not self.unet_config:
-                raise ArchsearchError(f"teacher: {self.root}: no unet/config.json (a prompts source needs the "
-                                      "teacher's UNet to generate the latents)")
-            cls = getattr(diffusers, str(self.unet_config.get("_class_name", "UNet2DConditionModel")))
-            self._unet = cls.from_pretrained(str(self.root / "unet"), local_files_only=True).eval().requires_grad_(False).to(self.device)
+                raise self.folder.error(f"{self.root}: no unet/config.json (a prompts source needs the "
+                                        "teacher's UNet to generate the latents)")
+            self._unet = self.folder.load_unet(self.device)
         return self._unet
 
     @property
     def scheduler(self) -> Any:
         if self._sched is None:
-            import diffusers
-
-            path = self.root / "scheduler" / "scheduler_config.json"
-            if not path.is_file():
-                raise ArchsearchError(f"teacher: {self.root}: no scheduler/scheduler_config.json (a prompts "
-                                      "source samples with the teacher's scheduler)")
-            cfg = self._json(path)
-            cls = getattr(diffusers, str(cfg.get("_class_name", "DDIMScheduler")), None)
-            if cls is None:
-                raise ArchsearchError(f"teacher: {path}: _class_name {cfg.get('_class_name')!r} is not a diffusers scheduler")
-            self._sched = cls.from_pretrained(str(self.root / "scheduler"), local_files_only=True)
+            if not self.folder.has("scheduler", "scheduler_config.json"):
+                raise self.folder.error(f"{self.root}: no scheduler/scheduler_config.json (a prompts "
+                                        "source samples with the teacher's scheduler)")
+            self._sched = self.folder.load_scheduler()
         return self._sched
 
     # -- shapes -----------------------------------------------------------------------------
-    @staticmethod
-    def _length(tok: Any) -> int:
-        n = getattr(tok, "model_max_length", None)
-        return int(n) if isinstance(n, int) and 0 < n <= 256 else 77
-
     def text_shapes(self) -> dict[str, Any]:
         """``context_length``, ``context_dim``, ``pooled_dim``, ``t5_shape`` from the configs."""
-        def dim(n: str) -> int:
-            cfg = self._json(self.root / f"text_encoder{n}" / "config.json")
-            return int(cfg.get("hidden_size") or cfg.get("d_model"))
-
-        tok_len = [self._length(t) for t, _m, _r in self.text]
-        roles = [r for _t, _m, r in self.text]
+        dim = self.folder.text_dim
+        tok_len = [enc.context_length for enc in self.text]
+        roles = self.roles
         if self.sdxl:
-            cfg2 = self._json(self.root / "text_encoder_2" / "config.json")
             out = {"context_length": tok_len[0], "context_dim": dim("") + dim("_2"),
-                   "pooled_dim": int(cfg2.get("projection_dim") or dim("_2"))}
+                   "pooled_dim": self.folder.pooled_dim}
         else:
             out = {"context_length": tok_len[0], "context_dim": dim(""), "pooled_dim": 0}
         out["t5_shape"] = [tok_len[-1], dim("_3")] if len(roles) == 3 and roles[2] == "t5" else None
         return out
 
     # -- encoding ---------------------------------------------------------------------------
-    def _tokens(self, tok: Any, model: Any, captions: Sequence[str]) -> dict[str, torch.Tensor]:
-        t = tok(list(captions), padding="max_length", max_length=self._length(tok), truncation=True, return_tensors="pt")
-        out = {"input_ids": t.input_ids.to(self.device)}
-        if getattr(model.config, "use_attention_mask", False) and "attention_mask" in t:
-            out["attention_mask"] = t.attention_mask.to(self.device)
-        return out
-
     @torch.no_grad()
     def encode_text(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
         """``text_states`` (+ ``pooled``, ``t5_states``) for ``captions``, float32 on CPU."""
         encs = self.text
         out: dict[str, torch.Tensor] = {}
         if self.sdxl:
-            states, pooled = [], None
-            for tok, model, _role in encs[:2]:
-                o = model(**self._tokens(tok, model, captions), output_hidden_states=True)
-                states.append(o.hidden_states[-2])
-                pooled = o[0]  # the last encoder's pooled (text_embeds), as diffusers' SDXL pipeline
-            out["text_states"] = torch.cat(states, dim=-1)
-            out["pooled"] = pooled
+            out["text_states"], out["pooled"] = sdxl_states(encs[0], encs[1], captions)
         else:
-            tok, model, _role = encs[0]
-            out["text_states"] = model(**self._tokens(tok, model, captions)).last_hidden_state
-        if len(encs) == 3 and encs[2][2] == "t5":
-            tok, model, _role = encs[2]
-            out["t5_states"] = model(**self._tokens(tok, model, captions)).last_hidden_state
+            out["text_states"] = encs[0]._encode_chunk(list(captions))
+        if len(encs) == 3 and self.roles[2] == "t5":
+            out["t5_states"] = encs[2]._encode_chunk(list(captions))
         return {k: v.float().cpu() for k, v in out.items()}
 
     def _scale(self, z: torch.Tensor) -> torch.Tensor:
@@ -356,8 +310,9 @@ def to_tensor(img: Any) -> torch.Tensor:
     return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
-class _Decode(torch.utils.data.Dataset):
-    """Item index -> a decoded, resized and cropped sample (or the reason it was skipped)."""
+class DecodeDataset(torch.utils.data.Dataset):
+    """Item index -> a decoded, resized and cropped sample (or the reason it was skipped): what
+    ``prepare``'s ``DataLoader`` workers compute."""
 
     def __init__(self, source: Source, items: list[Item], resolution: int, crop: str,
                  buckets: list[tuple[int, int]] | None, seed: int) -> None:
@@ -375,7 +330,7 @@ class _Decode(torch.utils.data.Dataset):
         except BadSample as exc:
             return {"i": i, "key": item.key, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - a bad file must never abort the pass
-            return {"i": i, "key": item.key, "error": f"{type(exc).__name__}: {_first_line(exc)}"}
+            return {"i": i, "key": item.key, "error": f"{type(exc).__name__}: {first_line(exc)}"}
 
     def _pixels(self, s: Loaded) -> dict[str, Any]:
         out: dict[str, Any] = {"caption": s.caption}
@@ -426,23 +381,9 @@ class PrepareResult:
         return self.encoded / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
 
-@contextlib.contextmanager
-def _lock(out: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ArchsearchError(f"out: {out} is being written by another prepare (allowed: one at a time)") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _lock(out: Path) -> Any:
+    return file_lock(out / ".lock", busy=lambda: ParameterError(
+        "out", f": {out} is being written by another prepare (allowed: one at a time)"))
 
 
 def _reason(msg: str) -> str:
@@ -451,7 +392,7 @@ def _reason(msg: str) -> str:
 
 
 def prepare(
-    source: str | os.PathLike,
+    source: str | os.PathLike | Source,
     teacher: str | os.PathLike,
     out: str | os.PathLike,
     *,
@@ -476,7 +417,12 @@ def prepare(
     progress: Progress | None = None,
 ) -> PrepareResult:
     """Encode ``source`` with the ``teacher`` checkpoint's VAE and text encoders into the cache
-    folder ``out`` (see :mod:`archsearch.distill._cache`); resumable, see the module docs.
+    folder ``out`` (see :class:`~archsearch.data.LatentCache`); resumable, see the module docs.
+
+    ``source``: a path (its format detected, or named by ``format``: a name in
+    :data:`~archsearch.data.SOURCES`) or a :class:`~archsearch.data.Source` (as optuna's
+    ``get_storage`` takes a URL or a storage); ``format``, ``frames``, ``fps``,
+    ``image_column``, ``caption_column`` and ``split`` are how a path is opened.
 
     ``resolution`` (pixels; default the UNet's ``sample_size`` times the VAE factor) is the
     side of the square crop, or the area of the aspect-ratio ``buckets``; ``crop`` is
@@ -486,21 +432,19 @@ def prepare(
     teacher's sampler, one seed per prompt from ``seed`` and its key.
     """
     t_start = time.perf_counter()
-    from archsearch.distill._device import resolve_device
-
     out = Path(out).expanduser()
     if crop not in CROPS:
-        raise ArchsearchError(f"crop: bad value {crop!r} (allowed: {', '.join(CROPS)})")
+        raise ParameterError("crop", f": bad value {crop!r} (allowed: {', '.join(CROPS)})")
     if dtype not in DTYPES:
-        raise ArchsearchError(f"dtype: bad value {dtype!r} (allowed: {', '.join(DTYPES)})")
+        raise ParameterError("dtype", f": bad value {dtype!r} (allowed: {', '.join(DTYPES)})")
     for name, v, lo in (("workers", workers, 0), ("batch", batch, 1), ("shard_size", shard_size, 1),
                         ("frames", frames, 1), ("steps", steps, 1)):
         if not isinstance(v, int) or v < lo:
-            raise ArchsearchError(f"{name}: bad value {v!r} (allowed: an integer >= {lo})")
+            raise ParameterError(name, f": bad value {v!r} (allowed: an integer >= {lo})")
     if not 0.0 <= holdout < 1.0:
-        raise ArchsearchError(f"holdout: bad value {holdout!r} (allowed: a fraction in [0, 1))")
+        raise ParameterError("holdout", f": bad value {holdout!r} (allowed: a fraction in [0, 1))")
     if fps is not None and fps <= 0:
-        raise ArchsearchError(f"fps: bad value {fps!r} (allowed: a number > 0)")
+        raise ParameterError("fps", f": bad value {fps!r} (allowed: a number > 0)")
     shard_size = -(-shard_size // batch) * batch  # batches never straddle a shard
     dev = resolve_device(device)
 
@@ -510,29 +454,31 @@ def prepare(
         size = enc.unet_config.get("sample_size")
         size = size[0] if isinstance(size, (list, tuple)) else size
         if not isinstance(size, int):
-            raise ArchsearchError(f"resolution: not given and {Path(teacher) / 'unet'} has no sample_size "
-                                  "(allowed: a number of pixels)")
+            raise ParameterError("resolution", f": not given and {Path(teacher) / 'unet'} has no sample_size "
+                                 "(allowed: a number of pixels)")
         resolution = size * factor
     if not isinstance(resolution, int) or resolution < factor or resolution % factor:
-        raise ArchsearchError(f"resolution: bad value {resolution!r} (allowed: a multiple of the VAE's "
-                              f"downsampling factor {factor})")
+        raise ParameterError("resolution", f": bad value {resolution!r} (allowed: a multiple of the VAE's "
+                             f"downsampling factor {factor})")
     step = 64 if resolution >= 512 else max(factor, resolution // 8 // factor * factor)
     bucket_list = bucket_sizes(resolution, step) if buckets else None
 
     src = open_source(source, format, frames=frames, fps=fps, image_column=image_column,
                       caption_column=caption_column, split=split)
+    if isinstance(source, Source):
+        source = src.describe().get("path", str(src.path))
     if src.kind == "image" and frames != 1:
-        raise ArchsearchError(f"frames: {frames} frames from a {src.format} source of pictures (allowed: 1, "
-                              "or a folder of clips)")
+        raise ParameterError("frames", f": {frames} frames from a {src.format} source of pictures (allowed: 1, "
+                             "or a folder of clips)")
     kind = "video" if src.kind == "video" or (src.kind == "prompts" and frames > 1) else "image"
     if src.kind == "prompts" and buckets:
-        raise ArchsearchError("buckets: teacher-generated data has one size (allowed: false with a prompts source)")
+        raise ParameterError("buckets", ": teacher-generated data has one size (allowed: false with a prompts source)")
 
     if progress:
         progress("scan", f"listing {src.format} {src.path}", 0, 1)
     items = src.items()
     if not items:
-        raise ArchsearchError(f"source: {source}: no samples found")
+        raise ParameterError("source", f": {source}: no samples found")
     if progress:
         progress("scan", f"{len(items)} samples in {src.format} {src.path}", 1, 1)
 
@@ -572,7 +518,7 @@ def prepare(
         if progress:
             progress("encode", desc(), done_items, len(items))
         if todo:
-            ds = _Decode(src, items, resolution, crop, bucket_list, seed)
+            ds = DecodeDataset(src, items, resolution, crop, bucket_list, seed)
             sampler = [list(range(s * shard_size, min((s + 1) * shard_size, len(items))))[j : j + batch]
                        for s in todo for j in range(0, shard_size, batch)]
             sampler = [b for b in sampler if b]
@@ -671,18 +617,18 @@ def _start_state(out: Path, settings: dict[str, Any], source: Any, teacher: Any)
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ArchsearchError(f"out: {path}: cannot read ({exc})") from None
+            raise ParameterError("out", f": {path}: cannot read ({exc})") from None
         old = state.get("settings", {})
         for k, v in settings.items():
             if old.get(k) != v:
                 param = _PARAM_OF.get(k, k)
                 what = {"items_hash": "the list of samples", "n_items": "the number of samples"}.get(k, k)
-                raise ArchsearchError(f"{param}: {out} was prepared with {what} {old.get(k)!r}, now {v!r} "
-                                      "(allowed: the same settings to resume, or a new out)")
+                raise ParameterError(param, f": {out} was prepared with {what} {old.get(k)!r}, now {v!r} "
+                                     "(allowed: the same settings to resume, or a new out)")
         return state
     if out.is_dir() and any(p for p in out.iterdir() if p.name not in (".lock",)):
-        raise ArchsearchError(f"out: {out} is not empty and holds no {STATE_FILE} (allowed: a new or empty folder, "
-                              "or a cache folder to resume)")
+        raise ParameterError("out", f": {out} is not empty and holds no {STATE_FILE} (allowed: a new or empty folder, "
+                             "or a cache folder to resume)")
     return {"settings": settings, "source": str(source), "teacher": str(Path(teacher).expanduser().resolve()),
             "runs": []}
 

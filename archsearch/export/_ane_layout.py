@@ -14,6 +14,9 @@ numerically the same function as the torch module (same weights, reshaped), whic
 ``tests/test_ane_layout.py`` checks. Blocks other than the transformer kinds (ResNets,
 resampling, stem, head) are convolutional and channels-first already and are kept as they
 are; temporal (video) layers are kept too and say so (:func:`ane_unsupported`).
+
+The Core ML export converts this layout (``_coreml``); the roofline estimator counts its ops
+(``archsearch.cost.latency.ane_layout_ops``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archsearch.model import ArchUNet
+from archsearch.model import ArchUNet, SpatialTransformer, rope_2d
 
 __all__ = [
     "ANEAttention",
@@ -35,9 +38,7 @@ __all__ = [
     "ANEUNet",
     "DEFAULT_QUERY_CHUNK",
     "ane_block",
-    "ane_layout_ops",
     "ane_model",
-    "ane_model_ops",
     "ane_unsupported",
 ]
 
@@ -179,23 +180,21 @@ class ANEAttention(nn.Module):
             # a whole-axis slice would export as an `alias`, which coremltools refuses
             return t if t.shape[1] == d else t[:, h * d:(h + 1) * d]
 
+        def query_or_key(t: torch.Tensor, h: int, norm: torch.Tensor | None) -> torch.Tensor:
+            th = head(t, h)
+            if self.qk_eps is not None:
+                th = _rms(th, norm, self.qk_eps)
+            return self._rotate(th, *rope) if rope is not None else th
+
         ks, vs = [], []
         for h in range(self.kv_heads):
-            kh = head(k, h)
-            if self.qk_eps is not None:
-                kh = _rms(kh, None if self.norm_k is None else self.norm_k, self.qk_eps)
-            if rope is not None:
-                kh = self._rotate(kh, *rope)
-            ks.append(kh.transpose(1, 3))  # (B, Lk, 1, d): the layout the einsum wants
+            # (B, Lk, 1, d): the layout the einsum wants
+            ks.append(query_or_key(k, h, self.norm_k).transpose(1, 3))
             vs.append(head(v, h))
         outs = []
         s = q.shape[-1]
         for h in range(self.heads):
-            qh = head(q, h)
-            if self.qk_eps is not None:
-                qh = _rms(qh, None if self.norm_q is None else self.norm_q, self.qk_eps)
-            if rope is not None:
-                qh = self._rotate(qh, *rope)
+            qh = query_or_key(q, h, self.norm_q)
             kh, vh = ks[h % self.kv_heads], vs[h % self.kv_heads]
             chunks = []
             for start in range(0, s, self.query_chunk):
@@ -271,8 +270,6 @@ class ANESpatialTransformer(nn.Module):
                     layer.attn1.prepare_rope()
 
     def _rope_tables(self, h: int, w: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from archsearch.model._blocks import rope_2d
-
         cos, sin = rope_2d(h, w, self.head_dim, x.device, x.dtype)  # (S, r/2)
         return cos.t()[None, :, None, :], sin.t()[None, :, None, :]  # (1, r/2, 1, S)
 
@@ -287,8 +284,6 @@ class ANESpatialTransformer(nn.Module):
 
 
 def _is_transformer(block: nn.Module) -> bool:
-    from archsearch.model._blocks import SpatialTransformer
-
     return isinstance(block, SpatialTransformer)
 
 
@@ -344,21 +339,3 @@ def ane_model(model: nn.Module, query_chunk: int = DEFAULT_QUERY_CHUNK) -> ANEUN
     """``model`` (an ArchUNet) in the Neural-Engine layout (see :class:`ANEUNet`)."""
     return ANEUNet(model, query_chunk).eval()
 
-
-def ane_layout_ops(spec: Any, batch: int = 1) -> list[Any]:
-    """The ops of one block in the Neural-Engine layout (``_ane_layout``), counted on meta at fp16."""
-    from archsearch.cost.latency._devices import count_ops
-    from archsearch.model import build_block, example_inputs
-
-    block = ane_block(build_block(spec, device="meta"))
-    return count_ops(block, example_inputs(spec, batch, device="meta"), 2)
-
-
-def ane_model_ops(candidate: Any, batch: int = 1) -> list[Any]:
-    """The ops of a whole model in the Neural-Engine layout, counted on meta at fp16."""
-    from archsearch.cost.latency._devices import count_ops
-    from archsearch.cost.latency._measure import model_inputs
-    from archsearch.model import build_model
-
-    model = ane_model(build_model(candidate, device="meta"))
-    return count_ops(model, model_inputs(candidate, batch, device="meta"), 2)

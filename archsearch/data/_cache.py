@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from archsearch._util import atomic_write_bytes
-from archsearch.errors import ArchsearchError
+from archsearch.errors import ArchsearchError, ParameterError
 
 __all__ = [
     "CACHE_VERSION",
@@ -104,7 +104,7 @@ def teacher_components(path: str | os.PathLike) -> dict[str, str]:
     ``text_encoder``, ``tokenizer``, ``scheduler``, ...) and ``model_index`` for the root file."""
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise ArchsearchError(f"teacher: {root}: no such folder (allowed: a local diffusers checkpoint folder)")
+        raise ParameterError("teacher", f": {root}: no such folder (allowed: a local diffusers checkpoint folder)")
     out: dict[str, str] = {}
     if (root / "model_index.json").is_file():
         out["model_index"] = _digest(_config_text(root / "model_index.json"))
@@ -119,7 +119,7 @@ def teacher_components(path: str | os.PathLike) -> dict[str, str]:
         if parts:
             out[sub.name] = _digest(parts)
     if not out:
-        raise ArchsearchError(f"teacher: {root}: not a diffusers checkpoint (no component folders with configs)")
+        raise ParameterError("teacher", f": {root}: not a diffusers checkpoint (no component folders with configs)")
     return out
 
 
@@ -316,7 +316,7 @@ class LatentCache:
     def split(self, name: str) -> "CacheSplit":
         """``"train"``, ``"holdout"`` (fixed by key hash, see :func:`is_holdout`) or ``"all"``."""
         if name not in ("train", "holdout", "all"):
-            raise ArchsearchError(f"split: bad value {name!r} (allowed: train, holdout, all)")
+            raise ParameterError("split", f": bad value {name!r} (allowed: train, holdout, all)")
         frac = self.index.holdout
         rows = [s for s in self._samples if name == "all" or (is_holdout(s[0], frac) == (name == "holdout"))]
         return CacheSplit(self, name, rows)
@@ -373,7 +373,7 @@ class CacheSplit:
         ``index`` (the positions). All positions must share a latent shape."""
         rows = [self._rows[int(p)] for p in positions]
         if len({r[2] for r in rows}) > 1:
-            raise ArchsearchError(f"positions: samples of different latent shapes ({sorted({r[2] for r in rows})}) "
+            raise ParameterError("positions", f": samples of different latent shapes ({sorted({r[2] for r in rows})}) "
                                   "cannot share a batch")
         out = self.cache._read(rows)
         if dtype is not None:
@@ -387,7 +387,7 @@ class CacheSplit:
         """The first ``n`` samples (by key) of the largest latent-shape group: a fixed batch,
         e.g. for a deterministic quality score on the holdout split."""
         if not self._groups:
-            raise ArchsearchError(f"split: the {self.name} split of {self.cache.root} is empty")
+            raise ParameterError("split", f": the {self.name} split of {self.cache.root} is empty")
         g = max(self._groups, key=lambda k: len(self._groups[k]))
         return self.batch(self._groups[g][:n].tolist(), **kw)
 
@@ -396,7 +396,7 @@ class CacheSplit:
         """The batches (positions) of one epoch: each from one latent-shape group, shuffled
         from ``(seed, epoch)``; the same arguments give the same list."""
         if batch_size < 1:
-            raise ArchsearchError(f"batch_size: bad value {batch_size} (allowed: an integer >= 1)")
+            raise ParameterError("batch_size", f": bad value {batch_size} (allowed: an integer >= 1)")
         out: list[list[int]] = []
         for gi, idx in enumerate(self._groups.values()):
             if shuffle:
@@ -435,10 +435,10 @@ class CacheSplit:
         """
         per = self.batches_per_epoch(batch_size, drop_last)
         if per == 0:
-            raise ArchsearchError(f"batch_size: {batch_size} is larger than every latent-shape group of the "
+            raise ParameterError("batch_size", f": {batch_size} is larger than every latent-shape group of the "
                                   f"{self.name} split ({len(self)} samples in {self.cache.root})")
         if start < 0:
-            raise ArchsearchError(f"start: bad value {start} (allowed: an integer >= 0)")
+            raise ParameterError("start", f": bad value {start} (allowed: an integer >= 0)")
         e, skip = divmod(start, per)
         while epochs is None or e < epochs:
             for positions in self.epoch(batch_size, seed, e, shuffle, drop_last)[skip:]:

@@ -1,15 +1,12 @@
-"""ExecuTorch pieces of the ``xnnpack`` target (the backend is ``_backends.ExecuTorchBackend``).
+"""ExecuTorch: a module lowered to an ExecuTorch program with XNNPACK delegation, the CPU
+runtime Android and iOS apps ship.
 
-Blocks timed by ExecuTorch's XNNPACK runtime: the CPU runtime Android and iOS apps ship.
-
-Target ``xnnpack``. Each block is exported with ``torch.export``, lowered with
-``to_edge_transform_and_lower`` and the XNNPACK partitioner, serialised to a ``.pte`` program
-and run by ``executorch.runtime`` on this CPU, with the XNNPACK thread pool set to the table's
-thread count. Before it is timed, each program's output is compared with the torch block's
-(a row notes a mismatch), and the row says how many of the program's operators XNNPACK took
-(``xnnpack 7/7 ops``; the others run in ExecuTorch's portable kernels, as they would on a
-phone). ``export_dir`` keeps every ``.pte`` program, to time on a device with ExecuTorch's
-own runner.
+The module is exported with ``torch.export``, lowered with ``to_edge_transform_and_lower`` and
+the XNNPACK partitioner, serialised to a ``.pte`` program, loaded back by
+``executorch.runtime`` and run once on the example inputs against torch
+(:func:`lower_and_check`); the result says how many of the program's operators XNNPACK took
+(the others run in ExecuTorch's portable kernels, as they would on a phone). The latency
+stage times such programs (target ``xnnpack``); registered as the export format ``pte``.
 
 Needs the optional dependency: ``pip install 'archsearch[executorch]'`` (``executorch``,
 which works with the pinned torch).
@@ -24,10 +21,17 @@ from typing import Any
 
 import torch
 
-from archsearch.cost.latency._errors import ParameterError
+from archsearch.errors import ParameterError
+from archsearch.export._inputs import model_inputs
+from archsearch.export._registry import ExportOptions, ExportResult, NumericCheck, register_format
+from archsearch.model import ArchUNet
 
-__all__ = ["LoweredProgram", "executorch_available", "export_pte", "lower_and_check", "lower_to_xnnpack",
+__all__ = ["PTE_TOLERANCE", "LoweredProgram", "executorch_available", "lower_and_check", "lower_to_xnnpack",
            "need_executorch", "write_pte"]
+
+#: largest relative difference (to the largest torch output) an ExecuTorch program may show
+#: against torch: both compute in float32, so anything above rounding is a lowering bug
+PTE_TOLERANCE = 1e-3
 
 
 def executorch_available() -> bool:
@@ -121,17 +125,20 @@ def write_pte(pte: bytes, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, pte)
 
 
-def export_pte(source: Any, path: str | os.PathLike, batch: int = 1) -> dict[str, Any]:
-    """A whole UNet (a candidate, random weights, or a built/loaded ``ArchUNet``) as an
-    ExecuTorch program with XNNPACK delegation at ``path`` (written to a temporary file, then
-    renamed). The program is loaded back and run once against torch; returns ``ops``,
-    ``delegated``, ``max_rel_error`` and ``bytes``."""
-    from archsearch.cost.latency._measure import model_inputs
-    from archsearch.model import ArchUNet, build_model
-
+@register_format("pte", suffix=".pte", activity="lowering {source} to ExecuTorch (XNNPACK)")
+def _export_pte(model: ArchUNet, path: Path, options: ExportOptions, name: str) -> ExportResult:
+    """The ``pte`` format: ``model`` as an ExecuTorch program with XNNPACK delegation at
+    ``path`` (written to a temporary file, then renamed). The program is always loaded back
+    and run once against torch (``options.check`` does not turn that off)."""
     need_executorch()
-    model = source if isinstance(source, ArchUNet) else build_model(source)
-    model = model.eval()
-    low = lower_and_check(model, model_inputs(model.candidate, batch))
+    low = lower_and_check(model.eval(), model_inputs(model.candidate, options.batch))
     write_pte(low.pte, path)
-    return {"ops": low.total, "delegated": low.delegated, "max_rel_error": low.max_rel_error, "bytes": len(low.pte)}
+    tolerance = PTE_TOLERANCE if options.tolerance is None else options.tolerance
+    err = low.max_rel_error
+    check = NumericCheck(done=True, ok=err < tolerance, max_rel_error=err, tolerance=tolerance, how="runtime")
+    problem = "" if check.ok else f"{path}: the program differs from torch (max relative error {err:.2g})"
+    return ExportResult("pte", path, model.candidate.id,
+                        f"(ExecuTorch program, float32, XNNPACK took {low.delegated}/{low.total} ops; "
+                        f"{len(low.pte) / 2**20:.1f} MiB)", check=check, problem=problem,
+                        details={"ops": low.total, "delegated": low.delegated, "max_rel_error": err,
+                                 "bytes": len(low.pte)})

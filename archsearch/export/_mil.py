@@ -1,8 +1,8 @@
 """What a converted Core ML program runs, read from its MIL program (works on Linux).
 
-* :func:`mil_ops` lists the program's ops as :class:`~archsearch.cost.latency.OpRecord`\\ s
-  (class, multiply-accumulates, bytes moved) for the roofline estimator: the device runs
-  this program, not the torch module it came from.
+* :func:`mil_ops` lists the program's ops as :class:`~archsearch.export.OpRecord`\\ s
+  (class, multiply-accumulates, bytes moved) for the roofline estimator of
+  ``archsearch.cost.latency``: the device runs this program, not the torch module it came from.
 * :func:`run_mil` evaluates the program with numpy (plus torch's convolution kernel), op by
   op, honouring the program's fp16 casts: ``MLModel.predict`` needs macOS, this does not.
   It covers the ops archsearch's blocks convert to; a program with another op raises
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from archsearch.cost.latency._devices import OpRecord, einsum_macs
+from archsearch.export._ops import OpRecord, einsum_macs
 
 __all__ = ["UnsupportedMILOp", "mil_ops", "off_ane_ops", "run_mil"]
 

@@ -6,7 +6,9 @@ loads one item at a time (:meth:`Source.load`) -- in a ``DataLoader`` worker -- 
 :class:`Loaded` picture or clip. A sample that cannot be used raises :class:`BadSample` with a
 short reason; the pass counts it and goes on.
 
-Formats (:func:`open_source` picks one from the path, or ``format=`` names it):
+Formats (:func:`open_source` picks one from the path, or ``format=`` names it; a format is a
+:class:`Source` subclass registered under its name with :func:`register_source`, and
+:data:`SOURCES` maps every name to its class):
 
 * ``imagefolder`` -- a folder of pictures (searched recursively) with captions in
   ``metadata.jsonl`` / ``metadata.csv`` (Hugging Face ``imagefolder``: ``file_name`` + a text
@@ -22,6 +24,11 @@ Formats (:func:`open_source` picks one from the path, or ``format=`` names it):
   decoded with PyAV and sampled to ``frames`` frames at ``fps``.
 * ``prompts`` -- a text file, one prompt a line (teacher-generated data). Key: a hash of the
   prompt (plus its occurrence number), so reordering the file keeps every key.
+
+A new format: subclass :class:`Source` (``items`` and ``load``; ``open`` when it takes options
+or a path that is not a file or folder), decorate it with ``@register_source("name")``; then
+``prepare(path, ..., format="name")`` reads it, and ``prepare(MySource(...), ...)`` takes an
+instance directly.
 """
 
 from __future__ import annotations
@@ -35,19 +42,21 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from archsearch.errors import ArchsearchError
+from archsearch.errors import ArchsearchError, ParameterError
 
 __all__ = [
     "FORMATS",
+    "SOURCES",
     "BadSample",
     "Item",
     "Loaded",
     "Source",
     "open_source",
+    "register_source",
 ]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -57,7 +66,6 @@ WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TEXT_COLUMNS = ("text", "caption", "prompt", "captions", "txt")
 KEY_COLUMNS = ("key", "__key__", "id", "file_name")
 IMAGE_COLUMNS = ("image", "jpg", "png", "webp", "img")
-FORMATS = ("imagefolder", "webdataset", "datasets", "parquet", "video", "prompts")
 #: picture modes that convert to RGB without losing meaning; others (16-bit, float) are refused
 _MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"}
 
@@ -173,13 +181,27 @@ def decode_video(path: str | os.PathLike, frames: int, fps: float | None) -> np.
 
 
 class Source(abc.ABC):
-    """A data set: lists its samples once (:meth:`items`) and loads one (:meth:`load`)."""
+    """A data set: lists its samples once (:meth:`items`) and loads one (:meth:`load`).
+
+    ``format`` is the name it is registered under (:func:`register_source`); ``kind`` is
+    ``image``, ``video`` or ``prompts``. A source travels to ``DataLoader`` workers by pickle.
+    """
 
     format: str = ""
     kind: str = "image"  # image | video | prompts
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+
+    @classmethod
+    def open(cls, spec: str, **options: Any) -> "Source":
+        """The source at ``spec`` (the user's path) with ``prepare``'s reading options
+        (``frames``, ``fps``, ``image_column``, ``caption_column``, ``split``; take the ones that
+        apply). By default: an existing file or folder, ``cls(path)``."""
+        p = Path(spec).expanduser()
+        if not p.exists():
+            raise ParameterError("source", f": {spec}: no such file or folder")
+        return cls(p)
 
     @abc.abstractmethod
     def items(self) -> list[Item]:
@@ -287,6 +309,25 @@ class FolderSource(Source):
         return d
 
 
+class ImageFolderSource(FolderSource):
+    """``imagefolder``: pictures in a folder."""
+
+    @classmethod
+    def open(cls, spec: str, *, caption_column: str | None = None, **_: Any) -> Source:
+        p = super().open(spec).path
+        return cls(p, "image", caption_column=caption_column)
+
+
+class VideoFolderSource(FolderSource):
+    """``video``: clips in a folder, ``frames`` frames ``1/fps`` s apart."""
+
+    @classmethod
+    def open(cls, spec: str, *, frames: int = 1, fps: float | None = None, caption_column: str | None = None,
+             **_: Any) -> Source:
+        p = super().open(spec).path
+        return cls(p, "video", frames=frames, fps=fps, caption_column=caption_column)
+
+
 # --------------------------------------------------------------------------- webdataset
 
 
@@ -308,12 +349,17 @@ class WebDatasetSource(Source):
         self.urls = [str(Path(u).expanduser()) for u in urls]
         for u in self.urls:
             if not Path(u).is_file():
-                raise ArchsearchError(f"source: {u}: no such shard (allowed: local .tar files, e.g. data-{{00000..00099}}.tar)")
+                raise ParameterError("source", f": {u}: no such shard (allowed: local .tar files, e.g. data-{{00000..00099}}.tar)")
             if not u.endswith(".tar"):
-                raise ArchsearchError(f"source: {u}: not an uncompressed .tar shard (allowed: .tar)")
+                raise ParameterError("source", f": {u}: not an uncompressed .tar shard (allowed: .tar)")
         if not self.urls:
-            raise ArchsearchError(f"source: {self.spec}: no .tar shards")
+            raise ParameterError("source", f": {self.spec}: no .tar shards")
         self.caption_column = caption_column
+
+    @classmethod
+    def open(cls, spec: str, *, caption_column: str | None = None, **_: Any) -> Source:
+        """Shards named by a brace pattern (``data-{00000..00099}.tar``), a ``.tar`` or a folder of them."""
+        return cls(spec if "{" in spec else str(Path(spec).expanduser()), caption_column)
 
     def items(self) -> list[Item]:
         from webdataset.tariterators import base_plus_ext
@@ -336,7 +382,7 @@ class WebDatasetSource(Source):
                             order.append(prefix)
                         groups[prefix][suffix.lower()] = (m.offset_data, m.size)
             except (tarfile.TarError, OSError) as exc:
-                raise ArchsearchError(f"source: {url}: not a readable tar file ({exc})") from None
+                raise ParameterError("source", f": {url}: not a readable tar file ({exc})") from None
             for key in order:
                 ref = (si, groups[key])
                 if key in seen:  # counted as a bad sample when loaded
@@ -390,12 +436,12 @@ class WebDatasetSource(Source):
 def _pick(columns: Sequence[str], wanted: str | None, defaults: Sequence[str], what: str, where: str) -> str:
     if wanted is not None:
         if wanted not in columns:
-            raise ArchsearchError(f"{what}: {wanted!r} is not a column of {where} (allowed: {', '.join(columns)})")
+            raise ParameterError(what, f": {wanted!r} is not a column of {where} (allowed: {', '.join(columns)})")
         return wanted
     for c in defaults:
         if c in columns:
             return c
-    raise ArchsearchError(f"{what}: {where} has none of the columns {', '.join(defaults)} "
+    raise ParameterError(what, f": {where} has none of the columns {', '.join(defaults)} "
                           f"(allowed: name one of {', '.join(columns)})")
 
 
@@ -447,6 +493,11 @@ class HFDatasetSource(Source):
         self.key_column = next((c for c in KEY_COLUMNS if c in cols), None)
         self.__dict__.pop("_hds", None)  # reopened with the image column left undecoded
 
+    @classmethod
+    def open(cls, spec: str, *, split: str | None = None, image_column: str | None = None,
+             caption_column: str | None = None, **_: Any) -> Source:
+        return cls(super().open(spec).path, split, image_column, caption_column)
+
     def _dataset(self) -> Any:
         ds = self.__dict__.get("_hds")
         if ds is None:
@@ -456,12 +507,12 @@ class HFDatasetSource(Source):
             try:
                 ds = datasets.load_from_disk(str(self.path))
             except (FileNotFoundError, OSError, ValueError) as exc:
-                raise ArchsearchError(f"source: {self.path}: not a dataset saved with save_to_disk ({exc})") from None
+                raise ParameterError("source", f": {self.path}: not a dataset saved with save_to_disk ({exc})") from None
             if isinstance(ds, datasets.DatasetDict):
                 names = list(ds)
                 split = self.split or ("train" if "train" in ds else names[0])
                 if split not in ds:
-                    raise ArchsearchError(f"split: {split!r} is not a split of {self.path} (allowed: {', '.join(names)})")
+                    raise ParameterError("split", f": {split!r} is not a split of {self.path} (allowed: {', '.join(names)})")
                 self.split = split
                 ds = ds[split]
             feats = ds.features
@@ -518,15 +569,20 @@ class ParquetSource(Source):
         p = self.path
         self.files = [str(f) for f in (sorted(p.rglob("*.parquet")) if p.is_dir() else [p])]
         if not self.files:
-            raise ArchsearchError(f"source: {p}: no .parquet files")
+            raise ParameterError("source", f": {p}: no .parquet files")
         try:
             cols = list(pq.read_schema(self.files[0]).names)
         except (OSError, ValueError) as exc:
-            raise ArchsearchError(f"source: {self.files[0]}: not a Parquet file ({exc})") from None
+            raise ParameterError("source", f": {self.files[0]}: not a Parquet file ({exc})") from None
         where = f"{self.files[0]}"
         self.image_column = _pick(cols, image_column, IMAGE_COLUMNS, "image_column", where)
         self.caption_column = _pick(cols, caption_column, TEXT_COLUMNS, "caption_column", where)
         self.key_column = next((c for c in KEY_COLUMNS if c in cols), None)
+
+    @classmethod
+    def open(cls, spec: str, *, image_column: str | None = None, caption_column: str | None = None,
+             **_: Any) -> Source:
+        return cls(super().open(spec).path, image_column, caption_column)
 
     def items(self) -> list[Item]:
         import pyarrow.parquet as pq
@@ -537,7 +593,7 @@ class ParquetSource(Source):
             names = pf.schema_arrow.names
             for c in (self.image_column, self.caption_column):
                 if c not in names:
-                    raise ArchsearchError(f"source: {f}: no column {c!r} (allowed: files with the same columns)")
+                    raise ParameterError("source", f": {f}: no column {c!r} (allowed: files with the same columns)")
             cols = [self.caption_column] + ([self.key_column] if self.key_column in names else [])
             start = 0
             for rg in range(pf.num_row_groups):
@@ -582,7 +638,7 @@ class PromptSource(Source):
         try:
             raw = self.path.read_bytes()
         except OSError as exc:
-            raise ArchsearchError(f"source: {self.path}: cannot read ({exc})") from None
+            raise ParameterError("source", f": {self.path}: cannot read ({exc})") from None
         out, seen = [], {}
         for n, line in enumerate(raw.splitlines(), 1):
             if not line.strip():
@@ -596,6 +652,36 @@ class PromptSource(Source):
         return Loaded(item.key, caption_text(item.caption, f"line {item.ref}"))
 
 
+# --------------------------------------------------------------------------- the registry
+
+#: format name -> its :class:`Source` class, in registration order (the built-in ones first)
+SOURCES: dict[str, type[Source]] = {}
+_S = TypeVar("_S", bound=type[Source])
+
+
+def register_source(name: str) -> Callable[[_S], _S]:
+    """Class decorator: register a :class:`Source` subclass as the format ``name`` (what
+    ``prepare(..., format=name)`` and ``archsearch data prepare --format`` select; it is
+    opened with :meth:`Source.open`). A name registered again is replaced."""
+    def deco(cls: _S) -> _S:
+        if not (isinstance(cls, type) and issubclass(cls, Source)):
+            raise TypeError(f"register_source({name!r}): {cls!r} is not a Source subclass")
+        if not cls.__dict__.get("format"):
+            cls.format = name
+        SOURCES[name] = cls
+        return cls
+
+    return deco
+
+
+for _name, _cls in (("imagefolder", ImageFolderSource), ("webdataset", WebDatasetSource),
+                    ("datasets", HFDatasetSource), ("parquet", ParquetSource), ("video", VideoFolderSource),
+                    ("prompts", PromptSource)):
+    register_source(_name)(_cls)
+#: the built-in formats, in the order the docs list them
+FORMATS: tuple[str, ...] = tuple(SOURCES)
+
+
 # --------------------------------------------------------------------------- detection
 
 
@@ -607,10 +693,10 @@ def _detect(p: Path, spec: str) -> str:
             return "parquet"
         if p.suffix in (".txt", ".prompts"):
             return "prompts"
-        raise ArchsearchError(f"source: {p}: cannot tell the format of this file "
+        raise ParameterError("source", f": {p}: cannot tell the format of this file "
                               "(allowed: a .txt prompts file, a .parquet file, .tar shards, or a folder)")
     if not p.is_dir():
-        raise ArchsearchError(f"source: {spec}: no such file or folder")
+        raise ParameterError("source", f": {spec}: no such file or folder")
     if (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists() or (p / "state.json").exists():
         return "datasets"
     names = [f for f in p.rglob("*") if f.is_file()]
@@ -624,12 +710,12 @@ def _detect(p: Path, spec: str) -> str:
         return "video"
     if images:
         return "imagefolder"
-    raise ArchsearchError(f"source: {p}: no pictures, clips, shards, Parquet files or saved dataset found "
+    raise ParameterError("source", f": {p}: no pictures, clips, shards, Parquet files or saved dataset found "
                           f"(allowed formats: {', '.join(FORMATS)})")
 
 
 def open_source(
-    source: str | os.PathLike,
+    source: str | os.PathLike | Source,
     format: str | None = None,  # noqa: A002 - the user's word for it
     frames: int = 1,
     fps: float | None = None,
@@ -637,22 +723,13 @@ def open_source(
     caption_column: str | None = None,
     split: str | None = None,
 ) -> Source:
-    """The reader of ``source`` (format detected unless ``format`` names one of :data:`FORMATS`)."""
+    """The reader of ``source``: a :class:`Source` is returned as it is; a path is opened as
+    the format ``format`` names (one of :data:`SOURCES`), else as the format detected from it."""
+    if isinstance(source, Source):
+        return source
     spec = str(source)
-    p = Path(spec).expanduser()
-    fmt = format or _detect(p, spec)
-    if fmt not in FORMATS:
-        raise ArchsearchError(f"format: bad value {fmt!r} (allowed: {', '.join(FORMATS)})")
-    if fmt == "webdataset":
-        return WebDatasetSource(str(p) if "{" not in spec else spec, caption_column)
-    if not p.exists():
-        raise ArchsearchError(f"source: {spec}: no such file or folder")
-    if fmt == "imagefolder":
-        return FolderSource(p, "image", caption_column=caption_column)
-    if fmt == "video":
-        return FolderSource(p, "video", frames=frames, fps=fps, caption_column=caption_column)
-    if fmt == "datasets":
-        return HFDatasetSource(p, split, image_column, caption_column)
-    if fmt == "parquet":
-        return ParquetSource(p, image_column, caption_column)
-    return PromptSource(p)
+    fmt = format or _detect(Path(spec).expanduser(), spec)
+    if fmt not in SOURCES:
+        raise ParameterError("format", f": bad value {fmt!r} (allowed: {', '.join(SOURCES)})")
+    return SOURCES[fmt].open(spec, frames=frames, fps=fps, image_column=image_column, caption_column=caption_column,
+                             split=split)
