@@ -42,7 +42,7 @@ bench: venv
 # The whole suite (CI runs exactly this): lint, then every test on two cores (pytest-xdist;
 # a test module runs whole on one worker, so its module fixtures are built once).
 test: venv chromium lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 TEST_WORKERS ?= 2
 

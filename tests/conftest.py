@@ -22,6 +22,13 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Nothing a test trains or caches lands in the user's ~/.cache."""
     os.environ.setdefault("ARCHSEARCH_CACHE_DIR", str(tmp_path_factory.mktemp("archsearch-cache")))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        # N workers on N cores: one thread each (and in every process a test starts), or
+        # torch's thread pools spin against each other and a 5 s test takes 25 s
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -38,9 +45,9 @@ def tiny_video_space():
     return load_space(SPACES / "tiny_video.yaml")
 
 
-#: The one tiny built-in teacher of the tests: 30 training steps, 64 captions (trained once per
+#: The one tiny built-in teacher of the tests: 10 steps of 4 samples, 64 captions (trained once per
 #: session and cache folder; ``search_helpers.PROXY`` uses it too).
-TINY_TEACHER = {"train_steps": 30, "width": 32, "data_size": 64}
+TINY_TEACHER = {"train_steps": 10, "width": 32, "batch": 4, "data_size": 64}
 
 #: A proxy run on 8x8 latents against the tiny teacher (see ``tiny_teacher``).
 TINY_PROXY = {

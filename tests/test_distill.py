@@ -45,7 +45,7 @@ proxy:
   steps: 12
   batch: 4
   holdout: 8
-  teacher: {builtin: image, train_steps: 30, width: 32, data_size: 64}
+  teacher: {builtin: image, train_steps: 10, width: 32, batch: 4, data_size: 64}
 """
 
 
@@ -138,7 +138,7 @@ def test_video_shapes_move_as_the_caption_says():
 def test_proxy_config_defaults_and_errors(space):
     p = ProxyConfig.from_space(space)
     assert (p.resolution, p.steps, p.batch, p.holdout) == (8, 12, 4, 8)
-    assert p.teacher == {"builtin": "image", "train_steps": 30, "width": 32, "data_size": 64}
+    assert p.teacher == {"builtin": "image", "train_steps": 10, "width": 32, "batch": 4, "data_size": 64}
     assert ProxyConfig.from_dict({}).teacher == {"builtin": "image"}
     assert ProxyConfig.from_dict(None, kind="video").teacher == {"builtin": "video"}
 

@@ -46,19 +46,14 @@ def flag_errors(flags: dict[str, str]) -> Callable[[F], F]:
     by that flag (``proxy.steps: bad value 0`` → ``--steps: bad value 0``).
 
     ``flags`` maps library parameter names to this command's flags. A
-    :class:`~archsearch.errors.ParameterError` carries its parameter; any other error whose
-    message starts with a mapped parameter (``"<param>:"`` or ``"<param> "``) is reworded the
-    same way. Messages that start with a file name (``FILE:LINE: ...``) are left alone.
+    :class:`~archsearch.errors.ParameterError` carries its parameter, and only those are
+    reworded: no message is parsed, so a file name or a sentence is never mistaken for one.
     """
 
     def reword(exc: ArchsearchError) -> ArchsearchError | None:
         if isinstance(exc, ParameterError):
             flag = flags.get(exc.param)
             return None if flag is None else ArchsearchError(exc.named(flag))
-        msg = str(exc)
-        for param in sorted(flags, key=len, reverse=True):
-            if msg.startswith(param) and msg[len(param):len(param) + 1] in (":", " "):
-                return ArchsearchError(flags[param] + msg[len(param):])
         return None
 
     def deco(fn: F) -> F:
