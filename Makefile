@@ -46,7 +46,7 @@ test: venv chromium lint
 
 TEST_WORKERS ?= 2
 
-# The edit loop: no slow or browser tests (a minute or two).
+# The edit loop: no slow or browser tests (2 minutes here).
 test-fast: venv lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow and not browser"
 
