@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -276,6 +277,16 @@ def test_an_objective_with_its_own_state_resumes_exactly(sd, sd_cache, sd_teache
     ckpt = tmp_path / "split" / "checkpoints" / "step-00000003"
     assert torch.load(ckpt / "objective.pt", weights_only=True) == {"seen": 3}
     assert json.loads((ckpt / "state.json").read_text())["settings"]["objective"] == "counting"
+    # another objective cannot pick this run up: one line naming both, nothing trained
+    with pytest.raises(ParameterError, match=r"^resume: .*step-00000003 was trained with the objective "
+                                             r"'counting', this run asks for 'kd'"):
+        train(cand, sd_teacher, sd_cache, replace(cfg, objective="kd"), tmp_path / "split", device="cpu",
+              resume="latest")
+    good = (ckpt / "objective.pt").read_bytes()
+    (ckpt / "objective.pt").write_bytes(good[: len(good) // 2])  # cut short
+    with pytest.raises(ArchsearchError, match=r"objective\.pt: cannot read the objective's state \("):
+        train(cand, sd_teacher, sd_cache, cfg, tmp_path / "split", device="cpu", resume="latest")
+    (ckpt / "objective.pt").write_bytes(good)
     res = train(cand, sd_teacher, sd_cache, cfg, tmp_path / "split", device="cpu", resume="latest")
     assert res.start_step == 3 and res.loss_curve == straight.loss_curve[3:]
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")

@@ -89,7 +89,9 @@ __all__ = ["SUPERNET_VERSION", "Supernet", "SupernetError", "SupernetPlan", "che
            "plan_supernet", "supernet_key"]
 
 #: bump when the supernet's layout or training recipe changes: invalidates cached supernets
-SUPERNET_VERSION = 1
+#: (2: one "largest candidate" ranking, archsearch.candidate.HEAVIER; a space offering e.g.
+#: {self, cross} or [skip, attn1d] had its supernet trained around another largest candidate)
+SUPERNET_VERSION = 2
 #: random candidates added to the covering set (besides the largest and one per option)
 _COVER_SAMPLES = 32
 #: step ``k`` trains the largest candidate when ``k % _LARGEST_EVERY == 0`` (sandwich rule)

@@ -341,6 +341,11 @@ def _restore(run: "_Run", resume: str | os.PathLike | None) -> int:
     if state.get("candidate") not in (None, run.candidate_id):
         raise ParameterError("resume", f": {ckpt} is a checkpoint of candidate {state.get('candidate')}, "
                                        f"not {run.candidate_id}")
+    saved_objective = (state.get("settings") or {}).get("objective", "kd")
+    if saved_objective != run.cfg.objective:
+        raise ParameterError("resume", f": {ckpt} was trained with the objective {saved_objective!r}, this run "
+                                       f"asks for {run.cfg.objective!r} (resume with the same objective, or "
+                                       "start a new --out)")
     run.accelerator.load_state(str(ckpt / "accelerate"))
     sched = run.sched
     if sched is not None and state.get("lr_scheduler"):
@@ -351,8 +356,13 @@ def _restore(run: "_Run", resume: str | os.PathLike | None) -> int:
             shadow.data.copy_(saved[name].to(shadow.device))
         run.ema.optimization_step = int(state.get("ema_step") or 0)
     if (ckpt / OBJECTIVE_STATE).is_file():
-        run.objective.load_state_dict(torch.load(ckpt / OBJECTIVE_STATE, weights_only=True,
-                                                 map_location=run.accelerator.device))
+        try:
+            extra = torch.load(ckpt / OBJECTIVE_STATE, weights_only=True, map_location=run.accelerator.device)
+        except Exception as exc:  # truncated, or not a tensor file: name it, one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ArchsearchError(f"{ckpt / OBJECTIVE_STATE}: cannot read the objective's state ({first}); "
+                                  "resume from an earlier checkpoint") from None
+        run.objective.load_state_dict(extra)
     rng = ckpt / f"rng-{run.accelerator.process_index}.safetensors"
     if rng.is_file():
         _set_rng(load_file(str(rng)))
