@@ -10,7 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "cache_root", "canonical_json", "file_lock", "short_hash"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "cache_root", "canonical_json", "file_lock", "first_line",
+           "short_hash"]
 
 
 def cache_root() -> Path:
@@ -87,3 +88,10 @@ def canonical_json(obj: Any) -> str:
 def short_hash(obj: Any, n: int = 12) -> str:
     """Stable content hash (sha256 of canonical JSON), ``n`` hex digits."""
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:n]
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a
+    one-line error quotes of a library's multi-line one."""
+    s = str(exc).strip()
+    return s.splitlines()[0] if s else type(exc).__name__

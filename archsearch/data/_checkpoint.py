@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from archsearch._util import first_line
 from archsearch.data._text import TextEncoder
 from archsearch.errors import ArchsearchError, ParameterError
 
@@ -28,12 +29,6 @@ __all__ = ["TEXT_ENCODERS", "DiffusersFolder"]
 
 #: the suffixes of the text encoder / tokenizer subfolders, in pipeline order
 TEXT_ENCODERS = ("", "_2", "_3")
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type when it has none)."""
-    s = str(exc)
-    return s.splitlines()[0] if s else type(exc).__name__
 
 
 class DiffusersFolder:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from archsearch._util import atomic_write_text, file_lock
+from archsearch._util import atomic_write_text, file_lock, first_line
 from archsearch.data._cache import (
     CACHE_VERSION,
     INDEX_FILE,
@@ -45,7 +45,7 @@ from archsearch.data._cache import (
     teacher_hash,
     write_shard,
 )
-from archsearch.data._checkpoint import DiffusersFolder, first_line
+from archsearch.data._checkpoint import DiffusersFolder
 from archsearch.data._device import resolve_device
 from archsearch.data._sources import BadSample, Item, Loaded, Source, open_source
 from archsearch.data._text import TextEncoder, offline, sdxl_states

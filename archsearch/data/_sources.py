@@ -46,6 +46,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
+from archsearch._util import first_line
 from archsearch.errors import ArchsearchError, ParameterError
 
 __all__ = [
@@ -137,7 +138,7 @@ def decode_image(data: bytes | str | os.PathLike, what: str = "image") -> Any:
     except UnidentifiedImageError:
         raise BadSample(f"{what} is not a picture PIL can read") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = first_line(exc)
         raise BadSample(f"{what} does not decode ({msg})") from None
 
 
@@ -170,7 +171,7 @@ def decode_video(path: str | os.PathLike, frames: int, fps: float | None) -> np.
     except BadSample:
         raise
     except (av.error.FFmpegError, OSError, ValueError, EOFError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = first_line(exc)
         raise BadSample(f"video does not decode ({msg})") from None
     if not out:
         raise BadSample("video has no decodable frames")

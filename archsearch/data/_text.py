@@ -35,13 +35,18 @@ BUILTIN_CONTEXT_LENGTH = 24
 
 
 def offline() -> None:
-    """Make sure nothing in the Hugging Face stack tries the network, and import
-    ``transformers`` without the deprecation notice torch logs the first time it meets
-    torchao's enums (``torch.utils._pytree``: one stray stderr line in every command that
-    loads a text encoder; a library prints nothing on its own)."""
+    """Make sure nothing in the Hugging Face stack tries the network."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def import_transformers() -> None:
+    """Offline, then import ``transformers`` without the deprecation notice torch logs the first
+    time it meets torchao's enums (``torch.utils._pytree``: one stray stderr line in every
+    command that loads a text encoder; a library prints nothing on its own). Called where an
+    encoder is loaded, so a run that never loads one never pays for the import."""
+    offline()
     import logging
 
     pytree = logging.getLogger("torch.utils._pytree")
@@ -146,7 +151,7 @@ class TextEncoder:
     @property
     def model(self) -> Any:
         if self._model is None:
-            offline()
+            import_transformers()
             from transformers import AutoModel
             from transformers.utils import logging as hf_logging
 

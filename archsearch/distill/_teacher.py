@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from archsearch._util import atomic_write_text, cache_root, canonical_json, file_lock, short_hash
+from archsearch._util import atomic_write_text, cache_root, canonical_json, file_lock, first_line, short_hash
 from archsearch.data import (
     BUILTIN_CONTEXT_LENGTH,
     DiffusersFolder,
@@ -267,7 +267,7 @@ def _load_diffusers(spec: dict[str, Any], kind: str, source: str, device: torch.
     try:
         unet = folder.load_unet()
     except (OSError, ValueError, TypeError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = first_line(exc)
         raise ArchsearchError(f"{where}: cannot load the UNet from {unet_dir} ({msg})") from None
 
     # scheduler: the checkpoint's, else diffusers' DDPM defaults (epsilon)

@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
-from archsearch._util import atomic_write_text
+from archsearch._util import atomic_write_text, first_line
 from archsearch.data import resolve_device, run_data
 from archsearch.distill._config import ProxyConfig
 from archsearch.distill._loop import (
@@ -359,8 +359,7 @@ def _restore(run: "_Run", resume: str | os.PathLike | None) -> int:
         try:
             extra = torch.load(ckpt / OBJECTIVE_STATE, weights_only=True, map_location=run.accelerator.device)
         except Exception as exc:  # truncated, or not a tensor file: name it, one line
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ArchsearchError(f"{ckpt / OBJECTIVE_STATE}: cannot read the objective's state ({first}); "
+            raise ArchsearchError(f"{ckpt / OBJECTIVE_STATE}: cannot read the objective's state ({first_line(exc)}); "
                                   "resume from an earlier checkpoint") from None
         run.objective.load_state_dict(extra)
     rng = ckpt / f"rng-{run.accelerator.process_index}.safetensors"

@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from archsearch._util import first_line
 from archsearch.errors import ArchsearchError, ParameterError
 from archsearch.export._ane_layout import ane_block, ane_model
 from archsearch.export._inputs import PositionalCall, model_inputs
@@ -203,7 +204,7 @@ def convert_module(module: torch.nn.Module, inputs: tuple, compute_units: str = 
                 config = OptimizationConfig(global_config=OpPalettizerConfig(nbits=palettize, mode="kmeans"))
                 mlmodel = palettize_weights(mlmodel, config)
     except Exception as exc:  # noqa: BLE001 - any converter failure is a result, not a crash
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        first = first_line(exc)
         return ConversionResult(ok=False, error=f"{exc.__class__.__name__}: {first}"[:200],
                                 seconds=time.perf_counter() - t0, layout=layout)
     program = mlmodel._mil_program

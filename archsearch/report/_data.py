@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from archsearch._util import first_line
 from archsearch.errors import ArchsearchError
 
 __all__ = [
@@ -185,7 +186,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise ArchsearchError(f"{path}: empty file (expected a header row)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc)
         raise ArchsearchError(f"{path}: not a readable CSV ({msg})") from None
 
 

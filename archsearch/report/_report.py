@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from archsearch._util import atomic_write_text
+from archsearch._util import atomic_write_text, first_line
 from archsearch.errors import ArchsearchError, ParameterError
 from archsearch.pareto import default_reference, hypervolume, to_losses
 from archsearch.report import _compute as C
@@ -402,7 +402,7 @@ def write_pngs(figures: dict[str, Any], out_dir: str | os.PathLike, scale: float
     except Exception as exc:  # kaleido: no browser, or it died
         for t in tmp:
             t.unlink(missing_ok=True)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ArchsearchError(f"png: static pictures need Chrome or Chromium for kaleido (on Debian: apt-get "
                               f"install chromium): {first}") from None
     for t, p in zip(tmp, final):

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from archsearch._util import first_line
 from archsearch.errors import ParameterError
 
 if TYPE_CHECKING:
@@ -446,7 +447,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     except ImportError as exc:
         raise ParameterError("storage", f"{url!r}: needs a database driver that is not installed ({exc})") from None
     except Exception as exc:  # sqlalchemy errors: bad URL, unreachable server
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ParameterError("storage", f"{url!r}: cannot open ({first})") from None
 
 

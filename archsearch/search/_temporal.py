@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from archsearch._util import first_line
 from archsearch.errors import ArchsearchError
 from archsearch.search._objective import TrialContext
 from archsearch.search._progress import Progress
@@ -179,7 +180,7 @@ def describe_backbone(space: Any, proxy: Any, backbone: str | None = None) -> Ba
     try:
         cand = Candidate.from_dict(json.loads(cfg.read_text()).get("candidate"), str(cfg))
     except (ValueError, AttributeError, ArchsearchError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         space.fail(("search", "backbone"), value, allowed, message=f"{cfg}: cannot read its candidate ({first})")
     return Backbone(cand, str(folder), path=folder)
 
