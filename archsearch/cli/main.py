@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 # Each group module defines register(app). Order = order in --help.
-_GROUPS = ("init", "space", "profile", "export", "run", "report", "train", "generate", "data")
+_GROUPS = ("init", "space", "profile", "export", "run", "report", "train", "fewstep", "generate", "eval", "data")
 for _name in _GROUPS:
     try:
         _mod = importlib.import_module(f"archsearch.cli.{_name}")
