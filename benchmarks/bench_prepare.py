@@ -13,9 +13,17 @@ captions, then
 and prints images/s and the overhead: prepare time - VAE time - text time, as a fraction of the
 VAE time. Target (issue 9): decode + I/O + writing overhead <= 20% of the VAE's time.
 
+It also times the shard checksums (issue 24): checking every shard of the cache once (what a
+run reading the cache does once per shard per process, and a resumed prepare for the shards on
+disk) as MB/s and as a fraction of the prepare time. With ``--processes N`` it runs the same
+pass again under ``torchrun --nproc-per-node N`` (``archsearch data prepare``, shard i to
+process i mod N; one GPU each with ``--device cuda``), prints its time and speed-up, and checks
+that its shards are byte for byte those of the one-process pass.
+
     python benchmarks/bench_prepare.py                          # 256 px, 64 pictures, full-size VAE
     python benchmarks/bench_prepare.py --tiny                   # a seconds-long check that it runs
     python benchmarks/bench_prepare.py --n 256 --batch 16 --workers 2 --threads 2 --device cuda
+    python benchmarks/bench_prepare.py --n 1024 --device cuda --processes 8   # 8 GPUs
 
 Run it on a quiet machine: the VAE dominates and shares the cores with the decoding workers.
 """
@@ -24,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--processes", type=int, default=1, help="also run the pass under torchrun with N processes")
     ap.add_argument("--out", default=None, help="write the figures as JSON")
     args = ap.parse_args(argv)
     res = args.resolution or (64 if args.tiny else 256)
@@ -82,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from archsearch.data import DecodeDataset, TeacherEncoders, open_source, prepare
+    from archsearch.data import DecodeDataset, LatentCache, TeacherEncoders, open_source, prepare
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,10 +102,33 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = build_checkpoint(tmp / "ckpt", args.tiny)
         write_pictures(tmp / "pics", n, res)
 
+        shard_size = max(args.batch, 256) if args.processes == 1 else max(args.batch, n // (2 * args.processes))
         t0 = time.perf_counter()
         result = prepare(tmp / "pics", ckpt, tmp / "cache", resolution=res, workers=args.workers, batch=args.batch,
-                         shard_size=max(args.batch, 256), holdout=0.0, device=args.device)
+                         shard_size=shard_size, holdout=0.0, device=args.device)
         t_prepare = time.perf_counter() - t0
+
+        # the checksums: every shard read and hashed once, as a reader does
+        shards = [(tmp / "cache" / s["file"], s) for s in result.index["shards"]]
+        t0 = time.perf_counter()
+        LatentCache.open(tmp / "cache").verify()
+        t_verify = time.perf_counter() - t0
+        cache_mb = sum(s["bytes"] for _p, s in shards) / 2**20
+
+        t_multi = None
+        if args.processes > 1:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                   str(args.processes), "-m", "archsearch.cli.main", "data", "prepare", str(tmp / "pics"),
+                   "--teacher", str(ckpt), "--out", str(tmp / "multi"), "--resolution", str(res), "--workers",
+                   str(args.workers), "--batch", str(args.batch), "--shard-size", str(shard_size), "--holdout", "0",
+                   "--device", args.device]
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            if args.threads:
+                env["OMP_NUM_THREADS"] = str(args.threads)
+            t0 = time.perf_counter()
+            subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+            t_multi = time.perf_counter() - t0
+            same = all((tmp / "multi" / s["file"]).read_bytes() == p.read_bytes() for p, s in shards)
 
         # the same batches of the same crops through the VAE alone, and the captions through CLIP
         src = open_source(tmp / "pics")
@@ -126,13 +160,23 @@ def main(argv: list[str] | None = None) -> int:
         "prepare_images_per_s": round(n / t_prepare, 2), "vae_images_per_s": round(n / t_vae, 2),
         "overhead_s": round(overhead, 3), "overhead_vs_vae": round(overhead / t_vae, 3),
         "samples": result.n_samples, "skipped": result.n_skipped,
+        "cache_mb": round(cache_mb, 2), "verify_s": round(t_verify, 4),
+        "verify_mb_per_s": round(cache_mb / max(t_verify, 1e-9), 1), "verify_vs_prepare": round(t_verify / t_prepare, 4),
     }
+    if t_multi is not None:
+        figures.update(processes=args.processes, multi_s=round(t_multi, 3), speedup=round(t_prepare / t_multi, 2),
+                       multi_bytes_equal=same)
     print(f"prepare: {n} pictures at {res} px in {t_prepare:.2f} s = {n / t_prepare:.2f} images/s "
           f"(batch {args.batch}, {args.workers} workers, {torch.get_num_threads()} threads, {args.device})")
     print(f"VAE encode alone on the same batches: {t_vae:.2f} s = {n / t_vae:.2f} images/s; "
           f"text encoder alone: {t_text:.2f} s")
     print(f"overhead (decode + resize + I/O + writing + start-up): {overhead:.2f} s = "
           f"{100 * overhead / t_vae:.1f}% of the VAE's time (target <= 20%)")
+    print(f"checksums: every shard of the {cache_mb:.1f} MB cache checked in {t_verify:.3f} s "
+          f"({cache_mb / max(t_verify, 1e-9):.0f} MB/s) = {100 * t_verify / t_prepare:.2f}% of the prepare time")
+    if t_multi is not None:
+        print(f"{args.processes} processes (torchrun, incl. start-up): {t_multi:.2f} s = {t_prepare / t_multi:.2f}x "
+              f"the one-process pass; shards byte for byte equal: {same}")
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2))
     return 0

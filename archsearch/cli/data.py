@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 
-from archsearch.cli._common import console, flag_errors, user_errors
+from archsearch.cli._common import console, flag_errors, progress_bars, user_errors
 
 #: The library's parameter names -> this command's flags (errors are reworded with them).
 FLAGS = {
@@ -41,46 +41,6 @@ def _prepare(*args: Any, **kw: Any) -> Any:
     from archsearch.data import prepare
 
     return prepare(*args, **kw)
-
-
-def _bars():  # noqa: ANN202
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.fields[phase]:<7}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"),
-                    console=console, transient=False)
-
-
-class _Bars:
-    """``progress(phase, description, done, total)`` -> one rich task per phase; the bars start
-    on the first report, so an error before any work prints only its own line."""
-
-    def __init__(self) -> None:
-        self.progress: Any = None
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> "_Bars":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-    def __call__(self, phase: str, desc: str, done: int, total: int) -> None:
-        if self.progress is None:
-            self.progress = _bars()
-            self.progress.start()
-        if phase not in self.tasks:
-            self.tasks[phase] = self.progress.add_task(escape(desc), total=max(total, 1), phase=phase,
-                                                       completed=done)
-        self.progress.update(self.tasks[phase], completed=done, total=max(total, 1), description=escape(desc))
 
 
 def register(app: typer.Typer) -> None:
@@ -118,26 +78,54 @@ def register(app: typer.Typer) -> None:
         """Encode SOURCE with the teacher's VAE and text encoders into a sharded cache in OUT.
 
         Resumable: after a crash or kill -9, the same command continues where it stopped (no
-        shard lost or half-written, nothing encoded twice). Bad files are skipped and counted.
+        shard lost or half-written, nothing encoded twice); it also checks every shard on disk
+        against its checksum and encodes a damaged one again. Bad files, symlinks out of SOURCE
+        and metadata rows naming no file in it are skipped and counted.
+
+        Several GPUs or nodes: run it under torchrun or accelerate launch (OUT on a folder
+        every node mounts); process r of N encodes the shards i with i % N == r.
 
         Examples:
-          archsearch data prepare photos/ --teacher ckpt/sd15 --out cache/photos --resolution 512
-          archsearch data prepare 'shards/data-{00000..00099}.tar' --teacher ckpt/sdxl --out cache/wds --workers 8
-          archsearch data prepare clips/ --teacher ckpt/t2v --out cache/clips --frames 16 --fps 8
-          archsearch data prepare prompts.txt --teacher ckpt/sd15 --out cache/gen --steps 25 --guidance 7.5
+
+          archsearch data prepare photos/ --teacher ckpt/sd15 --out cache/photos
+
+          archsearch data prepare 'shards/{00000..00099}.tar' --teacher ckpt/sdxl \\
+              --out cache/wds --workers 8
+
+          archsearch data prepare clips/ --teacher ckpt/t2v --out cache/clips \\
+              --frames 16 --fps 8
+
+          archsearch data prepare prompts.txt --teacher ckpt/sd15 --out cache/gen \\
+              --steps 25 --guidance 7.5
+
+          torchrun --nproc-per-node 8 -m archsearch.cli.main data prepare photos/ \\
+              --teacher ckpt/sd15 --out cache/photos
         """
-        with _Bars() as bars:
+        with progress_bars() as bars:
             res = _prepare(source, teacher, out, resolution=resolution, frames=frames, fps=fps, crop=crop,
                            buckets=buckets, workers=workers, batch=batch, shard_size=shard_size, holdout=holdout,
                            seed=seed, dtype=dtype, device=device, format=format, image_column=image_column,
                            caption_column=caption_column, split=split, steps=steps, guidance=guidance,
                            progress=bars)
+        if res.rank != 0:  # one of several processes (torchrun / accelerate launch): the first one reports
+            return
         ix = res.index
-        console.print(f"{res.n_samples} samples in {escape(str(res.out))} ({ix['n_holdout']} holdout), "
-                      f"{res.n_skipped} skipped; encoded {res.encoded} this run in {res.wall_time_s:.1f} s "
-                      f"({res.samples_per_s:.1f}/s); latents {ix['latent_shape']}, text "
-                      f"{ix['context_length']}x{ix['context_dim']}, teacher {ix['teacher_hash']}")
+        if ix["n_holdout"]:
+            held = f"{ix['n_holdout']} holdout"
+        else:
+            held = "0 holdout: quality will be scored on training samples; raise --holdout to keep some apart"
+        if res.encoded:
+            by = f" by {res.world} processes" if res.world > 1 else ""
+            work = (f"encoded {res.encoded} this run{by} at {res.samples_per_s:.1f} samples/s "
+                    f"({res.encode_time_s:.1f} s encoding, {res.wall_time_s:.1f} s in all)")
+        else:
+            work = "nothing left to encode"
+        console.print(f"{res.n_samples} samples in {escape(str(res.out))} ({held}), {res.n_skipped} skipped; "
+                      f"{work}; latents {ix['latent_shape']}, text {ix['context_length']}x{ix['context_dim']}, "
+                      f"teacher {ix['teacher_hash']}", soft_wrap=True)
+        if res.shards_bad:
+            console.print(f"  encoded again {res.shards_bad} shard(s) that failed their check on disk")
         for reason, n in sorted(res.skipped_reasons.items(), key=lambda kv: -kv[1])[:5]:
-            console.print(f"  skipped {n}: {escape(reason)}")
+            console.print(f"  skipped {n}: {escape(reason)}", soft_wrap=True)
         for key, why in ix["skipped"]["first"][:5]:
-            console.print(f"    e.g. {escape(key)}: {escape(why)}")
+            console.print(f"    e.g. {escape(key)}: {escape(why)}", soft_wrap=True)

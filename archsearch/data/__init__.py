@@ -4,11 +4,13 @@ training batches and held-out batch of a run.
 
 * :func:`prepare` (:class:`PrepareResult`) -- ``archsearch data prepare``: a data set encoded
   once with a diffusers teacher's VAE and text encoders (:class:`TeacherEncoders`) into a
-  sharded, resumable latent cache. ``source`` is a path or a :class:`Source`.
+  sharded, resumable, checksummed latent cache; under ``torchrun`` / ``accelerate launch`` the
+  processes share the shards. ``source`` is a path or a :class:`Source`.
 * :class:`Source` -- a data set format (``items``, ``load``), registered by name with
   :func:`register_source` (:data:`SOURCES`; the built-in :data:`FORMATS`); :func:`open_source`
   opens a path as one; :class:`BadSample` -- a sample that is skipped and counted.
-* :class:`LatentCache` (:class:`CacheIndex`, :class:`CacheSplit`) -- the cache's reader;
+* :class:`LatentCache` (:class:`CacheIndex`, :class:`CacheSplit`) -- the cache's reader (it
+  refuses a damaged shard with one line naming it and the command that re-encodes it);
   :func:`is_holdout` -- the holdout split by key hash; :func:`teacher_hash` -- a checkpoint's
   identity; :func:`open_cache_for` -- a cache checked against a teacher.
 * :class:`DiffusersFolder` -- the one reader of a diffusers checkpoint folder (the teacher,

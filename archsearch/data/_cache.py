@@ -21,8 +21,13 @@ ratio buckets are on) -- and named ``FIELD/GROUP``:
 * ``t5_states`` ``(N, L3, D3)``: a third (T5) encoder's states, when the checkpoint has one.
 
 The safetensors metadata ``archsearch`` (JSON) of a shard names its samples per group, the
-run that wrote it and the items it covers. :class:`LatentCache` reads a finished cache:
-``LatentCache.open(DIR).split("train").batches(16, seed=0, start=0)``.
+run that wrote it, the items it covers and ``sha256``: the checksum of its data (the bytes after
+the safetensors header, :func:`shard_checksum`). ``index.json`` lists every shard with that
+checksum and the file's size. :class:`LatentCache` reads a finished cache:
+``LatentCache.open(DIR).split("train").batches(16, seed=0, start=0)``; it checks each shard's
+size when it opens the cache and each shard's checksum the first time a process reads it, and
+refuses a bad shard with one line that names it and the command that re-encodes it
+(``prepare`` checks the shards on disk the same way and encodes only the bad or missing ones).
 
 The holdout split is fixed by a hash of each sample's key (:func:`is_holdout`), so it does not
 move when a data set is re-cut into other shards; within a split samples are ordered by key.
@@ -35,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +49,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from archsearch._util import atomic_write_bytes
+from archsearch._util import atomic_write_bytes, first_line
 from archsearch.errors import ArchsearchError, ParameterError
 
 __all__ = [
@@ -52,6 +58,7 @@ __all__ = [
     "CacheSplit",
     "LatentCache",
     "is_holdout",
+    "shard_checksum",
     "teacher_hash",
 ]
 
@@ -162,8 +169,9 @@ def group_name(shape: Sequence[int]) -> str:
 
 
 def write_shard(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
-    """Write one shard atomically and return its metadata. ``rows``: ``{"key", "latents",
-    "text_states", ...}`` with tensors of one sample each; ``meta``: the rest of the metadata."""
+    """Write one shard atomically and return its metadata (with ``sha256``, the checksum of its
+    data, and ``bytes``, the file's size). ``rows``: ``{"key", "latents", "text_states", ...}``
+    with tensors of one sample each; ``meta``: the rest of the metadata."""
     from safetensors.torch import save
 
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -178,8 +186,74 @@ def write_shard(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any], dt
                     t = t.to(dtype)
                 tensors[f"{f}/{g}"] = t.contiguous().cpu()
     info = {**meta, "version": CACHE_VERSION, "groups": {g: [r["key"] for r in rs] for g, rs in groups.items()}}
-    atomic_write_bytes(path, save(tensors, metadata={"archsearch": json.dumps(info)}))
-    return info
+    # the data section does not depend on the header: serialise, hash it, serialise with the hash
+    info["sha256"] = _data_digest(save(tensors, metadata={"archsearch": json.dumps(info)}))
+    blob = save(tensors, metadata={"archsearch": json.dumps(info)})
+    atomic_write_bytes(path, blob)
+    return {**info, "bytes": len(blob)}
+
+
+def _data_digest(blob: bytes) -> str:
+    """sha256 of a serialised safetensors file's data section (after the 8-byte length and header)."""
+    n = int.from_bytes(blob[:8], "little")
+    return hashlib.sha256(memoryview(blob)[8 + n :]).hexdigest()
+
+
+class BadShard(Exception):
+    """A shard file that cannot be trusted; ``str(exc)`` says why (no path)."""
+
+
+def _data_start(fh: Any) -> int:
+    """Where the data section of an open safetensors file starts; :class:`BadShard` when the
+    file is shorter than its header says."""
+    size = os.fstat(fh.fileno()).st_size
+    head = fh.read(8)
+    if len(head) < 8:
+        raise BadShard(f"{size} bytes: shorter than a safetensors header")
+    n = int.from_bytes(head, "little")
+    if n > size - 8:
+        raise BadShard(f"its header length {n} is larger than the file ({size} bytes)")
+    return 8 + n
+
+
+def shard_checksum(path: str | os.PathLike) -> str:
+    """The sha256 of a shard's data section: every byte after the safetensors header, read in
+    1 MiB blocks (what :func:`write_shard` records as ``sha256``). Raises :class:`BadShard`
+    when the file is shorter than its header says."""
+    with open(path, "rb") as fh:
+        fh.seek(_data_start(fh))
+        h = hashlib.sha256()
+        buf = bytearray(1 << 20)
+        view = memoryview(buf)
+        while k := fh.readinto(buf):
+            h.update(view[:k])
+    return h.hexdigest()
+
+
+def check_shard(path: Path, sha256: str | None, size: int | None = None) -> str | None:
+    """Why the shard at ``path`` is bad (missing, another size than ``size``, a header longer
+    than the file, data that does not match ``sha256``), or ``None`` when it is good. With
+    ``sha256`` None (a cache written before shards had checksums) only the size and the header
+    length are checked."""
+    try:
+        actual = path.stat().st_size
+    except OSError:
+        return "missing"
+    if size is not None and actual != size:
+        return f"{actual} bytes where the index says {size} (truncated or overwritten)"
+    try:
+        if sha256 is None:
+            with open(path, "rb") as fh:
+                _data_start(fh)
+            return None
+        got = shard_checksum(path)
+    except BadShard as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot read it ({first_line(exc)})"
+    if got != sha256:
+        return "its data does not match the checksum written with it (the file changed after prepare wrote it)"
+    return None
 
 
 def read_shard_meta(path: Path) -> dict[str, Any] | None:
@@ -189,9 +263,25 @@ def read_shard_meta(path: Path) -> dict[str, Any] | None:
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = (fh.metadata() or {}).get("archsearch")
-            return json.loads(meta) if meta else None
+            info = json.loads(meta) if meta else None
+            return info if isinstance(info, dict) else None
     except Exception:  # noqa: BLE001 - any unreadable file is "not a shard"
         return None
+
+
+def repair_hint(root: Path) -> str:
+    """How to re-encode a cache's bad shards: the prepare command that made it (``command`` in
+    its ``prepare.json``, with ``--out`` where the cache is now), which checks every shard and
+    encodes only the bad or missing ones."""
+    try:
+        words = json.loads((Path(root) / STATE_FILE).read_text(encoding="utf-8")).get("command")
+    except (OSError, ValueError, AttributeError):
+        words = None
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words) or not words:
+        return ("to repair, run the archsearch data prepare that made it again (same source, teacher, --out and "
+                "settings): it re-encodes only the bad shards")
+    cmd = " ".join(shlex.quote(w) for w in [*words, "--out", str(root)])
+    return f"to repair, run {cmd} (it re-encodes only the bad shards)"
 
 
 # --------------------------------------------------------------------------- reader
@@ -250,18 +340,34 @@ class CacheIndex:
         )
 
 
-class LatentCache:
-    """A finished latent cache. ``LatentCache.open(dir)``; :attr:`index`; :meth:`split`."""
+#: shards whose checksum this process has checked: (path, size, mtime_ns, sha256)
+_VERIFIED: set[tuple[str, int, int, str]] = set()
 
-    def __init__(self, root: Path, index: CacheIndex, samples: list[tuple[str, int, str, int]]) -> None:
+
+class LatentCache:
+    """A finished latent cache. ``LatentCache.open(dir)``; :attr:`index`; :meth:`split`.
+
+    Every shard is checked before it is read: its size when the cache is opened, its checksum
+    (``sha256`` in the index) the first time this process reads from it (once per shard per
+    process; a shard changed on disk since is checked again). A bad shard raises one
+    :class:`~archsearch.errors.ArchsearchError` naming it and the prepare command that
+    re-encodes it. ``verify=False`` skips the checksums (the size and header checks stay);
+    :meth:`verify` checks every shard at once.
+    """
+
+    def __init__(self, root: Path, index: CacheIndex, samples: list[tuple[str, int, str, int]],
+                 shards: dict[int, dict[str, Any]] | None = None, verify: bool = True) -> None:
         self.root = root
         self.index = index
         self._samples = samples  # (key, shard, group, row), in key order
+        self._shards = shards or {}  # shard -> its index entry (file, sha256, bytes)
+        self.checksums = bool(verify)  # check each shard's checksum on its first read
         self._handles: OrderedDict[int, Any] = OrderedDict()
 
     @classmethod
-    def open(cls, root: str | os.PathLike) -> "LatentCache":
-        """Open the cache in ``root``; a one-line error when it is missing or unfinished."""
+    def open(cls, root: str | os.PathLike, verify: bool = True) -> "LatentCache":
+        """Open the cache in ``root``; a one-line error when it is missing, unfinished, or a
+        shard is missing or has another size than the index says (see the class docs)."""
         root = Path(root).expanduser()
         path = root / INDEX_FILE
         if not path.is_file():
@@ -271,19 +377,32 @@ class LatentCache:
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ArchsearchError(f"{path}: cannot read the cache index ({exc})") from None
-        if d.get("version") != CACHE_VERSION:
-            raise ArchsearchError(f"{path}: version: {d.get('version')!r} is not supported (allowed: {CACHE_VERSION}; "
+            raise ArchsearchError(f"{path}: cannot read the cache index ({first_line(exc)})") from None
+        if not isinstance(d, dict) or d.get("version") != CACHE_VERSION:
+            version = d.get("version") if isinstance(d, dict) else None
+            raise ArchsearchError(f"{path}: version: {version!r} is not supported (allowed: {CACHE_VERSION}; "
                                   "prepare the data again)")
-        samples = []
-        for s in d["shards"]:
-            for g, keys in s["groups"].items():
-                samples += [(k, int(s["shard"]), g, r) for r, k in enumerate(keys)]
-        samples.sort(key=lambda x: x[0])
-        for s in d["shards"]:
-            if not (root / s["file"]).is_file():
-                raise ArchsearchError(f"{root / s['file']}: missing shard of the cache {root}")
-        return cls(root, CacheIndex.from_dict(d), samples)
+        try:
+            samples = []
+            shards: dict[int, dict[str, Any]] = {}
+            for s in d["shards"]:
+                shards[int(s["shard"])] = s
+                for g, keys in s["groups"].items():
+                    samples += [(str(k), int(s["shard"]), str(g), r) for r, k in enumerate(keys)]
+            samples.sort(key=lambda x: x[0])
+            index = CacheIndex.from_dict(d)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ArchsearchError(f"{path}: not a valid cache index ({type(exc).__name__}: {first_line(exc)}; "
+                                  "prepare the data again)") from None
+        for i, s in shards.items():
+            file = shard_path(root, i)
+            if not file.is_file():
+                raise ArchsearchError(f"{file}: missing shard of the cache {root}; {repair_hint(root)}")
+            size = s.get("bytes")
+            if size is not None and file.stat().st_size != size:
+                raise _bad_shard(root, file, f"{file.stat().st_size} bytes where the index says {size} "
+                                 "(truncated or overwritten)")
+        return cls(root, index, samples, shards, verify)
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -327,7 +446,12 @@ class LatentCache:
 
         fh = self._handles.get(shard)
         if fh is None:
-            fh = safe_open(str(shard_path(self.root, shard)), framework="pt")
+            path = shard_path(self.root, shard)
+            self._check(shard, path)
+            try:
+                fh = safe_open(str(path), framework="pt")
+            except Exception as exc:  # noqa: BLE001 - safetensors' own errors: name the shard, one line
+                raise _bad_shard(self.root, path, f"not a readable safetensors file ({first_line(exc)})") from None
             self._handles[shard] = fh
             if len(self._handles) > 64:
                 self._handles.popitem(last=False)
@@ -335,18 +459,52 @@ class LatentCache:
             self._handles.move_to_end(shard)
         return fh
 
+    def verify(self) -> None:
+        """Check every shard now (size, header, checksum; e.g. after copying a cache to another
+        machine) instead of on its first read; the one-line error of the first bad one."""
+        for shard in sorted(self._shards):
+            self._check(shard, shard_path(self.root, shard), force=True)
+
+    def _check(self, shard: int, path: Path, force: bool = False) -> None:
+        """The shard's size, header and (with :attr:`checksums`) checksum, once per process."""
+        entry = self._shards.get(shard, {})
+        want = entry.get("sha256") if self.checksums or force else None
+        try:
+            st = path.stat()
+        except OSError:
+            raise ArchsearchError(f"{path}: missing shard of the cache {self.root}; {repair_hint(self.root)}") from None
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, str(want))
+        if key in _VERIFIED:
+            return
+        why = check_shard(path, want, entry.get("bytes"))
+        if why is not None:
+            raise _bad_shard(self.root, path, why)
+        _VERIFIED.add(key)
+
     def _read(self, rows: Sequence[tuple[str, int, str, int]]) -> dict[str, torch.Tensor]:
         out: dict[str, list[torch.Tensor]] = {}
-        for _key, shard, g, r in rows:
+        for key, shard, g, r in rows:
             fh = self._handle(shard)
+            names = fh.keys()
+            if f"latents/{g}" not in names:
+                raise _bad_shard(self.root, shard_path(self.root, shard), f"no tensor latents/{g} (the index lists "
+                                 f"{key} in it)")
             for f in FIELDS:
                 name = f"{f}/{g}"
-                if name in fh.keys():
-                    out.setdefault(f, []).append(fh.get_slice(name)[r : r + 1])
+                if name in names:
+                    try:
+                        out.setdefault(f, []).append(fh.get_slice(name)[r : r + 1])
+                    except Exception as exc:  # noqa: BLE001 - safetensors' own errors: name the shard, one line
+                        raise _bad_shard(self.root, shard_path(self.root, shard),
+                                         f"cannot read {name} ({first_line(exc)})") from None
         return {f: torch.cat(ts) for f, ts in out.items()}
 
     def __getstate__(self) -> dict[str, Any]:  # open handles stay in their process
         return {**self.__dict__, "_handles": OrderedDict()}
+
+
+def _bad_shard(root: Path, path: Path, why: str) -> ArchsearchError:
+    return ArchsearchError(f"{path}: bad shard of the cache {root}: {why}; {repair_hint(root)}")
 
 
 class CacheSplit:

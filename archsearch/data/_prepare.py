@@ -11,16 +11,27 @@ samples the latents with its own scheduler and classifier-free guidance instead.
 It is meant to run for a day: shard ``i`` always holds the items ``i * shard_size ...`` of the
 source's listing, every shard is written to a temp file and renamed, and a rerun of the same
 command skips every shard on disk without decoding it -- so ``kill -9`` loses at most the shard
-in progress and nothing is encoded twice. A sample that fails to decode is skipped and counted
-with its reason. Batches never straddle a shard, so an interrupted-and-resumed pass gives the
-same tensors as an uninterrupted one.
+in progress and nothing is encoded twice. A rerun checks each shard on disk against the checksum
+written with it and encodes a bad one again (the repair of a damaged cache). A sample that fails
+to decode is skipped and counted with its reason. Batches never straddle a shard, so an
+interrupted-and-resumed pass gives the same tensors as an uninterrupted one.
 
-Progress goes to ``progress(phase, description, done, total)`` (phases ``scan``, ``encode``);
-nothing is printed. Errors name the parameter (``source``, ``teacher``, ``resolution``).
+**Several processes** (``torchrun --nproc-per-node N`` or ``accelerate launch``, on one node or
+many sharing the ``out`` folder): process ``r`` of ``N`` encodes the shards ``i`` with
+``i % N == r`` (each on its own GPU, ``cuda:LOCAL_RANK``); process 0 holds the folder's lock,
+starts the run in ``prepare.json`` and, once every process has written its shards, the index.
+The shards are the ones one process writes, byte for byte, and a rerun with any number of
+processes resumes shard by shard. The processes agree through a gloo group (started here from
+the launcher's environment when the caller has none).
+
+Progress goes to ``progress(phase, description, done, total)`` (phases ``scan``, ``verify``,
+``encode``; from process 0 only, about its own shards); nothing is printed. Errors name the
+parameter (``source``, ``teacher``, ``resolution``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -38,8 +49,11 @@ from archsearch.data._cache import (
     INDEX_FILE,
     SHARD_DIR,
     STATE_FILE,
+    check_shard,
     is_holdout,
     read_shard_meta,
+    repair_hint,
+    shard_checksum,
     shard_path,
     teacher_components,
     teacher_hash,
@@ -324,6 +338,8 @@ class DecodeDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.items[i]
+        if item.skip is not None:  # listed as skipped (outside the data set): never opened
+            return {"i": i, "key": item.key, "error": item.skip}
         try:
             loaded = self.source.load(item)
             return {"i": i, "key": item.key, **self._pixels(loaded)}
@@ -373,12 +389,17 @@ class PrepareResult:
     skipped_reasons: dict[str, int]
     shards: int
     shards_written: int
-    wall_time_s: float
+    wall_time_s: float  # the whole call: loading the teacher, listing, checking, encoding, the index
     index: dict[str, Any] = field(default_factory=dict, repr=False)
+    encode_time_s: float = 0.0  # from the first batch decoded to the last shard written (the slowest process)
+    shards_bad: int = 0  # shards on disk that failed their check and were encoded again
+    rank: int = 0  # this process, of ``world`` (torchrun / accelerate launch)
+    world: int = 1
 
     @property
     def samples_per_s(self) -> float:
-        return self.encoded / self.wall_time_s if self.wall_time_s > 0 else 0.0
+        """Samples encoded per second of encoding (``encoded / encode_time_s``): the one rate reported."""
+        return self.encoded / self.encode_time_s if self.encode_time_s > 0 else 0.0
 
 
 def _lock(out: Path) -> Any:
@@ -415,6 +436,7 @@ def prepare(
     steps: int = 25,
     guidance: float = 7.5,
     progress: Progress | None = None,
+    distributed: bool | None = None,
 ) -> PrepareResult:
     """Encode ``source`` with the ``teacher`` checkpoint's VAE and text encoders into the cache
     folder ``out`` (see :class:`~archsearch.data.LatentCache`); resumable, see the module docs.
@@ -430,6 +452,12 @@ def prepare(
     ``frames`` frames ``1/fps`` s apart. ``holdout``: the fraction of keys (by hash) in the
     holdout split. ``dtype``: how tensors are stored. Prompts: ``steps`` and ``guidance`` of the
     teacher's sampler, one seed per prompt from ``seed`` and its key.
+
+    ``distributed``: share the shards among the processes of a ``torchrun`` / ``accelerate
+    launch`` job (see the module docs); ``None`` (the default) does when the launcher's
+    environment says ``WORLD_SIZE`` > 1 or a process group of several processes is started --
+    then every process must call ``prepare`` with the same arguments, as for any collective;
+    ``False`` runs in this process alone (e.g. from the main process of a training script).
     """
     t_start = time.perf_counter()
     out = Path(out).expanduser()
@@ -447,7 +475,27 @@ def prepare(
         raise ParameterError("fps", f": bad value {fps!r} (allowed: a number > 0)")
     shard_size = -(-shard_size // batch) * batch  # batches never straddle a shard
     dev = resolve_device(device)
+    ranks = _Ranks.detect() if distributed is not False else _Ranks()
+    if distributed and ranks.world == 1:
+        raise ParameterError("distributed", ": true, but this process was not started by torchrun or accelerate launch "
+                             "(no WORLD_SIZE > 1 in its environment; allowed: None or False)")
+    try:
+        if ranks.world > 1 and dev.type == "cuda" and dev.index is None:  # one GPU per process
+            dev = torch.device("cuda", ranks.local_rank % max(torch.cuda.device_count(), 1))
+        return _prepare(source, teacher, out, ranks, t_start, dev, resolution=resolution, frames=frames, fps=fps,
+                        crop=crop, buckets=buckets, workers=workers, batch=batch, shard_size=shard_size,
+                        holdout=holdout, seed=seed, dtype=dtype, format=format, image_column=image_column,
+                        caption_column=caption_column, split=split, steps=steps, guidance=guidance, progress=progress)
+    finally:
+        ranks.close()
 
+
+def _prepare(source: Any, teacher: Any, out: Path, ranks: "_Ranks", t_start: float, dev: torch.device, *,
+             resolution: int | None, frames: int, fps: float | None, crop: str, buckets: bool, workers: int,
+             batch: int, shard_size: int, holdout: float, seed: int, dtype: str, format: str | None,  # noqa: A002
+             image_column: str | None, caption_column: str | None, split: str | None, steps: int,
+             guidance: float, progress: Progress | None) -> PrepareResult:
+    """The pass of :func:`prepare` in one of ``ranks.world`` processes (see the module docs)."""
     enc = TeacherEncoders(teacher, dev)
     factor = enc.vae_scale_factor
     if resolution is None:
@@ -474,6 +522,8 @@ def prepare(
     if src.kind == "prompts" and buckets:
         raise ParameterError("buckets", ": teacher-generated data has one size (allowed: false with a prompts source)")
 
+    if ranks.rank != 0:
+        progress = None  # one process reports (its own share of the shards)
     if progress:
         progress("scan", f"listing {src.format} {src.path}", 0, 1)
     items = src.items()
@@ -491,32 +541,32 @@ def prepare(
         "steps": steps if src.kind == "prompts" else None, "guidance": guidance if src.kind == "prompts" else None,
         "n_items": len(items), "items_hash": _items_hash(items),
     }
+    sid = _settings_id(settings)
     n_shards = -(-len(items) // shard_size)
-    with _lock(out):
-        state = _start_state(out, settings, source, teacher)
-        run = len(state["runs"]) + 1
-        state["runs"].append({"run": run, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "encoded": 0,
-                              "shards": 0, "finished": False})
-        atomic_write_text(out / STATE_FILE, json.dumps(state, indent=1))
-        (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        for tmp in (out / SHARD_DIR).glob(".*.tmp"):  # left by a killed run
-            tmp.unlink(missing_ok=True)
-        metas: dict[int, dict[str, Any]] = {}
-        for i in range(n_shards):
-            p = shard_path(out, i)
-            if p.is_file():
-                m = read_shard_meta(p)
-                if m is not None and m.get("settings") == _settings_id(settings) and m.get("shard") == i:
-                    metas[i] = m
-        todo = [i for i in range(n_shards) if i not in metas]
+    mine = [i for i in range(n_shards) if i % ranks.world == ranks.rank]  # shard i to rank i mod world
+    span = lambda s: min((s + 1) * shard_size, len(items)) - s * shard_size  # noqa: E731 - items of shard s
+    with contextlib.ExitStack() as held:
+        busy = None
+        if ranks.rank == 0:  # the folder's lock: one prepare (of one or many processes) at a time
+            try:
+                held.enter_context(_lock(out))
+            except ArchsearchError as exc:
+                if ranks.world == 1:
+                    raise
+                busy = exc  # every process raises it (_begin)
+        command = _command(settings, source, teacher, src.describe())
+        state, run = _begin(out, settings, sid, source, teacher, ranks, command, busy)
+        metas, n_bad = _shards_on_disk(out, mine, sid, progress)
+        todo = [i for i in mine if i not in metas]
+        total = sum(span(i) for i in mine)
         done_items = sum(m["items"] for m in metas.values())
         skipped = [s for m in metas.values() for s in m["skipped"]]
         encoded = 0
-        rate_t0 = time.perf_counter()
-        desc = lambda: (f"{encoded / max(time.perf_counter() - rate_t0, 1e-9):.1f} samples/s, "  # noqa: E731
-                        f"{len(skipped)} skipped")
+        who = f"rank {ranks.rank} of {ranks.world}: " if ranks.world > 1 else ""
+        rate_t0 = time.perf_counter()  # the result's one rate: samples encoded per second from here
+        desc = lambda: f"{who}{len(skipped)} skipped"  # noqa: E731 - no rate here: the progress display has its own
         if progress:
-            progress("encode", desc(), done_items, len(items))
+            progress("encode", desc(), done_items, total)
         if todo:
             ds = DecodeDataset(src, items, resolution, crop, bucket_list, seed)
             sampler = [list(range(s * shard_size, min((s + 1) * shard_size, len(items))))[j : j + batch]
@@ -537,26 +587,210 @@ def prepare(
                     shard["rows"] += _encode(enc, good, src.kind, resolution, frames, steps, guidance, seed)
                     encoded += len(good)
                 shard["seen"] += len(samples)
-                want = min((s + 1) * shard_size, len(items)) - s * shard_size
+                want = span(s)
                 if shard["seen"] == want:
                     meta = {"shard": s, "run": run, "items": want, "encoded": len(shard["rows"]),
-                            "skipped": shard["skipped"], "settings": _settings_id(settings)}
+                            "skipped": shard["skipped"], "settings": sid}
                     metas[s] = write_shard(shard_path(out, s), shard.pop("rows"), meta, DTYPES[dtype])
                     del buf[s]
-                    state["runs"][-1].update(encoded=encoded, shards=state["runs"][-1]["shards"] + 1)
-                    atomic_write_text(out / STATE_FILE, json.dumps(state, indent=1))
+                    if ranks.rank == 0:
+                        state["runs"][-1].update(encoded=encoded, shards=state["runs"][-1]["shards"] + 1)
+                        atomic_write_text(out / STATE_FILE, json.dumps(state, indent=1))
                 done_items += len(samples)
                 if progress:
-                    progress("encode", desc(), done_items, len(items))
-        state["runs"][-1].update(encoded=encoded, finished=True)
-        atomic_write_text(out / STATE_FILE, json.dumps(state, indent=1))
-        index = _write_index(out, state, settings, metas, n_shards, src, enc, teacher, shapes, kind)
-    reasons: dict[str, int] = {}
-    for _k, r in skipped:
-        reasons[_reason(r)] = reasons.get(_reason(r), 0) + 1
-    return PrepareResult(out=out, n_samples=index["n_samples"], n_skipped=len(skipped), encoded=encoded,
-                         skipped_reasons=reasons, shards=n_shards, shards_written=len(todo),
-                         wall_time_s=time.perf_counter() - t_start, index=index)
+                    progress("encode", desc(), done_items, total)
+        encode_s = time.perf_counter() - rate_t0
+        # every process is done with its shards: the first writes the index of all of them
+        mine_done = {"encoded": encoded, "written": len(todo), "bad": n_bad, "encode_s": encode_s,
+                     "sums": {i: [m["sha256"], m["bytes"]] for i, m in metas.items()}}
+        parts = ranks.gather(mine_done)
+        encoded_all = sum(p["encoded"] for p in parts)
+        index: dict[str, Any] | None = None
+        if ranks.rank == 0:
+            state["runs"][-1].update(encoded=encoded_all, finished=True)
+            if ranks.world > 1:
+                state["runs"][-1]["shards"] = sum(p["written"] for p in parts)
+            atomic_write_text(out / STATE_FILE, json.dumps(state, indent=1))
+            for p in parts[1:]:
+                for i, (sha, size) in p["sums"].items():
+                    metas[int(i)] = _written_meta(out, int(i), sid, sha, size)
+            index = _write_index(out, state, settings, metas, n_shards, src, enc, teacher, shapes, kind)
+        ranks.gather(None)  # the index is on disk
+    if index is None:
+        index = json.loads((out / INDEX_FILE).read_text(encoding="utf-8"))
+    if ranks.world > 1:
+        reasons = dict(index["skipped"]["by_reason"])
+        encode_s = max(p["encode_s"] for p in parts)
+    else:
+        reasons = {}
+        for _k, r in skipped:
+            reasons[_reason(r)] = reasons.get(_reason(r), 0) + 1
+    return PrepareResult(out=out, n_samples=index["n_samples"], n_skipped=index["skipped"]["count"],
+                         encoded=encoded_all, skipped_reasons=reasons, shards=n_shards,
+                         shards_written=sum(p["written"] for p in parts), wall_time_s=time.perf_counter() - t_start,
+                         index=index, encode_time_s=encode_s, shards_bad=sum(p["bad"] for p in parts),
+                         rank=ranks.rank, world=ranks.world)
+
+
+def _begin(out: Path, settings: dict[str, Any], sid: str, source: Any, teacher: Any, ranks: "_Ranks",
+           command: list[str], failed: ArchsearchError | None = None) -> tuple[dict[str, Any], int]:
+    """Start (or resume) the pass: the first process checks ``out`` against the settings, adds
+    this run to ``prepare.json`` and clears temp files a killed run left; the others wait for
+    it, then check that they list the same samples and see the same folder. ``failed``: the
+    first process could not start (the folder is busy); every process raises it."""
+    state: dict[str, Any] = {}
+    run = 0
+    if ranks.rank == 0 and failed is None:
+        try:
+            state = _start_state(out, settings, source, teacher)
+            state["command"] = command  # what a reader tells the user to run to re-encode a bad shard
+            run = len(state["runs"]) + 1
+            entry = {"run": run, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "encoded": 0, "shards": 0,
+                     "finished": False}
+            if ranks.world > 1:
+                entry["processes"] = ranks.world
+            state["runs"].append(entry)
+            atomic_write_text(out / STATE_FILE, json.dumps(state, indent=1))
+            (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+            for tmp in (out / SHARD_DIR).glob(".*.tmp"):  # left by a killed run
+                tmp.unlink(missing_ok=True)
+        except ArchsearchError as exc:
+            if ranks.world == 1:
+                raise
+            failed = exc
+    if ranks.world == 1:
+        return state, run
+    first = ranks.gather((settings["items_hash"], run, _payload(failed)))[0]
+    ranks.raise_any([first[2]])
+    problem = None
+    if ranks.rank != 0:
+        run = first[1]
+        if first[0] != settings["items_hash"]:
+            problem = ("source", f": process {ranks.rank} lists other samples than process 0 (every process must "
+                       "read the same source)")
+        elif not (out / STATE_FILE).is_file():
+            problem = ("out", f": {out} is not shared between the processes (process {ranks.rank} does not see its "
+                       f"{STATE_FILE}; allowed: a folder every node mounts)")
+    ranks.raise_any(ranks.gather(problem))
+    return state, run
+
+
+def _shards_on_disk(out: Path, shards: list[int], sid: str, progress: Progress | None
+                    ) -> tuple[dict[int, dict[str, Any]], int]:
+    """The finished shards among ``shards`` -- written with these settings, their data matching
+    their checksum -- and how many files were there but bad (they are encoded again)."""
+    present = [i for i in shards if shard_path(out, i).is_file()]
+    metas: dict[int, dict[str, Any]] = {}
+    bad = 0
+    for n, i in enumerate(present):
+        if progress:
+            progress("verify", f"checking the {len(present)} shards on disk ({bad} bad)", n, len(present))
+        p = shard_path(out, i)
+        m = read_shard_meta(p)
+        if m is None or m.get("settings") != sid or m.get("shard") != i:
+            bad += 1
+            continue
+        if check_shard(p, m.get("sha256")) is not None:
+            bad += 1
+            continue
+        if m.get("sha256") is None:  # written before shards had checksums: recorded from now on
+            m["sha256"] = shard_checksum(p)
+        metas[i] = {**m, "bytes": p.stat().st_size}
+    if progress and present:
+        progress("verify", f"checked the {len(present)} shards on disk: {bad} bad, encoded again", len(present),
+                 len(present))
+    return metas, bad
+
+
+def _written_meta(out: Path, i: int, sid: str, sha: str, size: int) -> dict[str, Any]:
+    """The metadata of shard ``i`` that another process wrote or checked (its header)."""
+    p = shard_path(out, i)
+    m = read_shard_meta(p)
+    if m is None or m.get("settings") != sid or m.get("shard") != i:
+        raise ArchsearchError(f"{p}: another process wrote this shard but it is not readable now; "
+                              f"{repair_hint(out)}")
+    return {**m, "sha256": sha, "bytes": size}
+
+
+def _payload(exc: ArchsearchError | None) -> tuple[str | None, str] | None:
+    """An error as it travels to the other processes: (parameter, detail) or (None, message)."""
+    if exc is None:
+        return None
+    if isinstance(exc, ParameterError):
+        return exc.param, exc.detail
+    return None, str(exc)
+
+
+class _Ranks:
+    """The processes of one :func:`prepare`: under ``torchrun`` / ``accelerate launch`` (the
+    ``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR`` environment), or inside a process group the caller
+    already started. They agree through a gloo group (created here when none exists, closed
+    after): the start of the run, then that every shard is written. One process: no group."""
+
+    #: how long the processes wait for each other at the end (one may have a slower device)
+    TIMEOUT_S = 7 * 24 * 3600
+
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, group: Any = None,
+                 created: bool = False) -> None:
+        self.rank, self.world, self.local_rank = rank, world, local_rank
+        self.group, self.created = group, created
+
+    @classmethod
+    def detect(cls) -> "_Ranks":
+        import datetime
+
+        import torch.distributed as td
+
+        if not td.is_available():
+            return cls()
+        timeout = datetime.timedelta(seconds=cls.TIMEOUT_S)
+        if td.is_initialized():  # the caller's group (e.g. accelerate's): a gloo group of the same processes
+            world = td.get_world_size()
+            if world == 1:
+                return cls()
+            group = None if td.get_backend() == "gloo" else td.new_group(backend="gloo", timeout=timeout)
+            return cls(td.get_rank(), world, int(os.environ.get("LOCAL_RANK", td.get_rank())), group)
+        try:
+            world = int(os.environ.get("WORLD_SIZE") or 1)
+        except ValueError:
+            world = 1
+        if world <= 1:
+            return cls()
+        missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+        if missing:
+            raise ArchsearchError(f"WORLD_SIZE is {world} but {', '.join(missing)} is not set (allowed: launch with "
+                                  "torchrun or accelerate launch, or unset WORLD_SIZE for one process)")
+        rank = int(os.environ["RANK"])
+        td.init_process_group("gloo", init_method="env://", rank=rank, world_size=world, timeout=timeout)
+        return cls(rank, world, int(os.environ.get("LOCAL_RANK", rank)), None, created=True)
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every process's ``obj``, in rank order (a barrier too)."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as td
+
+        out: list[Any] = [None] * self.world
+        td.all_gather_object(out, obj, group=self.group)
+        return out
+
+    @staticmethod
+    def raise_any(payloads: list[Any]) -> None:
+        """Raise the first error any process met (every process raises it)."""
+        for p in payloads:
+            if p is not None:
+                param, detail = p
+                raise ParameterError(param, detail) if param else ArchsearchError(detail)
+
+    def close(self) -> None:
+        if self.world == 1:
+            return
+        import torch.distributed as td
+
+        if self.created and td.is_initialized():
+            td.destroy_process_group()
+        elif self.group is not None:
+            td.destroy_process_group(self.group)
 
 
 def _encode(enc: TeacherEncoders, good: list[dict[str, Any]], kind: str, resolution: int, frames: int,
@@ -611,6 +845,32 @@ _PARAM_OF = {"teacher_hash": "teacher", "n_items": "source", "items_hash": "sour
              "version": "out"}
 
 
+#: the settings the command in ``prepare.json`` names, in its flags' order (buckets is a switch)
+_COMMAND_FLAGS = ("resolution", "frames", "fps", "crop", "batch", "shard_size", "holdout", "seed", "dtype", "format",
+                  "steps", "guidance")
+
+
+def _command(settings: dict[str, Any], source: Any, teacher: Any, described: dict[str, Any]) -> list[str]:
+    """The words of this pass's ``archsearch data prepare`` command but ``--out`` (the settings
+    that differ from the defaults; the columns and split of a table source), kept in
+    ``prepare.json``: what a reader of the cache tells the user to run to re-encode a bad shard."""
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(prepare).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    words = ["archsearch", "data", "prepare", str(source), "--teacher", str(Path(teacher).expanduser().resolve())]
+    for key in _COMMAND_FLAGS:
+        v = settings.get(key)
+        if v is not None and (key == "resolution" or v != defaults.get(key)):
+            words += [f"--{key.replace('_', '-')}", str(v)]
+    if settings.get("buckets"):
+        words.append("--buckets")
+    for key in ("image_column", "caption_column", "split"):
+        if described.get(key):
+            words += [f"--{key.replace('_', '-')}", str(described[key])]
+    return words
+
+
 def _start_state(out: Path, settings: dict[str, Any], source: Any, teacher: Any) -> dict[str, Any]:
     path = out / STATE_FILE
     if path.is_file():
@@ -641,7 +901,7 @@ def _write_index(out: Path, state: dict[str, Any], settings: dict[str, Any], met
     for i in range(n_shards):
         m = metas[i]
         shards.append({"shard": i, "file": shard_path(out, i).relative_to(out).as_posix(), "run": m["run"],
-                       "items": m["items"], "groups": m["groups"]})
+                       "items": m["items"], "groups": m["groups"], "sha256": m["sha256"], "bytes": m["bytes"]})
         for g, ks in m["groups"].items():
             latent_shapes.add(g)
             keys += ks

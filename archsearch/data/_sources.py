@@ -41,7 +41,7 @@ import json
 import os
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
@@ -77,11 +77,14 @@ class BadSample(Exception):
 
 @dataclass(frozen=True)
 class Item:
-    """One sample as listed: ``key`` (stable, unique), ``ref`` (where it is), ``caption``."""
+    """One sample as listed: ``key`` (stable, unique), ``ref`` (where it is), ``caption``;
+    ``skip``: the reason it is skipped without being loaded (a symlink out of the data set, a
+    metadata row naming no file), counted like a :class:`BadSample`."""
 
     key: str
     ref: Any
     caption: Any = None
+    skip: str | None = None
 
 
 @dataclass
@@ -222,11 +225,41 @@ class Source(abc.ABC):
 # --------------------------------------------------------------------------- folders
 
 
-def _read_metadata(root: Path, caption_column: str | None) -> dict[str, Any]:
-    """Captions from every ``metadata.jsonl`` / ``metadata.csv`` under ``root``, by path
-    relative to ``root``."""
+def _inside(path: Path, real_root: str) -> bool:
+    """Whether ``path``, every symlink followed, is inside the folder ``real_root`` (resolved)."""
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def _walk(root: Path) -> tuple[list[str], dict[str, str]]:
+    """Every file under ``root`` (paths relative to it, sorted), and the symlinks -- files or
+    folders -- that lead outside it (relative path -> where they lead). Symlinked folders are
+    never entered (``os.walk`` without ``followlinks``)."""
+    real_root = os.path.realpath(root)
+    files: list[str] = []
+    outside: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        for name in (*dirnames, *filenames):
+            p = d / name
+            if p.is_symlink() and not _inside(p, real_root):
+                outside[p.relative_to(root).as_posix()] = os.path.realpath(p)
+        files += [(d / name).relative_to(root).as_posix() for name in filenames]
+    return sorted(files), outside
+
+
+_ROW_INSIDE = "allowed: a path relative to the metadata file, inside the dataset folder"
+
+
+def _read_metadata(root: Path, caption_column: str | None, files: list[str], outside: dict[str, str]
+                   ) -> tuple[dict[str, Any], dict[str, str]]:
+    """Captions from every ``metadata.jsonl`` / ``metadata.csv`` among ``files`` (not a
+    symlink out of ``root``), by path relative to ``root``; and the rows whose ``file_name``
+    is an absolute path or leaves the folder (``..``), with the reason they are skipped."""
     captions: dict[str, Any] = {}
-    for meta in sorted([*root.rglob("metadata.jsonl"), *root.rglob("metadata.csv")]):
+    bad: dict[str, str] = {}
+    metas = [root / f for f in files if Path(f).name in ("metadata.jsonl", "metadata.csv") and f not in outside]
+    for meta in sorted(metas):
         base = meta.parent.relative_to(root)
         rows: list[dict[str, Any]] = []
         try:
@@ -258,14 +291,25 @@ def _read_metadata(root: Path, caption_column: str | None) -> dict[str, Any]:
                                       "or caption_column naming one)")
             col = others[0]
         for row in rows:
-            name = (base / str(row.get("file_name", ""))).as_posix()
-            captions[name] = row.get(col)
-    return captions
+            file_name = str(row.get("file_name", ""))
+            name = (base / file_name).as_posix()
+            if Path(file_name).is_absolute() or PureWindowsPath(file_name).is_absolute():
+                bad[file_name] = f"metadata file_name is an absolute path ({_ROW_INSIDE})"
+            elif ".." in Path(file_name).parts or ".." in PureWindowsPath(file_name).parts:
+                bad[name] = f"metadata file_name leaves the dataset folder ({_ROW_INSIDE})"
+            else:
+                captions[name] = row.get(col)
+    return captions, bad
 
 
 class FolderSource(Source):
     """Pictures (``imagefolder``) or clips (``video``) in a folder, captions from metadata
-    files or sidecar ``.txt`` files."""
+    files or sidecar ``.txt`` files.
+
+    Nothing outside the folder is read: a symlink (file or folder) that leads out of it is not
+    followed, and a metadata row whose ``file_name`` is absolute or climbs out with ``..`` is
+    not used; each is listed as a skipped sample with its reason, as is a row that names no
+    picture of the folder."""
 
     def __init__(self, path: str | os.PathLike, kind: str = "image", frames: int = 1, fps: float | None = None,
                  caption_column: str | None = None) -> None:
@@ -273,19 +317,50 @@ class FolderSource(Source):
         self.kind = kind
         self.format = "video" if kind == "video" else "imagefolder"
         self.frames, self.fps, self.caption_column = int(frames), fps, caption_column
+        self.real_root = os.path.realpath(self.path)
 
     def items(self) -> list[Item]:
         exts = VIDEO_EXTS if self.kind == "video" else IMAGE_EXTS
-        files = sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*")
-                       if p.suffix.lower() in exts and p.is_file() and not p.name.startswith("."))
-        captions = _read_metadata(self.path, self.caption_column)
+        what = "clip" if self.kind == "video" else "picture"
+        all_files, outside = _walk(self.path)
+        captions, bad_rows = _read_metadata(self.path, self.caption_column, all_files, outside)
+        skips: dict[str, str] = {}
+        files = []
+        for rel in all_files:
+            p = Path(rel)
+            if p.suffix.lower() not in exts or p.name.startswith("."):
+                continue
+            if rel in outside:
+                skips[rel] = f"symlink points outside the dataset folder (to {outside[rel]}; not followed)"
+            elif not (self.path / rel).is_file():
+                skips[rel] = "not a readable file (a broken symlink?)"
+            else:
+                files.append(rel)
+        for rel, target in outside.items():  # a symlinked folder out of the data set: not entered
+            if rel not in skips and (self.path / rel).is_dir():
+                skips[rel] = f"symlink points outside the dataset folder (to the folder {target}; not followed)"
+        listed = set(files)
+        for name in captions:
+            if name not in listed and name not in skips:
+                exists = (self.path / name).is_file()
+                skips[name] = (f"metadata row names a file that is not a {what} ({Path(name).suffix or 'no extension'})"
+                               if exists else "metadata row names no file (no such file in the dataset folder)")
+        for name, why in bad_rows.items():
+            skips.setdefault(name, why)
         out = []
-        for rel in files:
-            if rel in captions:
+        for rel in sorted(listed | set(skips)):
+            if rel in skips:
+                out.append(Item(rel, None, None, skip=skips[rel]))
+            elif rel in captions:
                 out.append(Item(rel, rel, ("value", captions[rel])))
             else:
                 out.append(Item(rel, rel, ("sidecar", str(Path(rel).with_suffix(".txt")))))
         return out
+
+    def _check_inside(self, path: Path, what: str) -> None:
+        if not _inside(path, self.real_root):
+            raise BadSample(f"{what} is a symlink outside the dataset folder (to {os.path.realpath(path)}; "
+                            "not followed)")
 
     def _caption(self, item: Item) -> str:
         how, value = item.caption
@@ -294,11 +369,15 @@ class FolderSource(Source):
         side = self.path / value
         if not side.is_file():
             raise BadSample("no caption (no metadata row, no sidecar .txt)")
+        self._check_inside(side, "caption file")
         return caption_text(side.read_bytes(), "caption file")
 
     def load(self, item: Item) -> Loaded:
+        if item.skip is not None:
+            raise BadSample(item.skip)
         caption = self._caption(item)
         path = self.path / item.ref
+        self._check_inside(path, "file")
         if self.kind == "video":
             return Loaded(item.key, caption, decode_video(path, self.frames, self.fps))
         return Loaded(item.key, caption, decode_image(path))

@@ -32,6 +32,10 @@ __all__ = ["BUILTIN_CONTEXT_LENGTH", "DualTextEncoder", "TextEncoder", "offline"
 
 #: default token length of the built-in encoder: the longest built-in caption is 21 tokens
 BUILTIN_CONTEXT_LENGTH = 24
+#: a caption is cut to this many characters per token of the context before it is tokenized
+#: (CLIP's 77 tokens: 2464 characters; English averages 4-5 per token), so a 10 MB caption
+#: costs what a normal one does; the tokens kept are the same for any caption below the cut
+CAPTION_CHARS_PER_TOKEN = 32
 
 
 def offline() -> None:
@@ -217,7 +221,15 @@ class TextEncoder:
             return torch.zeros(0, self.context_length, self.context_dim)
         return torch.cat(out)
 
+    @property
+    def max_caption_chars(self) -> int:
+        """Captions are cut to this many characters before tokenizing (see
+        :data:`CAPTION_CHARS_PER_TOKEN`): the tokenizer never sees more than a bounded text."""
+        return CAPTION_CHARS_PER_TOKEN * self.context_length
+
     def _tokens(self, chunk: list[str]) -> dict[str, torch.Tensor]:
+        limit = self.max_caption_chars
+        chunk = [c[:limit] for c in chunk]
         tok = self.tokenizer(chunk, padding="max_length", max_length=self.context_length,
                              truncation=True, return_tensors="pt")
         if self.pipeline_tokens:
