@@ -38,6 +38,9 @@ FLAGS = {
     "nan": "--nan",
     "distributed": "--distributed",
     "spatial_from": "--spatial-from",
+    "log_every": "--log-every",
+    "out": "--out",
+    "overwrite": "--overwrite",
 }
 
 
@@ -51,16 +54,20 @@ def register(app: typer.Typer) -> None:
                                                      "(default: search_spaces/<candidate origin>.yaml).")] = None,
         data: Annotated[Optional[Path], typer.Option(help="Latent cache from `archsearch data prepare` "
                                                      "(default: the spec's proxy.data, else synthetic data).")] = None,
-        steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 2000,
-        width_mult: Annotated[float, typer.Option(min=0.01, help="Width multiplier (1.0 = the candidate as designed).")] = 1.0,
+        steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2000,
+        width_mult: Annotated[float, typer.Option(help="Width multiplier (1.0 = the candidate as designed).")] = 1.0,
         resolution: Annotated[Optional[int], typer.Option(help="Latent side; default: the cache's (a divisor "
                                                           "downscales it), else the spec's proxy resolution.")] = None,
-        batch: Annotated[Optional[int], typer.Option(min=1, help="Batch per process; default: the spec's proxy batch.")] = None,
+        batch: Annotated[Optional[int], typer.Option(help="Batch per process; default: the spec's proxy batch.")] = None,
         lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the spec's proxy lr).")] = None,
-        out: Annotated[Optional[Path], typer.Option(help="Output folder (default: trained/<candidate id>).")] = None,
+        out: Annotated[Optional[Path], typer.Option(help="Output folder (default: trained/<candidate id>): new or "
+                                                    "empty, or an earlier train output with --resume / --overwrite.")] = None,
         device: Annotated[str, typer.Option(help="cpu | cuda | mps | auto")] = "auto",
         seed: Annotated[int, typer.Option(help="Seed of the initialisation and the batches.")] = 0,
-        resume: Annotated[Optional[str], typer.Option(help="latest | a checkpoint folder.")] = None,
+        resume: Annotated[Optional[str], typer.Option(help="latest | a checkpoint folder (latest skips a damaged "
+                                                      "checkpoint, saying so, for the one before).")] = None,
+        overwrite: Annotated[bool, typer.Option(help="Start again in an earlier train output (its checkpoints, "
+                                                "logs and model are removed; other files are never touched).")] = False,
         checkpoint_every: Annotated[int, typer.Option(help="Checkpoint interval in steps (0: at the end only).")] = 500,
         keep: Annotated[int, typer.Option(help="Checkpoints kept.")] = 3,
         grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
@@ -91,10 +98,23 @@ def register(app: typer.Typer) -> None:
         `archsearch generate OUT --prompt ...`).
 
         Examples:
+
           archsearch train reports/unet_mobile/pareto/1a2b3c4d5e6f.yaml --steps 500
-          archsearch train CAND.yaml --data cache/photos --steps 20000 --mixed-precision bf16
-          accelerate launch --multi_gpu --num_processes 8 -m archsearch.cli.main train CAND.yaml --data cache/photos
+
+          archsearch train CAND.yaml --data cache/photos --steps 20000 \\
+              --mixed-precision bf16
+
+          accelerate launch --multi_gpu --num_processes 8 -m archsearch.cli.main \\
+              train CAND.yaml --data cache/photos
+
           archsearch train CAND.yaml --data cache/photos --resume latest
+
+          archsearch train CAND.yaml --out trained/run1 --overwrite
+
+        --out must be new or empty, or an earlier train output: --resume latest continues it
+        (a damaged newest checkpoint is named and the one before it taken), --overwrite
+        starts it again (only train's own files are removed). A folder with other files is
+        refused; so is a second run on a folder another run is writing.
         """
         from archsearch._resources import describe, find_space
         from archsearch.candidate import Candidate
@@ -126,17 +146,17 @@ def register(app: typer.Typer) -> None:
                              init_from_teacher=init_from_teacher,
                              spatial_from=str(spatial_from) if spatial_from else None,
                              unfreeze_spatial=unfreeze_spatial, distributed=distributed, meta={"spec": str(spec)})
-        config.check()
+        out = out or Path("trained") / cand.id
+        config.check(out, data=data, resume=resume, overwrite=overwrite)  # before the teacher loads
         from archsearch.model import check_memory
 
         # the student at the run's width and resolution, refused before the teacher loads if it
         # cannot fit (the teacher's text width changes it a little: checked again when built)
         check_memory(cand.for_proxy(width_mult=width_mult, resolution=resolution))
-        out = out or Path("trained") / cand.id
         with progress_bars() as progress:
             teacher = load_teacher(proxy, kind=space.kind, progress=progress, device=device)
             result = run_train(cand, teacher, data, config, out, progress, device=device, resume=resume,
-                               log=lambda m: console.print(escape(m), soft_wrap=True))
+                               overwrite=overwrite, log=lambda m: console.print(escape(m), soft_wrap=True))
         if result.processes > 1 and not _main_process():
             return
         trained = result.metrics.get("candidate_id", cand.id)

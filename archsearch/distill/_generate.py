@@ -1,6 +1,8 @@
 """Light entry points to the diffusers pipeline of a trained model (diffusers is imported on use).
 
-See :mod:`archsearch.distill._pipeline` for the adapter and the pipeline layout.
+See :mod:`archsearch.distill._pipeline` for the adapter and the pipeline layout, and
+:mod:`archsearch.distill._drawing` for what :func:`generate` checks and how it names its files
+(never over an existing one).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ def load_pipeline(path: str | os.PathLike, device: Any = "cpu", dtype: Any = Non
     return run(path, device, dtype)
 
 
-def generate(model: str | os.PathLike, prompt: str, out: str | os.PathLike, **kw: Any) -> list[Path]:
-    """Draw pictures (GIFs for video) of ``prompt`` with a trained pipeline into ``out``; see
-    :func:`archsearch.distill._pipeline.generate` (``steps``, ``guidance``, ``seed``, ``n``, ...)."""
+def generate(model: str | os.PathLike, prompt: str, out: str | os.PathLike | None = None, **kw: Any) -> list[Path]:
+    """Draw pictures (GIFs or MP4s for video) of ``prompt`` with a trained pipeline into ``out``
+    (default: ``generated/`` beside the pipeline), never over an existing file; see
+    :func:`archsearch.distill._pipeline.generate` (``steps``, ``guidance``, ``seed``, ``n``,
+    ``frames``, ``format``, ...)."""
     from archsearch.distill._pipeline import generate as run
 
     return run(model, prompt, out, **kw)

@@ -6,54 +6,115 @@ The built-in teacher has no VAE: its latents are the pictures (RGB + coverage ch
 student samples with a DDIM (or flow-matching Euler) scheduler of the teacher's noise process and
 the first three channels are shown as they are. Picture ``i`` starts from
 ``torch.Generator().manual_seed(seeds[i])``.
+
+The grid has one column per prompt, its prompt written under it, and two rows: the student and,
+below it with the same seeds, the teacher (drawn once per run and kept in ``cache``), so a grid
+says at a glance how far the student is from what it learns.
+
+A video model samples clips of its own frame count (a text-to-video pipeline's default of 16
+frames would not fit a model built for 4); its grid is a list of frames, one grid per frame
+(:func:`save_grid` writes it as an animated GIF).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["make_grid", "sample_grid"]
+__all__ = ["make_grid", "sample_grid", "save_grid"]
 
 
-def make_grid(images: list[Any], cols: int | None = None) -> Any:
-    """PIL pictures side by side, ``cols`` per row (default: all in one row up to 4)."""
-    from PIL import Image
+def make_grid(images: list[Any], cols: int | None = None, *, labels: list[str] | None = None,
+              rows: list[str] | None = None) -> Any:
+    """PIL pictures side by side, ``cols`` per row (default: all in one row up to 4).
+
+    ``labels``: one caption per column, written under the grid (cut to fit the column);
+    ``rows``: one name per row, written in a strip on the left (``student``, ``teacher``).
+    """
+    from PIL import Image, ImageDraw
 
     cols = cols or min(4, len(images))
-    rows = -(-len(images) // cols)
+    n_rows = -(-len(images) // cols)
     w, h = images[0].size
-    grid = Image.new("RGB", (cols * w, rows * h))
+    left = 8 * max((len(r) for r in rows), default=0) + 6 if rows else 0
+    line = 12
+    text_h = (line * 2 + 4) if labels else 0
+    grid = Image.new("RGB", (left + cols * w, n_rows * h + text_h), "white")
     for i, im in enumerate(images):
-        grid.paste(im.convert("RGB"), ((i % cols) * w, (i // cols) * h))
+        grid.paste(im.convert("RGB"), (left + (i % cols) * w, (i // cols) * h))
+    draw = ImageDraw.Draw(grid)
+    for r, name in enumerate(rows or []):
+        draw.text((3, r * h + h // 2 - line // 2), name, fill="black")
+    per_line = max(1, w // 6)  # the default bitmap font is ~6 px a character
+    for c, text in enumerate((labels or [])[:cols]):
+        first, rest = text[:per_line], text[per_line:]
+        second = rest if len(rest) <= per_line else rest[:max(0, per_line - 1)] + "…"
+        for k, part in enumerate((first, second)):
+            if part:
+                draw.text((left + c * w + 2, n_rows * h + 2 + k * line), part, fill="black")
     return grid
+
+
+def save_grid(grid: Any, path: Path) -> Path:
+    """Write what :func:`sample_grid` returned: a PNG for a picture, an animated GIF for a list
+    of frames (``path``'s suffix is replaced); temp file, then rename."""
+    from archsearch.distill._drawing import write_gif
+
+    path = path.with_suffix(".gif" if isinstance(grid, list) else ".png")
+    tmp = path.with_name(f".{path.name}.tmp")
+    if isinstance(grid, list):
+        write_gif(grid, tmp)
+    else:
+        grid.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
 
 
 @torch.no_grad()
 def sample_grid(student: Any, teacher: Any, prompts: list[str], seeds: list[int], steps: int, guidance: float,
                 device: torch.device, cache: dict | None = None) -> Any:
-    """One grid of ``len(prompts)`` pictures (prompt ``i`` with seed ``seeds[i % len(seeds)]``)."""
+    """One grid of ``len(prompts)`` pictures (prompt ``i`` with seed ``seeds[i % len(seeds)]``):
+    a PIL picture, or for a video model a list of them (one grid per frame, the model's frame
+    count)."""
     cache = cache if cache is not None else {}
     was = student.training
     student.eval()
     try:
         root = Path(teacher.info.get("path", "")) if teacher.source == "diffusers" else None
         if root is not None and (root / "model_index.json").is_file() and (root / "vae").is_dir():
-            images = _with_pipeline(student, root, prompts, seeds, steps, guidance, device, cache)
+            clips = _with_pipeline(student, root, prompts, seeds, steps, guidance, device, cache)
+            if "teacher_clips" not in cache:
+                cache["teacher_clips"] = _with_pipeline(None, root, prompts, seeds, steps, guidance, device, cache,
+                                                        frames=_frames(student))
         else:
-            images = _builtin(student, teacher, prompts, seeds, steps, guidance, device, cache)
+            cache["teacher"] = teacher
+            clips = _builtin(student, student.candidate, prompts, seeds, steps, guidance, device, cache)
+            if "teacher_clips" not in cache:
+                cache["teacher_clips"] = _builtin(teacher, student.candidate, prompts, seeds, steps, guidance,
+                                                  device, cache)
     finally:
         student.train(was)
-    return make_grid(images)
+    both = clips + cache["teacher_clips"]
+    kw = {"cols": len(clips), "labels": list(prompts), "rows": ["student", "teacher"]}
+    if student.candidate.kind != "video":
+        return make_grid([clip[0] for clip in both], **kw)
+    return [make_grid([clip[f] for clip in both], **kw) for f in range(min(len(clip) for clip in both))]
+
+
+def _frames(student: Any) -> int | None:
+    return int(student.candidate.frames) if student.candidate.kind == "video" else None
 
 
 def _with_pipeline(student: Any, root: Path, prompts: list[str], seeds: list[int], steps: int, guidance: float,
-                   device: torch.device, cache: dict) -> list[Any]:
+                   device: torch.device, cache: dict, frames: int | None = None) -> list[Any]:
+    """The clips ``student`` draws through the teacher's pipeline; ``student=None``: the teacher's
+    own pipeline (loaded for this one call, not kept)."""
     from archsearch.distill._pipeline import ArchUNetDiffusers
 
-    pipe = cache.get("pipe")
+    pipe = cache.get("pipe") if student is not None else None
     if pipe is None:
         from archsearch.data import DiffusersFolder
 
@@ -61,36 +122,48 @@ def _with_pipeline(student: Any, root: Path, prompts: list[str], seeds: list[int
         cls = folder.pipeline_class()
         cfg = folder.config("unet")
         pooled = folder.pooled_dim if folder.text_time else 0
-        unet = ArchUNetDiffusers.from_archunet(student, pooled, cfg.get("addition_time_embed_dim"))
-        kw: dict[str, Any] = {"unet": unet}
+        kw: dict[str, Any] = {}
+        if student is not None:
+            kw["unet"] = ArchUNetDiffusers.from_archunet(student, pooled, cfg.get("addition_time_embed_dim"))
         if cls.__name__ == "StableDiffusionPipeline":
             kw.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         from diffusers.utils import logging as dlog
 
+        from archsearch.distill._drawing import quiet_loading
+
         dlog.set_verbosity_error()
-        pipe = cls.from_pretrained(str(root), local_files_only=True, **kw).to(device)
+        with quiet_loading():
+            pipe = cls.from_pretrained(str(root), local_files_only=True, **kw).to(device)
         pipe.set_progress_bar_config(disable=True)
-        cache["pipe"] = pipe
+        if student is not None:
+            cache["pipe"] = pipe
     gens = [torch.Generator("cpu").manual_seed(int(seeds[i % len(seeds)])) for i in range(len(prompts))]
-    res = pipe(list(prompts), num_inference_steps=steps, guidance_scale=guidance, generator=gens)
+    kw: dict[str, Any] = {}
+    frames = _frames(student) if student is not None else frames
+    if frames:  # the model's frame count, not the pipeline's default (16)
+        kw["num_frames"] = frames
+    res = pipe(list(prompts), num_inference_steps=steps, guidance_scale=guidance, generator=gens, **kw)
     if hasattr(res, "images"):
-        return list(res.images)
+        return [[im] for im in res.images]
     from archsearch.distill._pipeline import _to_pil
 
-    return [_to_pil(f[0]) for f in res.frames]
+    return [[_to_pil(f) for f in clip] for clip in res.frames]
 
 
-def _builtin(student: Any, teacher: Any, prompts: list[str], seeds: list[int], steps: int, guidance: float,
+def _builtin(model: Any, c: Any, prompts: list[str], seeds: list[int], steps: int, guidance: float,
              device: torch.device, cache: dict) -> list[Any]:
+    """The clips ``model`` (the student, or the teacher: both are called ``model(x, t, context)``)
+    draws at candidate ``c``'s latent shape with the teacher's noise process and text encoder
+    (``cache["teacher"]``)."""
     from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
     from PIL import Image
 
+    teacher = cache["teacher"]
     proc = teacher.process
     if "ctx" not in cache:
         cache["ctx"] = teacher.text.encode(list(prompts)).float()
         cache["uncond"] = teacher.text.encode([""]).float()
     ctx, uncond = cache["ctx"].to(device), cache["uncond"].to(device)
-    c = student.candidate
     shape = (c.latent_channels, c.frames, c.resolution, c.resolution) if c.kind == "video" else \
         (c.latent_channels, c.resolution, c.resolution)
     x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(seeds[i % len(seeds)])))
@@ -106,10 +179,11 @@ def _builtin(student: Any, teacher: Any, prompts: list[str], seeds: list[int], s
     for t in sched.timesteps:
         inp = torch.cat([x, x])
         tt = torch.full((inp.shape[0],), float(t) if proc.prediction == "flow" else int(t), device=device)
-        pred = student(inp, tt, both).float()
+        pred = model(inp, tt, both).float()
         pu, pc = pred.chunk(2)
         x = sched.step(pu + guidance * (pc - pu), t, x).prev_sample
-    pics = x[:, :3, 0] if c.kind == "video" else x[:, :3]
-    rgb = ((pics.clamp(-1, 1) + 1) / 2 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    clips = x[:, :3] if c.kind == "video" else x[:, :3, None]  # (B, 3, F, H, W)
+    rgb = ((clips.clamp(-1, 1) + 1) / 2 * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
     scale = max(1, 64 // c.resolution)
-    return [Image.fromarray(a).resize((a.shape[1] * scale, a.shape[0] * scale), Image.NEAREST) for a in rgb]
+    return [[Image.fromarray(a).resize((a.shape[1] * scale, a.shape[0] * scale), Image.NEAREST) for a in clip]
+            for clip in rgb]
