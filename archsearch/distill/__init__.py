@@ -27,6 +27,12 @@
   image model, frozen (``spatial_from``, the temporal search; :func:`spatial_candidate`,
   :func:`spatial_difference`); :func:`export_pipeline`, :func:`load_pipeline`, :func:`generate`
   -- the diffusers pipeline of a trained model.
+* :func:`step_distill` (:class:`FewStepConfig`) -- few-step generation (``archsearch fewstep``):
+  a trained model distilled to draw in 8, 4 or 1 steps through the same :func:`train`, with the
+  objectives ``step`` (SnapFusion's CFG-aware step distillation), ``adversarial`` (SnapGen's)
+  and ``lcm`` (latent consistency; :class:`FewStepSettings`, :class:`GuidanceEmbedding`);
+  :func:`draw_latents` / :func:`teacher_latents` / :func:`evaluate_fewstep` compare its samples
+  with the teacher's; :func:`fewstep_defaults` -- the steps and guidance a pipeline records.
 
 The data -- sources, ``prepare``, the latent cache, the synthetic data, the text encoders, the
 batches and the held-out batch, devices and seeded RNG scopes -- live in :mod:`archsearch.data`.
@@ -41,6 +47,17 @@ from __future__ import annotations
 
 from archsearch.distill._config import ProxyConfig
 from archsearch.distill._distill import DistillResult, distill, holdout_for
+from archsearch.distill._fewstep import (
+    FEWSTEP_FILE,
+    FEWSTEP_METHODS,
+    FewStepSettings,
+    GuidanceEmbedding,
+    draw_latents,
+    fewstep_defaults,
+    sample_mse,
+    teacher_latents,
+)
+from archsearch.distill._fewstep_train import FewStepConfig, evaluate_fewstep, step_distill
 from archsearch.distill._generate import export_pipeline, generate, load_pipeline
 from archsearch.distill._init_from_teacher import init_from_teacher
 from archsearch.distill._loop import LoopCallback, LoopOptions, Progress, StepState, TrialFailed, train_loop
@@ -67,9 +84,14 @@ from archsearch.distill._teacher import (
 from archsearch.distill._train import TrainConfig, TrainResult, list_checkpoints, train
 
 __all__ = [
+    "FEWSTEP_FILE",
+    "FEWSTEP_METHODS",
     "OBJECTIVES",
     "BuiltinTeacherConfig",
     "DistillResult",
+    "FewStepConfig",
+    "FewStepSettings",
+    "GuidanceEmbedding",
     "KDObjective",
     "LoopCallback",
     "LoopOptions",
@@ -90,7 +112,10 @@ __all__ = [
     "check_teacher",
     "distill",
     "distill_loss",
+    "draw_latents",
+    "evaluate_fewstep",
     "export_pipeline",
+    "fewstep_defaults",
     "generate",
     "holdout_for",
     "init_from_teacher",
@@ -102,9 +127,12 @@ __all__ = [
     "pair_taps",
     "plan_supernet",
     "proxy_scale",
+    "sample_mse",
     "spatial_candidate",
     "spatial_difference",
+    "step_distill",
     "supernet_key",
+    "teacher_latents",
     "train",
     "train_loop",
 ]

@@ -14,7 +14,7 @@ import torch
 
 from archsearch.errors import ArchsearchError, ParameterError
 
-__all__ = ["PREDICTIONS", "NoiseProcess", "check_prediction"]
+__all__ = ["PREDICTIONS", "NoiseProcess", "check_prediction", "from_x0_eps", "to_x0_eps"]
 
 PREDICTIONS = ("epsilon", "v_prediction", "flow")
 
@@ -24,6 +24,43 @@ def check_prediction(wanted: str | None, actual: str, source: str) -> None:
     if wanted is not None and wanted != actual:
         raise ArchsearchError(f"{source}: proxy.prediction: {wanted!r} does not match the teacher's "
                               f"(allowed: {actual})")
+
+
+def _col(c: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | float:
+    if not torch.is_tensor(c):
+        return c
+    return c.to(x.device, torch.float32).view((-1,) + (1,) * (x.dim() - 1))
+
+
+def to_x0_eps(pred: torch.Tensor, x: torch.Tensor, a: torch.Tensor | float, b: torch.Tensor | float,
+              prediction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A network output ``pred`` at ``x = a x0 + b eps`` (``a``, ``b`` per sample or scalars) read
+    as the clean sample and the noise ``(x0, eps)``: ``epsilon`` (``x0 = (x - b eps) / a``),
+    ``v_prediction`` (``v = a eps - b x0``, with ``a^2 + b^2 = 1``) or ``flow`` (``u = eps - x0``,
+    ``a = 1 - s``, ``b = s``). In float32."""
+    pred, x = pred.float(), x.float()
+    a, b = _col(a, x), _col(b, x)
+    if prediction == "epsilon":
+        return (x - b * pred) / a, pred
+    if prediction == "v_prediction":
+        return a * x - b * pred, b * x + a * pred
+    if prediction == "flow":
+        return x - b * pred, x + a * pred
+    raise ParameterError("prediction", f": bad value {prediction!r} (allowed: {', '.join(PREDICTIONS)})")
+
+
+def from_x0_eps(x0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor | float, b: torch.Tensor | float,
+                prediction: str) -> torch.Tensor:
+    """What a network of ``prediction`` type outputs at ``x = a x0 + b eps`` (the inverse of
+    :func:`to_x0_eps`): an epsilon, v or flow teacher converted to a student's parameterisation."""
+    a, b = _col(a, x0), _col(b, x0)
+    if prediction == "epsilon":
+        return eps
+    if prediction == "v_prediction":
+        return a * eps - b * x0
+    if prediction == "flow":
+        return eps - x0
+    raise ParameterError("prediction", f": bad value {prediction!r} (allowed: {', '.join(PREDICTIONS)})")
 
 
 class NoiseProcess:
@@ -98,6 +135,22 @@ class NoiseProcess:
             return 1 - s, s
         a = self._alphas.to(x.device)[t.to(x.device).long()].view(shape)
         return a.sqrt(), (1 - a).sqrt()
+
+    def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, b)`` of ``x_t = a x0 + b noise`` per timestep (float32, on ``t``'s device); a
+        timestep below 0 is the clean end (``a = 1``, ``b = 0``: DDIM's last step)."""
+        t = torch.as_tensor(t)
+        if self.prediction == "flow":
+            s = (t.to(torch.float32) / self.num_train_timesteps).clamp(0, 1)
+            return 1 - s, s
+        alphas = self._alphas.to(t.device)
+        ab = torch.where(t < 0, torch.ones((), device=t.device), alphas[t.long().clamp(min=0)])
+        return ab.sqrt(), (1 - ab).sqrt()
+
+    def split(self, pred: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's network output at ``(x, t)`` as ``(x0, eps)`` (:func:`to_x0_eps`)."""
+        a, b = self.coefficients(t)
+        return to_x0_eps(pred, x, a, b, self.prediction)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The noisy input ``x_t``."""

@@ -5,7 +5,8 @@ modules trained with the student by the loop's optimizer (:meth:`Objective.train
 e.g. KD's feature projections), run its own optimizer step after the student's
 (:meth:`Objective.after_step`: a discriminator, an EMA target network) and carry extra state
 that full training's checkpoints save and resume restores (:meth:`Objective.state_dict`; none:
-the checkpoint is written as without it).
+the checkpoint is written as without it), and add its own files to full training's output
+(:meth:`Objective.export`: the few-step objectives' scheduler, steps and guidance).
 
 Objectives are registered by name in :data:`~archsearch.distill.OBJECTIVES`
 (``TrainConfig.objective``), each with the function that builds it for a run from an
@@ -16,7 +17,9 @@ SnapGen's timestep-aware rescaling (:func:`~archsearch.distill.distill_loss`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, ContextManager
 
 import torch
 from torch import nn
@@ -26,10 +29,34 @@ from archsearch.distill._losses import distill_loss
 if TYPE_CHECKING:
     from archsearch.data import Batch
 
-__all__ = ["KDObjective", "Objective"]
+__all__ = ["KDObjective", "Objective", "ObjectiveContext"]
 
 #: ``forward(xt, t, ctx) -> (prediction, features)``: the student as the loop runs it.
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass
+class ObjectiveContext:
+    """What a run's objective is built from: the freshly built student (unwrapped, on
+    ``device``), the teacher, the run's settings and the held-out batch (to probe feature
+    shapes with, under ``amp``), and the objective's own settings (``options``:
+    ``TrainConfig.objective_options``). Torch's global RNG is seeded (``config.seed + 1``)."""
+
+    student: nn.Module
+    teacher: Any  # the run's Teacher
+    config: Any  # the run's ProxyConfig
+    device: torch.device
+    holdout: dict[str, Any]
+    amp: Callable[[], ContextManager]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def features(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The student's and the teacher's feature taps on the first held-out sample (no grad)."""
+        h = self.holdout
+        with torch.no_grad(), self.amp():
+            _, s_feats = self.student.forward_features(h["xt"][:1], h["t"][:1], h["ctx"][:1])
+            _, t_feats = self.teacher.forward_features(h["xt"][:1], h["t"][:1], h["ctx"][:1])
+        return s_feats, t_feats
 
 
 class Objective:
@@ -71,6 +98,11 @@ class Objective:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` gave (resume)."""
+
+    def export(self, model: nn.Module, out: Path) -> None:
+        """Full training's output, on the main process: ``model`` (the output weights) is saved
+        in ``out``; add the objective's own files there (and re-save ``model`` if it changes it)
+        before the pipeline is written from it. Nothing by default."""
 
 
 class KDObjective(Objective):

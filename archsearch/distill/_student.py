@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager
 import torch
 from torch import nn
 
+from archsearch.distill._adversarial import create as adversarial_objective
 from archsearch.distill._config import ProxyConfig
+from archsearch.distill._lcm import create as lcm_objective
 from archsearch.distill._losses import make_projections, pair_taps
 from archsearch.distill._noise import check_prediction
-from archsearch.distill._objective import KDObjective, Objective
+from archsearch.distill._objective import KDObjective, Objective, ObjectiveContext
+from archsearch.distill._step_distill import create as step_objective
 from archsearch.distill._teacher import Teacher
 from archsearch.errors import ArchsearchError, ParameterError
 
@@ -51,28 +54,6 @@ def check_student(candidate: "Candidate", teacher: Teacher, proxy: ProxyConfig) 
     check_prediction(proxy.prediction, teacher.prediction, proxy.source)
 
 
-@dataclass
-class ObjectiveContext:
-    """What a run's objective is built from: the freshly built student (unwrapped, on
-    ``device``), the teacher, the run's settings and the held-out batch (to probe feature
-    shapes with, under ``amp``). Torch's global RNG is seeded (``config.seed + 1``)."""
-
-    student: nn.Module
-    teacher: Teacher
-    config: ProxyConfig
-    device: torch.device
-    holdout: dict[str, Any]
-    amp: Callable[[], ContextManager]
-
-    def features(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """The student's and the teacher's feature taps on the first held-out sample (no grad)."""
-        h = self.holdout
-        with torch.no_grad(), self.amp():
-            _, s_feats = self.student.forward_features(h["xt"][:1], h["t"][:1], h["ctx"][:1])
-            _, t_feats = self.teacher.forward_features(h["xt"][:1], h["t"][:1], h["ctx"][:1])
-        return s_feats, t_feats
-
-
 def kd_objective(ctx: ObjectiveContext) -> KDObjective:
     """KD with the feature pairs of the student and the teacher (:func:`pair_taps`) and the
     projections of those whose widths differ (when ``kd_feature > 0``)."""
@@ -86,8 +67,16 @@ def kd_objective(ctx: ObjectiveContext) -> KDObjective:
 
 
 #: The training objectives by name (``TrainConfig.objective``): ``OBJECTIVES[name] = create``
-#: with ``create(ctx: ObjectiveContext) -> Objective``.
-OBJECTIVES: dict[str, Callable[[ObjectiveContext], Objective]] = {"kd": kd_objective}
+#: with ``create(ctx: ObjectiveContext) -> Objective``. ``kd``: task + output KD + feature KD;
+#: the few-step ones (:mod:`archsearch.distill._fewstep`, settings in ``ctx.options``): ``step``
+#: (SnapFusion's CFG-aware step distillation), ``adversarial`` (SnapGen's), ``lcm`` (latent
+#: consistency distillation).
+OBJECTIVES: dict[str, Callable[[ObjectiveContext], Objective]] = {
+    "kd": kd_objective,
+    "step": step_objective,
+    "adversarial": adversarial_objective,
+    "lcm": lcm_objective,
+}
 
 
 def make_objective(name: str, ctx: ObjectiveContext) -> Objective:
@@ -100,12 +89,13 @@ def make_objective(name: str, ctx: ObjectiveContext) -> Objective:
 
 def build_student(small: "Candidate", teacher: Teacher, proxy: ProxyConfig, device: torch.device,
                   holdout: dict[str, Any], *, prepare: Callable[[nn.Module], None] | None = None,
-                  amp: Callable[[], ContextManager] | None = None, objective: str = "kd"
-                  ) -> tuple[nn.Module, Objective]:
+                  amp: Callable[[], ContextManager] | None = None, objective: str = "kd",
+                  objective_options: dict[str, Any] | None = None) -> tuple[nn.Module, Objective]:
     """The proxy-scale student, initialised from ``proxy.seed``, and the run's objective (its
     trainable parts initialised from ``proxy.seed + 1``, e.g. KD's projections of the feature
-    pairs probed on one held-out sample under ``amp``). ``prepare(student)`` runs after the
-    build (loading weights, freezing), outside the seeded scopes."""
+    pairs probed on one held-out sample under ``amp``; its own settings ``objective_options``).
+    ``prepare(student)`` runs after the build (loading weights, freezing), outside the seeded
+    scopes."""
     from archsearch.data import autocast, seeded
     from archsearch.model import build_model
 
@@ -113,7 +103,8 @@ def build_student(small: "Candidate", teacher: Teacher, proxy: ProxyConfig, devi
         student = build_model(small).to(device)
     if prepare is not None:
         prepare(student)
-    ctx = ObjectiveContext(student, teacher, proxy, device, holdout, amp or (lambda: autocast(device)))
+    ctx = ObjectiveContext(student, teacher, proxy, device, holdout, amp or (lambda: autocast(device)),
+                           dict(objective_options or {}))
     with seeded(proxy.seed + 1, device):
         return student, make_objective(objective, ctx)
 
@@ -121,15 +112,22 @@ def build_student(small: "Candidate", teacher: Teacher, proxy: ProxyConfig, devi
 @dataclass(frozen=True)
 class HeldOut:
     """A held-out score: ``quality`` = MSE against the teacher's prediction (lower is better),
-    ``task`` = MSE against the noise process's target."""
+    ``task`` = MSE against the noise process's target, ``quality_se`` = the standard error of
+    ``quality`` over the held-out samples (NaN with one sample)."""
 
     quality: float
     task: float
+    quality_se: float = float("nan")
 
 
 def score_holdout(forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
                   holdout: dict[str, Any], amp: Callable[[], ContextManager]) -> HeldOut:
-    """``forward(xt, t, ctx) -> prediction`` on the held-out batch, in chunks, without gradients."""
+    """``forward(xt, t, ctx) -> prediction`` on the held-out batch, in chunks, without gradients.
+
+    ``quality_se``: the sample standard deviation of the per-sample MSEs over sqrt(samples),
+    i.e. how far ``quality`` would move on another held-out batch of this size (free: the
+    per-sample errors are at hand). It does not cover the proxy run's own seed-to-seed noise.
+    """
     h = holdout
     with torch.no_grad():
         preds = []
@@ -138,4 +136,8 @@ def score_holdout(forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], 
             with amp():
                 preds.append(forward(h["xt"][i:j], h["t"][i:j], h["ctx"][i:j]).float())
         pred = torch.cat(preds)
-        return HeldOut(float(torch.mean((pred - h["teacher"]) ** 2)), float(torch.mean((pred - h["target"]) ** 2)))
+        err = (pred - h["teacher"]) ** 2
+        per_sample = err.flatten(1).mean(1).double()  # equal sizes: their mean is the quality
+        n = per_sample.numel()
+        se = float(per_sample.std() / n**0.5) if n > 1 else float("nan")
+        return HeldOut(float(torch.mean(err)), float(torch.mean((pred - h["target"]) ** 2)), se)
