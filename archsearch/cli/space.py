@@ -64,9 +64,14 @@ def register(app: typer.Typer) -> None:
         """Check a search-space file: "ok" and its size, or the first problem on one line (exit 2).
 
         Every section is checked (the architecture, search:, proxy: with its teacher,
-        constraints:), with the same checks a run makes before any work.
+        constraints:), with the same checks a run makes before any work. What is not an error
+        yet but would stop a run (no latency table for this space's name: a copied and renamed
+        space) is a "warning:" line naming the table looked for, the tables of other spaces
+        with the same blocks, and the fix.
 
-        Example: archsearch validate search_spaces/unet_mobile.yaml
+        Example:
+
+          archsearch validate search_spaces/unet_mobile.yaml
         """
         from archsearch._resources import describe, find_space
         from archsearch.search import check_space
@@ -79,8 +84,8 @@ def register(app: typer.Typer) -> None:
                    f"{space.n_stages} stages, {space.size():,} candidates")
         if checked.latency_table is not None:
             typer.echo(f"latency table: {describe(checked.latency_table)}")
-        for note in checked.notes:
-            typer.echo(f"note: {note}", err=True)
+        for note in checked.notes:  # e.g. no latency table: a run would stop there
+            typer.echo(note if note.startswith(("warning: ", "note: ")) else f"warning: {note}", err=True)
 
     @app.command()
     @user_errors
@@ -91,7 +96,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Dimensions, choices and exact size of a space, and the cost of a few samples.
 
-        Example: archsearch show search_spaces/unet_mobile.yaml -n 3
+        Example:
+
+          archsearch show search_spaces/unet_mobile.yaml -n 3
         """
         from archsearch._resources import describe, find_space
         from archsearch.candidate import sample_many
@@ -141,7 +148,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Draw N distinct candidates; print them or write CANDIDATE_ID.yaml files.
 
-        Example: archsearch sample search_spaces/tiny.yaml -n 4 --seed 1 -o candidates/
+        Example:
+
+          archsearch sample search_spaces/tiny.yaml -n 4 --seed 1 -o candidates/
         """
         from archsearch._resources import find_space
         from archsearch.candidate import enumerate_candidates, sample_many
@@ -176,8 +185,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build a candidate: parameters, FLOPs and a per-stage table.
 
-        Examples: archsearch build candidates/1a2b3c4d5e6f.yaml
-                  archsearch build search_spaces/reference/sd15_unet.yaml
+        Examples:
+
+          archsearch build candidates/1a2b3c4d5e6f.yaml
+
+          archsearch build search_spaces/reference/sd15_unet.yaml
         """
         from archsearch._resources import find_space
         from archsearch.candidate import load_candidate

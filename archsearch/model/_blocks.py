@@ -8,18 +8,90 @@ the profiler time any block alone with :func:`example_inputs`.
 
 from __future__ import annotations
 
+import contextvars
+import importlib
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention import FeedForward
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps
-from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from torch import nn
 
 from archsearch.errors import CandidateError
 
-__all__ = ["BLOCK_TYPES", "create_block", "register_block"]
+__all__ = ["BLOCK_TYPES", "block_numel", "create_block", "register_block"]
+
+# diffusers' layers are imported where a block is built (``_layer``), not with this module:
+# importing diffusers pulls in torch's compile stack (torch._dynamo, seconds), which `validate`,
+# `show -n 0`, `predict` and `--help` never need. Counting a block's parameters (the memory
+# check every command makes) uses ``_TWINS`` instead: the same parameter shapes, no diffusers.
+
+#: True while :func:`block_numel` builds: diffusers layers are replaced by their twins
+_COUNTING: contextvars.ContextVar[bool] = contextvars.ContextVar("archsearch_block_counting", default=False)
+
+
+class _Shapes(nn.Module):
+    """Parameters of the given shapes and nothing else: a diffusers layer's twin for counting."""
+
+    def __init__(self, *shapes: tuple[int, ...]) -> None:
+        super().__init__()
+        self.p = nn.ParameterList(nn.Parameter(torch.empty(s)) for s in shapes)
+
+
+def _linear(n_in: int, n_out: int) -> list[tuple[int, ...]]:
+    return [(n_out, n_in), (n_out,)]
+
+
+def _conv(n_in: int, n_out: int, k: int) -> list[tuple[int, ...]]:
+    return [(n_out, n_in, k, k), (n_out,)]
+
+
+def _resnet_twin(*, in_channels: int, out_channels: int, temb_channels: int, groups: int, eps: float) -> nn.Module:
+    # norm1, conv1, time_emb_proj, norm2, conv2 (+ a 1x1 conv_shortcut when the widths differ)
+    shapes = [(in_channels,), (in_channels,), *_conv(in_channels, out_channels, 3),
+              *_linear(temb_channels, out_channels), (out_channels,), (out_channels,),
+              *_conv(out_channels, out_channels, 3)]
+    if in_channels != out_channels:
+        shapes += _conv(in_channels, out_channels, 1)
+    return _Shapes(*shapes)
+
+
+def _feedforward_twin(dim: int, *, activation_fn: str, inner_dim: int) -> nn.Module:
+    # GEGLU projects to 2 x inner (value and gate), GELU to inner; then inner -> dim
+    glu = activation_fn in ("geglu", "swiglu")
+    return _Shapes(*_linear(dim, inner_dim * (2 if glu else 1)), *_linear(inner_dim, dim))
+
+
+#: diffusers layer name -> a module with the same parameter shapes (see block_numel)
+_TWINS: dict[str, Callable[..., nn.Module]] = {
+    "Timesteps": lambda *a, **kw: _Shapes(),
+    "TimestepEmbedding": lambda in_channels, time_embed_dim: _Shapes(*_linear(in_channels, time_embed_dim),
+                                                                     *_linear(time_embed_dim, time_embed_dim)),
+    "ResnetBlock2D": _resnet_twin,
+    "FeedForward": _feedforward_twin,
+    "Downsample2D": lambda channels, *, out_channels, **kw: _Shapes(*_conv(channels, out_channels, 3)),
+    "Upsample2D": lambda channels, *, out_channels, **kw: _Shapes(*_conv(channels, out_channels, 3)),
+}
+
+
+def _layer(module: str, name: str, *args: Any, **kwargs: Any) -> nn.Module:
+    """diffusers' ``module.name(*args, **kwargs)``, imported now; its twin while counting."""
+    if _COUNTING.get():
+        return _TWINS[name](*args, **kwargs)
+    return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+
+def block_numel(type_: str, hparams: dict[str, Any]) -> tuple[int, int]:
+    """(parameters, parameters + buffers) of a block, counted on ``meta`` without importing
+    diffusers: its diffusers layers are replaced by twins of the same parameter shapes
+    (``tests/test_cli_ux.py`` checks every block type against the real build)."""
+    token = _COUNTING.set(True)
+    try:
+        with torch.device("meta"):
+            block = create_block(type_, hparams)
+    finally:
+        _COUNTING.reset(token)
+    n_params = sum(p.numel() for p in block.parameters())
+    return n_params, n_params + sum(b.numel() for b in block.buffers())
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -62,8 +134,9 @@ class TimeEmbed(nn.Module):
 
     def __init__(self, in_channels: int, time_embed_dim: int) -> None:
         super().__init__()
-        self.proj = Timesteps(in_channels, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.embedding = TimestepEmbedding(in_channels, time_embed_dim)
+        self.proj = _layer("diffusers.models.embeddings", "Timesteps", in_channels, flip_sin_to_cos=True,
+                           downscale_freq_shift=0)
+        self.embedding = _layer("diffusers.models.embeddings", "TimestepEmbedding", in_channels, time_embed_dim)
 
     def forward(self, x: torch.Tensor, temb: Any = None, context: Any = None) -> torch.Tensor:
         t = self.proj(x)
@@ -88,9 +161,9 @@ class PlainResnet(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int, groups: int) -> None:
         super().__init__()
-        self.block = ResnetBlock2D(
-            in_channels=in_channels, out_channels=out_channels, temb_channels=temb_channels,
-            groups=groups, eps=1e-5,
+        self.block = _layer(
+            "diffusers.models.resnet", "ResnetBlock2D", in_channels=in_channels, out_channels=out_channels,
+            temb_channels=temb_channels, groups=groups, eps=1e-5,
         )
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None, context: Any = None) -> torch.Tensor:
@@ -220,7 +293,8 @@ class TransformerLayer(nn.Module):
             self.norm2 = nn.LayerNorm(dim)
             self.attn2 = Attention(dim, heads, head_dim, context_dim, multi_query, qk_norm)
         self.norm3 = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim, activation_fn=ffn_type, inner_dim=int(round(dim * ffn_ratio)))
+        self.ff = _layer("diffusers.models.attention", "FeedForward", dim, activation_fn=ffn_type,
+                         inner_dim=int(round(dim * ffn_ratio)))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -421,8 +495,10 @@ class TextTimeEmbed(nn.Module):
     def __init__(self, pooled_dim: int, time_ids: int, time_id_dim: int, time_embed_dim: int) -> None:
         super().__init__()
         self.pooled_dim, self.time_ids = pooled_dim, time_ids
-        self.add_time_proj = Timesteps(time_id_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.add_embedding = TimestepEmbedding(pooled_dim + time_ids * time_id_dim, time_embed_dim)
+        self.add_time_proj = _layer("diffusers.models.embeddings", "Timesteps", time_id_dim, flip_sin_to_cos=True,
+                                    downscale_freq_shift=0)
+        self.add_embedding = _layer("diffusers.models.embeddings", "TimestepEmbedding",
+                                    pooled_dim + time_ids * time_id_dim, time_embed_dim)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None, context: Any = None) -> torch.Tensor:
         pooled, ids = x[:, : self.pooled_dim], x[:, self.pooled_dim:]
@@ -437,7 +513,8 @@ class TextTimeEmbed(nn.Module):
 class Down(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.op = Downsample2D(channels, use_conv=True, out_channels=channels, padding=1)
+        self.op = _layer("diffusers.models.resnet", "Downsample2D", channels, use_conv=True, out_channels=channels,
+                         padding=1)
 
     def forward(self, x: torch.Tensor, temb: Any = None, context: Any = None) -> torch.Tensor:
         return self.op(x)
@@ -446,7 +523,7 @@ class Down(nn.Module):
 class Up(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.op = Upsample2D(channels, use_conv=True, out_channels=channels)
+        self.op = _layer("diffusers.models.resnet", "Upsample2D", channels, use_conv=True, out_channels=channels)
 
     def forward(self, x: torch.Tensor, temb: Any = None, context: Any = None) -> torch.Tensor:
         return self.op(x)

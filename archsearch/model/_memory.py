@@ -21,7 +21,7 @@ import torch
 
 from archsearch.candidate import Candidate
 from archsearch.errors import CandidateError
-from archsearch.model._blocks import create_block
+from archsearch.model._blocks import block_numel
 from archsearch.model._walker import walk
 
 __all__ = ["MAX_MODEL_BYTES", "MEMORY_ENV", "MemoryEstimate", "check_memory", "estimate_memory", "memory_limit"]
@@ -64,11 +64,9 @@ class MemoryEstimate:
 
 @lru_cache(maxsize=65536)
 def _block_numel(type_: str, params: tuple[tuple[str, Any], ...]) -> tuple[int, int]:
-    """(parameters, parameters + buffers) of one block: its hyperparameters alone decide them."""
-    with torch.device("meta"):  # as build_block(spec, device="meta") builds it
-        block = create_block(type_, dict(params))
-    n_params = sum(p.numel() for p in block.parameters())
-    return n_params, n_params + sum(b.numel() for b in block.buffers())
+    """(parameters, parameters + buffers) of one block: its hyperparameters alone decide them
+    (counted on meta without importing diffusers: validate stays quick)."""
+    return block_numel(type_, dict(params))
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from archsearch.distill import ProxyConfig
     from archsearch.spec import SearchSpace
 
-__all__ = ["SpaceCheck", "check_space", "resolve_latency_table"]
+__all__ = ["SpaceCheck", "check_space", "fitting_tables", "resolve_latency_table"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,10 @@ def check_space(space: SearchSpace, *, need_table: bool = False) -> SpaceCheck:
         if need_table or settings.latency_table is not None:
             raise
         notes.append(str(exc))
+    if table is not None:  # an ane/coreml table: can the space produce a candidate that converts?
+        from archsearch.search._convertible import convertibility_notes
+
+        notes += convertibility_notes(space, table)
     return SpaceCheck(settings, proxy, table, notes)
 
 
@@ -169,9 +173,110 @@ def _unprofilable_reason(target: str) -> str | None:
     return None
 
 
+#: the parts of a space that decide its blocks (``name`` and ``constraints`` do not)
+_NOT_BLOCKS = ("name", "constraints", "search", "proxy", "description")
+
+
+def _table_header(path: Path) -> dict[str, Any]:
+    """The ``#`` YAML header of a latency table (``{}`` when it has none or cannot be read):
+    only the header is read, not the rows."""
+    import yaml
+
+    lines = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.startswith("#"):
+                    break
+                lines.append(line[2:] if line.startswith("# ") else line[1:])
+        meta = yaml.load("".join(lines), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # safe
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _same_blocks(space: Any, recorded: dict[str, Any]) -> bool:
+    """Whether the space a table records (``space: {name, path, hash}`` of its header) has the
+    blocks of ``space``: the same architecture under another name (a renamed copy: its hash with
+    the recorded name), or a space file that differs only in name, constraints, search: or proxy:."""
+    import yaml
+
+    from archsearch._resources import find_file
+    from archsearch._util import short_hash
+
+    name, path, digest = recorded.get("name"), recorded.get("path"), recorded.get("hash")
+    arch = {k: v for k, v in space.data.items() if k not in ("search", "proxy", "description")}
+    if name and digest and short_hash({**arch, "name": name}) == digest:
+        return True
+    found = find_file(path, [Path()]) if isinstance(path, str) and path else None
+    if found is None or not found.is_file():
+        return False
+    try:
+        other = yaml.safe_load(found.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    if not isinstance(other, dict):
+        return False
+    ours = {k: v for k, v in space.data.items() if k not in _NOT_BLOCKS}
+    return ours == {k: v for k, v in other.items() if k not in _NOT_BLOCKS}
+
+
+def fitting_tables(space: Any, target: str, resolution: int, bases: list[Path]) -> list[Path]:
+    """Latency tables made for another space with the same blocks as ``space`` (e.g. the space
+    it was copied from and renamed), at ``target`` and ``resolution``: in ``latency_tables/`` of
+    each of ``bases``, then among the bundled tables. Only their headers are read."""
+    from archsearch._resources import TABLES, bundled_root
+
+    dirs = [b / TABLES for b in bases] + [bundled_root() / TABLES]
+    seen: set[Path] = set()
+    out: list[Path] = []
+    for d in dirs:
+        for p in sorted(d.glob("*.csv")) if d.is_dir() else []:
+            key = p.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            meta = _table_header(p)
+            recorded = meta.get("space")
+            if (str(meta.get("target")) != target or meta.get("resolution") != resolution
+                    or not isinstance(recorded, dict) or recorded.get("name") == space.name):
+                continue
+            if _same_blocks(space, recorded):
+                out.append(p)
+    return out
+
+
+def _table_setting(table: Path, space: Any) -> str:
+    """``table`` as ``search.latency_table`` would name it from ``space``'s file."""
+    import os
+
+    spec_dir = Path(space.path).resolve().parent
+    try:
+        return Path(os.path.relpath(table.resolve(), spec_dir)).as_posix() if table.resolve().is_relative_to(
+            spec_dir) else str(table.resolve())
+    except ValueError:  # another drive
+        return str(table.resolve())
+
+
+def _fits_clause(space: Any, target: str, res: int, name: str, bases: list[Path]) -> str:
+    """``; <table> (made for space 'tiny', the same blocks) fits: set ...`` or ``""``."""
+    from archsearch._resources import describe
+
+    fits = fitting_tables(space, target, res, bases)
+    if not fits:
+        return ""
+    first = fits[0]
+    other = _table_header(first).get("space", {}).get("name")
+    more = f" (also: {', '.join(describe(p) for p in fits[1:3])})" if len(fits) > 1 else ""
+    return (f"; {describe(first)} was made for space {other!r} with the same blocks{more}: use it with "
+            f"`search: {{latency_table: {_table_setting(first, space)}}}` in {space.path}, or copy it to "
+            f"latency_tables/{name}")
+
+
 def _no_table_message(space: Any, settings: SearchSettings, target: str, name: str, bases: list[Path]) -> str:
-    """The one line for a search without its latency table: the known targets, those that can
-    be profiled here and those that already have a table for this space, and the way out."""
+    """The one line for a search without its latency table: the table looked for, the tables of
+    other spaces with the same blocks (a renamed copy), the known targets, those that can be
+    profiled here and those that already have a table for this space, and the way out."""
     from archsearch._resources import TABLES, find_file
     from archsearch.cost.latency import TARGETS
 
@@ -193,10 +298,12 @@ def _no_table_message(space: Any, settings: SearchSettings, target: str, name: s
     if target not in TARGETS:
         return f"{space.path}: {key}: {target}: unknown target ({known})"
     why = _unprofilable_reason(target)
+    looked = f"no latency table for space {space.name!r}: latency_tables/{name} does not exist"
+    fits = _fits_clause(space, target, res, name, bases)
     if why is None:
-        return (f"{space.path}: {key}: {target}: latency_tables/{name} does not exist and search.latency_table "
-                f"is not set; make it with `archsearch profile {space.path} --target {target}` or set "
+        return (f"{space.path}: {key}: {target}: {looked} and search.latency_table is not set{fits}; "
+                f"{'or ' if fits else ''}make it with `archsearch profile {space.path} --target {target}` or set "
                 f"search.latency_table ({known}) {way_out}")
-    return (f"{space.path}: {key}: {target}: latency_tables/{name} does not exist, and {target} cannot be "
-            f"profiled here: {why}; measure it where it runs (`archsearch profile --target {target}` there, "
+    return (f"{space.path}: {key}: {target}: {looked}, and {target} cannot be "
+            f"profiled here: {why}{fits}; measure it where it runs (`archsearch profile --target {target}` there, "
             f"or --import) and set search.latency_table, or choose another target ({known}) {way_out}")
