@@ -131,3 +131,23 @@ def test_a_registered_format_exports_through_the_one_registry(tiny_space, tmp_pa
     assert res.summary == "(2 x raw)" and not res.ok and res.check.line() == "max relative error 0.5 against torch"
     assert seen == [("export", f"writing candidate {cand.id} raw (batch 2)", 0, 1),
                     ("export", f"writing candidate {cand.id} raw (batch 2)", 1, 1)]
+
+
+def test_a_video_unet_with_temporal_convolutions_runs_them_in_the_ane_layout():
+    """temporal_conv1d/conv3d are rewritten to rank 4 (Core ML refused their 5-D GroupNorm);
+    the whole video UNet stays the torch function."""
+    from archsearch.export import ANETemporalConv
+    from archsearch.spec import load_space_text
+
+    text = (ROOT / "search_spaces" / "tiny_video.yaml").read_text()
+    text = text.replace("type: {choice: [none, conv1d, attn1d]}", "type: conv1d")
+    text = text.replace("type: {choice: [conv1d, attn1d, attn3d]}", "type: conv3d")
+    cand = sample_many(load_space_text(text, "video.yaml"), 1, seed=2)[0]
+    model = _perturb(build_model(cand))
+    ane = ane_model(model)
+    convs = [b for b in ane.blocks if isinstance(b, ANETemporalConv)]
+    assert len(convs) == sum(s.type in ("temporal_conv1d", "temporal_conv3d") for s in walk(cand)) >= 2
+    assert not any("TemporalConv" in k for k in ane.kept)
+    inputs = model_inputs(cand)
+    with torch.no_grad():
+        torch.testing.assert_close(ane(*inputs), model(*inputs), rtol=1e-4, atol=1e-5)

@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
     @_flag_errors
     def profile(
         source: SourceArg = None,
-        target: Annotated[str, typer.Option("--target", "-t", help="cpu, cuda, mps, coreml, ane or xnnpack (ExecuTorch on this CPU).")] = ...,
+        target: Annotated[Optional[str], typer.Option("--target", "-t", help="cpu, cuda, mps, coreml, ane or xnnpack (ExecuTorch on this CPU).")] = None,
         resolution: Annotated[Optional[int], typer.Option(help="Latent resolution (overrides the space's).")] = None,
         batch: Annotated[int, typer.Option(help="Batch size of every measurement.")] = 1,
         dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16 (torch targets).")] = "float32",
@@ -98,14 +98,27 @@ def register(app: typer.Typer) -> None:
         compute_units: Annotated[Optional[str], typer.Option(help="coreml/ane: CPU_ONLY, CPU_AND_GPU, CPU_AND_NE "
                                                              "or ALL (default: CPU_AND_NE for ane, ALL for "
                                                              "coreml).")] = None,
+        recalibrate: Annotated[Optional[Path], typer.Option("--recalibrate", help="Refit this measured table "
+                                                            "(e.g. one from another machine) to this machine from "
+                                                            "-n whole models timed here; writes a new table (--out).")] = None,
+        models: Annotated[int, typer.Option("-n", help="With --recalibrate: whole models to time.", min=2)] = 8,
     ) -> None:
         """Measure every distinct block of a space once into a latency table (resumable).
 
         Examples:
+
           archsearch profile search_spaces/tiny.yaml --target cpu --validate 20
+
           archsearch profile search_spaces/unet_mobile.yaml --target cpu --resolution 32
-          archsearch profile --target ane            (Linux: Core ML conversion + roofline estimate)
-          archsearch profile --import iphone.csv --target ane --out latency_tables/unet_mobile-ane-r128.csv
+
+          # on Linux: Core ML conversion + roofline estimate
+          archsearch profile --target ane
+
+          archsearch profile --import iphone.csv --target ane \\
+              --out latency_tables/unet_mobile-ane-r128.csv
+
+          # a table from another machine, refitted to this one
+          archsearch profile --recalibrate latency_tables/unet_mobile-cpu-r16.csv -n 8
         """
         from archsearch.cost.latency import (
             MeasureSettings,
@@ -116,6 +129,11 @@ def register(app: typer.Typer) -> None:
             run_profile,
         )
 
+        if recalibrate is not None:
+            _recalibrate(recalibrate, models, out, source, target)
+            return
+        if target is None:
+            raise ArchsearchError("--target is required (allowed: cpu, cuda, mps, coreml, ane, xnnpack)")
         if max_time < min_time:
             raise ArchsearchError(f"--max-time {max_time} is below --min-time {min_time} (allowed: max >= min)")
         if keys_out is not None and not dry_run:
@@ -201,8 +219,11 @@ def register(app: typer.Typer) -> None:
         """Predict latency from a table: total and per stage.
 
         Examples:
-          archsearch predict candidates/1a2b3c4d5e6f.yaml --table latency_tables/tiny-cpu-r16.csv
-          archsearch predict search_spaces/tiny.yaml --table latency_tables/tiny-cpu-r16.csv -n 5
+
+          archsearch predict candidates/1a2b3c4d5e6f.yaml \\
+              --table latency_tables/tiny-cpu-r16.csv
+
+          archsearch predict tiny --table latency_tables/tiny-cpu-r16.csv -n 5
         """
         from archsearch._resources import describe, find_file, find_space
         from archsearch.cost.latency import InterpolationWarning, at_resolution, load_predictor, sample_candidates
@@ -220,6 +241,7 @@ def register(app: typer.Typer) -> None:
             cands = [at_resolution(cand, resolution)]
         console.print(f"table {escape(describe(table_path))}: target {table.meta.get('target')}, "
                       f"{escape(str(table.meta.get('device', '?')))}, {len(table)} blocks, source {table.source}")
+        _warn_foreign_device(table)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", InterpolationWarning)
             totals = predictor.predict(cands, allow_missing=allow_missing)
@@ -272,7 +294,7 @@ _FLAGS = {
     "threshold": "--threshold", "statistic": "--statistic", "flush_bytes": "--flush-mb",
     "device_profile": "--device-profile", "out": "--out", "n": "--validate", "seed": "--seed",
     "stable_time": "--stable-time", "compute_units": "--compute-units", "max_overhead_share": "--max-overhead",
-    "sentinel.every": "--sentinel-every", "sentinel.drift": "--sentinel-drift",
+    "sentinel.every": "--sentinel-every", "sentinel.drift": "--sentinel-drift", "models": "-n",
 }
 
 
@@ -310,6 +332,48 @@ def _flag_errors(fn: Any) -> Any:
     return flag_errors(_FLAGS)(wrapper)
 
 
+def _warn_foreign_device(table: Any) -> None:
+    """One line when ``table`` was measured on another machine than this one."""
+    from archsearch.cost.latency import check_table_device
+
+    line = check_table_device(table).warning
+    if line:
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
+
+
+def _recalibrate(table_path: Path, models: int, out: Optional[Path], source: Optional[Path],
+                 target: Optional[str]) -> None:
+    """``profile --recalibrate TABLE -n K [--out NEW] [SPACE]``."""
+    from archsearch._resources import find_file, find_space
+    from archsearch.cost.latency import load_table, recalibrate_table
+
+    if not table_path.exists():  # a shipped table by its repository path (latency_tables/...)
+        table_path = find_file(table_path) or table_path
+    table = load_table(table_path)
+    if target is not None and target != table.meta.get("target"):
+        raise ArchsearchError(f"--target {target}: {table_path} is a table for target {table.meta.get('target')} "
+                              "(allowed: leave --target out with --recalibrate)")
+    space = None
+    if source is not None:
+        space, _ = _load_source(find_space(source))
+        if space is None:
+            raise ArchsearchError(f"{source}: --recalibrate draws its models from a search space, not a candidate file")
+    cmd = f"archsearch profile --recalibrate {table_path} -n {models}" + (f" --out {out}" if out else "")
+    with progress_bars() as bar:
+        res = recalibrate_table(table, models, out, space=space, progress=bar, command=cmd)
+    console.print(f"timed {res.fit.k} whole models on {escape(res.device)} in {_fmt_s(res.seconds)}; fit: "
+                  f"{escape(res.fit.line())}", soft_wrap=True)
+    t = Table(title=f"whole models: {escape(str(table_path))} vs this machine")
+    for col in ("candidate", "table ms", "measured ms", "recalibrated ms"):
+        t.add_column(col, justify="left" if col == "candidate" else "right")
+    for r in res.points.itertuples():
+        t.add_row(r.id, f"{r.table_ms:.3f}", f"{r.measured_ms:.3f}", f"{r.fitted_ms:.3f}")
+    console.print(t)
+    console.print(f"[green]wrote[/green] {escape(str(res.out))}: {len(res.table)} blocks derived from "
+                  f"{escape(str(table_path))} (its header says how); use it with --table {escape(str(res.out))}",
+                  soft_wrap=True)
+
+
 def _print_plan(plan: Any, path: Path) -> None:
     info = plan.blocks.info()
     how = ("every candidate" if info["method"] == "exhaustive" else
@@ -338,9 +402,15 @@ def _print_coreml_summary(table: Any) -> None:
     failed = df[conv.str.startswith("failed")]
     checked = int((conv != "").sum())
     if checked:
+        from archsearch.export import unconvertible_types
+
         console.print(f"Core ML: {checked - len(failed)}/{checked} blocks converted (mlprogram, fp16)")
-        for r in failed.head(5).itertuples():
-            console.print(f"  [red]failed[/red] {escape(r.key)}: {escape(r.coreml)}")
+        bad = unconvertible_types(df.to_dict("records"))
+        if bad:  # by block type: what a search on this table rejects before training
+            console.print("[red]block types that do not convert to Core ML[/red] (a search on this table treats "
+                          "candidates with them as infeasible):")
+            for typ, b in bad.items():
+                console.print(f"  {escape(typ)}: {b['failed']}/{b['blocks']} blocks: {escape(b['error'])}")
     flags: Counter = Counter()
     for text in df["ane_flags"].fillna(""):
         for part in filter(None, text.split(";")):

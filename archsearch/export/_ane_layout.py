@@ -13,7 +13,9 @@ turned into ``(B, D, 1, L)`` once, at the model's input.
 numerically the same function as the torch module (same weights, reshaped), which
 ``tests/test_ane_layout.py`` checks. Blocks other than the transformer kinds (ResNets,
 resampling, stem, head) are convolutional and channels-first already and are kept as they
-are; temporal (video) layers are kept too and say so (:func:`ane_unsupported`).
+are (their GroupNorms through a rank-4 view); temporal convolutions run at rank 4
+(:class:`ANETemporalConv`: Core ML refuses their 5-D GroupNorm); temporal attention is kept
+in its torch layout (rank <= 4; it converts as it is) and says so (:func:`ane_unsupported`).
 
 The Core ML export converts this layout (``_coreml``); the roofline estimator counts its ops
 (``archsearch.cost.latency.ane_layout_ops``).
@@ -35,6 +37,7 @@ __all__ = [
     "ANEGroupNorm",
     "ANELayerNorm",
     "ANESpatialTransformer",
+    "ANETemporalConv",
     "ANEUNet",
     "DEFAULT_QUERY_CHUNK",
     "ane_block",
@@ -283,26 +286,83 @@ class ANESpatialTransformer(nn.Module):
         return x + self.proj_out(t).reshape(b, c, h, w)
 
 
+class ANETemporalConv(nn.Module):
+    """A ``temporal_conv1d`` / ``temporal_conv3d`` block (GroupNorm over each clip → SiLU →
+    Conv3d over time, residual) with no tensor of rank > 4.
+
+    The torch block goes through ``(B, C, T, H, W)``; coremltools lowers a GroupNorm of a 5-D
+    tensor through a rank-6 reshape, which Core ML refuses ("only supports tensors with rank
+    <= 5"), and the Neural Engine's layout is 4-D anyway. Here the clip is ``(B, T, C, H·W)``:
+    the norm's statistics are taken over ``(T, C/G, H·W)`` of a ``(B, T, G, C/G·H·W)`` view,
+    and the ``kt x kh x kw`` convolution is one 2-D convolution over ``kt`` time-shifted copies
+    of the frames stacked along the channels (frames padded with zeros in time, as Conv3d's
+    padding does): ``(B·T, kt·C, H, W)`` with the Conv3d's weight slices side by side
+    (``kt·C`` input channels, the same multiply-accumulates). Same weights, same function.
+    """
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        conv, norm = block.conv, block.norm
+        self.frames = int(block.frames)
+        self.groups, self.eps = norm.num_groups, norm.eps
+        self.norm_weight = nn.Parameter(norm.weight.detach().clone().reshape(1, 1, -1, 1))
+        self.norm_bias = nn.Parameter(norm.bias.detach().clone().reshape(1, 1, -1, 1))
+        kt, kh, kw = conv.kernel_size
+        pt, ph, pw = conv.padding
+        self.kt, self.pt = int(kt), int(pt)
+        c_out, c_in = conv.out_channels, conv.in_channels
+        self.conv = nn.Conv2d(kt * c_in, c_out, (kh, kw), padding=(ph, pw), bias=conv.bias is not None,
+                              device=conv.weight.device, dtype=conv.weight.dtype)
+        with torch.no_grad():  # input channel block k: the frames shifted by k - pt
+            self.conv.weight.copy_(torch.cat([conv.weight[:, :, k] for k in range(kt)], dim=1))
+            if conv.bias is not None:
+                self.conv.bias.copy_(conv.bias)
+
+    def forward(self, x: torch.Tensor, temb: Any = None, context: Any = None) -> torch.Tensor:
+        bt, c, h, w = x.shape
+        t = self.frames
+        b = bt // t
+        g = x.reshape(b, t, self.groups, (c // self.groups) * h * w)
+        mean = g.mean(dim=(1, 3), keepdim=True)
+        centred = g - mean
+        var = (centred * centred).mean(dim=(1, 3), keepdim=True)
+        v = (centred * torch.rsqrt(var + self.eps)).reshape(b, t, c, h * w)
+        v = F.silu(v * self.norm_weight + self.norm_bias)
+        if self.kt > 1:
+            p = F.pad(v, (0, 0, 0, 0, self.pt, self.pt)) if self.pt else v
+            v = torch.cat([p[:, k:k + t] for k in range(self.kt)], dim=2)  # (B, T, kt·C, H·W)
+        return x + self.conv(v.reshape(bt, self.kt * c, h, w))
+
+
 def _is_transformer(block: nn.Module) -> bool:
     return isinstance(block, SpatialTransformer)
+
+
+def _is_temporal_conv(block: nn.Module) -> bool:
+    """``temporal_conv1d`` / ``temporal_conv3d``: a GroupNorm, a Conv3d over the clip, frames."""
+    return (isinstance(getattr(block, "conv", None), nn.Conv3d) and isinstance(getattr(block, "norm", None), nn.GroupNorm)
+            and hasattr(block, "frames"))
 
 
 def ane_unsupported(block: nn.Module) -> str:
     """'' if ``block`` runs in the ANE layout here, else why it is kept as it is."""
     name = type(block).__name__
-    if name.startswith("Temporal"):
-        return f"{name}: temporal layers are kept in their torch layout (5-D reshapes)"
+    if name.startswith("Temporal") and not _is_temporal_conv(block):
+        return f"{name}: temporal attention is kept in its torch layout (rank <= 4, converts as it is)"
     return ""
 
 
 def ane_block(block: nn.Module, query_chunk: int = DEFAULT_QUERY_CHUNK) -> nn.Module:
     """``block`` in the Neural-Engine layout (a new module; ``block`` is not changed).
-    Transformer kinds are rewritten; convolutional blocks are channels-first already and only
-    get their GroupNorms in a rank-4 form; temporal layers are returned as they are."""
+    Transformer kinds are rewritten; temporal convolutions run at rank 4
+    (:class:`ANETemporalConv`); other convolutional blocks are channels-first already and
+    only get their GroupNorms in a rank-4 form; temporal attention is returned as it is."""
     import copy
 
     if _is_transformer(block):
         return ANESpatialTransformer(block, query_chunk).eval()
+    if _is_temporal_conv(block):
+        return ANETemporalConv(block).eval()
     if ane_unsupported(block):
         return block
     return _replace_group_norms(copy.deepcopy(block)).eval()

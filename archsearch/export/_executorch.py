@@ -131,7 +131,7 @@ def _export_pte(model: ArchUNet, path: Path, options: ExportOptions, name: str) 
     ``path`` (written to a temporary file, then renamed). The program is always loaded back
     and run once against torch (``options.check`` does not turn that off)."""
     need_executorch()
-    low = lower_and_check(model.eval(), model_inputs(model.candidate, options.batch))
+    low = lower_and_check(model.eval(), model_inputs(model.candidate, options.batch or 1))
     write_pte(low.pte, path)
     tolerance = PTE_TOLERANCE if options.tolerance is None else options.tolerance
     err = low.max_rel_error

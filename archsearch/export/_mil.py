@@ -21,7 +21,7 @@ import numpy as np
 
 from archsearch.export._ops import OpRecord, einsum_macs
 
-__all__ = ["UnsupportedMILOp", "mil_ops", "off_ane_ops", "run_mil"]
+__all__ = ["EVALUATED_OPS", "UnsupportedMILOp", "mil_ops", "off_ane_ops", "program_ops", "run_mil", "unevaluated_ops"]
 
 _FREE = {"const", "reshape", "expand_dims", "squeeze", "identity", "shape"}
 _DATA = {"transpose", "slice_by_index", "slice_by_size", "concat", "split", "upsample_nearest_neighbor",
@@ -37,9 +37,9 @@ _OFF_ANE_TYPES = {"gather", "gather_nd", "gather_along_axis", "scatter", "scatte
 class UnsupportedMILOp(Exception):
     """The MIL evaluator has no implementation of this op type."""
 
-    def __init__(self, op_type: str) -> None:
+    def __init__(self, op_type: str, detail: str = "") -> None:
         self.op_type = op_type
-        super().__init__(f"op {op_type} is not evaluated here")
+        super().__init__(f"op {op_type} is not evaluated here" + (f" ({detail})" if detail else ""))
 
 
 def _functions(program: Any) -> list[Any]:
@@ -241,8 +241,8 @@ def _eval_op(op: Any, env: dict[str, Any]) -> list[Any]:
     if kind == "gelu":
         return [_gelu(g("x"), str(g("mode", "EXACT")))]
     if kind == "cast":
-        dtype = {"fp16": np.float16, "fp32": np.float32, "int32": np.int32, "int16": np.int16,
-                 "bool": np.bool_}[str(g("dtype"))]
+        dtype = {"fp16": np.float16, "fp32": np.float32, "int32": np.int32, "int16": np.int16, "uint16": np.uint16,
+                 "int8": np.int8, "uint8": np.uint8, "bool": np.bool_}[str(g("dtype"))]
         return [np.asarray(g("x")).astype(dtype)]
     if kind == "conv":
         return [_conv(g("x"), g("weight"), g("bias"), g("strides"), str(g("pad_type", "valid")), g("pad"),
@@ -343,7 +343,87 @@ def _eval_op(op: Any, env: dict[str, Any]) -> list[Any]:
     if kind == "stack":
         vals = g("values")
         return [np.stack(vals, axis=_axis(g("axis"), np.asarray(vals[0]).ndim + 1))]
+    if kind == "batch_norm":  # coremltools fuses x * gamma + beta of shape (1, C, 1, 1) into one
+        x = g("x")
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        scale = 1.0 / np.sqrt(np.asarray(g("variance"), np.float32) + float(g("epsilon", 1e-5)))
+        out = (x - np.asarray(g("mean")).reshape(shape)) * scale.reshape(shape)
+        gamma, beta = g("gamma"), g("beta")
+        return [out * (gamma.reshape(shape) if gamma is not None else 1) + (beta.reshape(shape) if beta is not None else 0)]
+    if kind == "pad":
+        x = g("x")
+        pad = [int(p) for p in np.ravel(g("pad"))]
+        n = len(pad) // 2  # [begin, end] pairs for the last n axes
+        widths = [(0, 0)] * (x.ndim - n) + [(pad[2 * i], pad[2 * i + 1]) for i in range(n)]
+        mode = str(g("mode", "constant"))
+        if mode == "constant":
+            return [np.pad(x, widths, mode="constant", constant_values=float(g("constant_val", 0.0)))]
+        return [np.pad(x, widths, mode={"reflect": "reflect", "replicate": "edge"}[mode])]
+    if kind in ("reduce_argmax", "reduce_argmin"):
+        x = g("x")
+        axis = _axis(g("axis", -1), x.ndim)
+        fn = np.argmax if kind == "reduce_argmax" else np.argmin
+        out = fn(x, axis=axis)
+        return [np.expand_dims(out, axis) if bool(g("keep_dims", False)) else out]
+    if kind == "gather_nd":
+        x, idx = g("x"), np.asarray(g("indices")).astype(int)
+        return [x[tuple(np.moveaxis(idx, -1, 0))]]
+    if kind == "gather_along_axis":
+        x = g("x")
+        axis = _axis(g("axis", 0), x.ndim)
+        return [np.take_along_axis(x, np.asarray(g("indices")).astype(int), axis=axis)]
+    if kind == "band_part":
+        x = g("x")
+        lower, upper = int(g("lower", -1)), int(g("upper", -1))
+        rows, cols = np.indices(x.shape[-2:])
+        keep = np.ones(x.shape[-2:], bool)
+        if lower >= 0:
+            keep &= rows - cols <= lower
+        if upper >= 0:
+            keep &= cols - rows <= upper
+        return [np.where(keep, x, np.zeros_like(x))]
+    if kind in ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal"):
+        fn = {"equal": np.equal, "not_equal": np.not_equal, "less": np.less, "less_equal": np.less_equal,
+              "greater": np.greater, "greater_equal": np.greater_equal}[kind]
+        return [fn(g("x"), g("y"))]
+    if kind in ("logical_and", "logical_or", "logical_not"):
+        if kind == "logical_not":
+            return [np.logical_not(g("x"))]
+        return [(np.logical_and if kind == "logical_and" else np.logical_or)(g("x"), g("y"))]
+    if kind == "clip":
+        return [np.clip(g("x"), float(g("alpha")), float(g("beta")))]
+    if kind == "shape":
+        return [np.asarray(np.shape(g("x")), np.int32)]
     raise UnsupportedMILOp(kind)
+
+
+#: the MIL op types :func:`run_mil` evaluates (``const`` and ``constexpr_*`` weights included)
+EVALUATED_OPS = frozenset({
+    "add", "sub", "mul", "real_div", "pow", "maximum", "minimum", "floor_div", "sqrt", "exp", "sin", "cos", "tanh",
+    "abs", "square", "floor", "ceil", "erf", "sign", "relu", "sigmoid", "silu", "log", "rsqrt", "inverse", "gelu",
+    "cast", "conv", "linear", "matmul", "einsum", "softmax", "reduce_mean", "reduce_sum", "reduce_max", "reduce_min",
+    "reshape", "expand_dims", "squeeze", "transpose", "slice_by_index", "slice_by_size", "concat", "split",
+    "layer_norm", "instance_norm", "batch_norm", "upsample_nearest_neighbor", "tile", "fill", "range_1d", "gather",
+    "select", "identity", "stack", "pad", "reduce_argmax", "reduce_argmin", "gather_nd", "gather_along_axis",
+    "band_part", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal", "logical_and", "logical_or",
+    "logical_not", "clip", "shape", "const",
+})
+
+
+def unevaluated_ops(program: Any) -> Counter:
+    """Op types of ``program`` that :func:`run_mil` does not evaluate, with their counts (an
+    empty Counter: every op the program contains is evaluated by the numeric check)."""
+    found: Counter = Counter()
+    for fn in _functions(program):
+        for op in fn.operations:
+            if op.op_type not in EVALUATED_OPS and not op.op_type.startswith("constexpr_"):
+                found[op.op_type] += 1
+    return found
+
+
+def program_ops(program: Any) -> int:
+    """How many ops (``const`` left out) the program runs."""
+    return sum(1 for fn in _functions(program) for op in fn.operations if op.op_type != "const")
 
 
 def _as_declared(value: Any, var: Any) -> Any:
@@ -356,6 +436,8 @@ def _as_declared(value: Any, var: Any) -> Any:
         return arr.astype(np.float16)
     if dtype is types.fp32:
         return arr.astype(np.float32)
+    if dtype is types.int32:
+        return arr.astype(np.int32)
     return arr
 
 
@@ -372,7 +454,12 @@ def run_mil(program: Any, inputs: dict[str, np.ndarray], function: str = "main")
         if op.op_type.startswith("constexpr_"):  # palettized / quantized weights: decompress
             results = [op.materialized_val_inference()]
         else:
-            results = _eval_op(op, env)
+            try:
+                results = _eval_op(op, env)
+            except UnsupportedMILOp:
+                raise
+            except Exception as exc:  # a variant of an op this evaluator does not cover
+                raise UnsupportedMILOp(op.op_type, f"{type(exc).__name__}: {exc}"[:160]) from None
         for var, value in zip(op.outputs, results):
             env[var.name] = _as_declared(value, var)
     return {var.name: np.asarray(env[var.name], dtype=np.float32) for var in fn.outputs}

@@ -54,33 +54,45 @@ class NumericCheck:
     tolerance: float = 0.0
     reason: str = ""
     how: str = "mil"
+    #: ops of the program evaluated (``mil``: every op it contains, or the check is not done)
+    ops: int = 0
 
     def line(self) -> str:
         if not self.done:
             return f"not checked: {self.reason}"
         if self.how == "runtime":
             return f"max relative error {self.max_rel_error:.2g} against torch"
-        return (f"{'matches' if self.ok else 'DIFFERS from'} torch through MIL: max |diff| {self.max_abs_error:.3g} "
-                f"= {100 * self.max_rel_error:.3f}% of the output's range (tolerance {100 * self.tolerance:.1f}%)")
+        if self.reason:  # e.g. an output of another shape
+            return f"DIFFERS from torch through MIL: {self.reason}"
+        every = f" (all {self.ops} ops evaluated)" if self.ops else ""
+        return (f"{'matches' if self.ok else 'DIFFERS from'} torch through MIL{every}: max |diff| "
+                f"{self.max_abs_error:.3g} = {100 * self.max_rel_error:.3f}% of the output's range "
+                f"(tolerance {100 * self.tolerance:.1f}%)")
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     """How to export; a format uses the options that concern it and ignores the others.
 
-    ``batch``: the example inputs' batch; ``check``: run the numeric check (Core ML: the MIL
-    program evaluated with numpy; an ExecuTorch program is always run once against torch);
-    ``tolerance``: of that check (default: the format's, see ``CHECK_TOLERANCE`` and
-    ``PTE_TOLERANCE``); ``layout``, ``compute_units``, ``palettize``: Core ML's (see
-    ``convert_module``).
+    ``batch``: the model's batch (None: the format's, Core ML 2 -- classifier-free guidance in
+    one call, as Apple's app runs it --, ExecuTorch 1); ``check``: run the numeric check (Core
+    ML: the MIL program evaluated with numpy, every op; an ExecuTorch program is always run
+    once against torch); ``tolerance``: of that check (default: the format's, see
+    ``CHECK_TOLERANCE`` and ``PTE_TOLERANCE``); ``layout``, ``compute_units``, ``palettize``:
+    Core ML's (see ``convert_module``); ``pipeline``: Core ML: write the whole folder the Swift
+    ``StableDiffusionPipeline`` loads (text encoder, VAE decoder, tokenizer, scheduler) from
+    ``teacher``, the diffusers checkpoint the model was trained against (found by
+    :func:`export_model` for an ``archsearch train`` folder).
     """
 
-    batch: int = 1
+    batch: int | None = None
     check: bool = True
     tolerance: float | None = None
     layout: str = "ane"
     compute_units: str = "CPU_AND_NE"
     palettize: int | None = None
+    pipeline: bool = False
+    teacher: str | None = None
 
 
 @dataclass(frozen=True)
@@ -158,8 +170,22 @@ def _load(source: str | os.PathLike | Candidate | ArchUNet) -> tuple[ArchUNet, s
         return build_model(source), f"candidate {source.id}"
     path = Path(source)
     if path.is_dir():
+        if (path / "model_index.json").is_file() and (path / "unet" / "config.json").is_file():
+            return ArchUNet.from_pretrained(path / "unet"), str(source)  # a pipeline `archsearch train` wrote
         return ArchUNet.from_pretrained(path), str(source)
     return build_model(load_candidate(path)), str(source)
+
+
+def _teacher_of(source: Any) -> str | None:
+    """The diffusers checkpoint beside a trained model: ``source`` itself if it is a pipeline
+    folder (``model_index.json``), else its ``pipeline/`` (what ``archsearch train`` writes)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    path = Path(source)
+    for folder in (path, path / "pipeline"):
+        if (folder / "model_index.json").is_file():
+            return str(folder)
+    return None
 
 
 def export_model(source: str | os.PathLike | Candidate | ArchUNet, format: str = "coreml",
@@ -168,7 +194,9 @@ def export_model(source: str | os.PathLike | Candidate | ArchUNet, format: str =
     """Export a whole UNet as ``format`` to ``out`` (default ``exports/<candidate id><suffix>``).
 
     ``source``: a built or loaded :class:`ArchUNet`, a :class:`Candidate` (random weights), a
-    folder written by ``save_pretrained``, or a candidate file. ``options``
+    folder written by ``save_pretrained`` (or the diffusers ``pipeline/`` folder ``archsearch
+    train`` writes beside it), or a candidate file. With ``pipeline`` the default ``out`` is a
+    folder, ``exports/<candidate id>-<format>``. ``options``
     (:class:`ExportOptions`), with ``overrides`` of its fields (``check=False``...).
     Raises for a model that cannot be exported; a file written whose numerics differ from
     torch is a result with ``problem`` set (the caller decides).
@@ -177,8 +205,17 @@ def export_model(source: str | os.PathLike | Candidate | ArchUNet, format: str =
     if fmt is None:
         raise ParameterError("format", f"{format}: unknown (allowed: {', '.join(export_formats())})")
     options = replace(options or ExportOptions(), **overrides)
+    if options.batch is not None and not (isinstance(options.batch, int) and options.batch >= 1):
+        raise ParameterError("batch", f"{options.batch}: bad value (allowed: an integer >= 1)")
+    if options.pipeline and options.teacher is None:
+        options = replace(options, teacher=_teacher_of(source))
     model, name = _load(source)
-    path = Path(out) if out is not None else Path("exports") / f"{model.candidate.id}{fmt.suffix}"
+    if out is not None:
+        path = Path(out)
+    elif options.pipeline:  # a folder of packages
+        path = Path("exports") / f"{model.candidate.id}-{format}"
+    else:
+        path = Path("exports") / f"{model.candidate.id}{fmt.suffix}"
     what = fmt.activity.format(source=name, **vars(options))
     if progress:
         progress("export", what, 0, 1)

@@ -101,6 +101,7 @@ class TrialRecord:
     memory_source: str | None = None
     constraints: dict[str, float] = field(default_factory=dict)
     quality: float | None = None
+    quality_se: float | None = None  # standard error of the held-out score over its samples
     fail_reason: str | None = None
     loss_curve: list[float] = field(default_factory=list)
     wall_time_s: float = 0.0
@@ -129,6 +130,7 @@ class TrialRecord:
             "memory_source": self.memory_source,
             "feasible": self.feasible,
             "quality": self.quality,
+            "quality_se": self.quality_se,
             "fail_reason": self.fail_reason,
             "loss_curve": _stride(self.loss_curve),
             "wall_time_s": round(self.wall_time_s, 4),
@@ -150,6 +152,7 @@ class TrialRecord:
             memory_source=attrs.get("memory_source"),
             constraints=dict(constraints or {}),
             quality=attrs.get("quality"),
+            quality_se=attrs.get("quality_se"),
             fail_reason=attrs.get("fail_reason"),
             loss_curve=list(attrs.get("loss_curve") or []),
             wall_time_s=float(attrs.get("wall_time_s") or 0.0),
@@ -195,9 +198,10 @@ def costs_of(candidate: Candidate, table: Any | None, need_memory: bool = False)
     if table is not None:
         from archsearch.cost.latency import predict, predictor_for
 
+        predictor = predictor_for(table)
         out["latency_ms"] = float(predict([candidate], table)[0])
-        out["latency_source"] = table.source_for(candidate)
-        mem = predictor_for(table).memory(candidate)
+        out["latency_source"] = predictor.source_for(candidate)  # 'sum of measured blocks', not 'measured'
+        mem = predictor.memory(candidate)
     elif need_memory:
         from archsearch.cost.latency import estimate_memory
 
@@ -253,9 +257,13 @@ def evaluate(candidate: Candidate, ctx: TrialContext, *, score_infeasible: bool 
     rec.latency_ms, rec.latency_source = costs.get("latency_ms"), costs.get("latency_source")
     rec.memory_mb, rec.memory_source = costs.get("memory_mb"), costs.get("memory_source")
     rec.constraints = constraint_values(costs, ctx.settings)
+    from archsearch.search._convertible import core_ml_constraint  # ane/coreml tables: converts, stays on the ANE
+
+    converts, why_not = core_ml_constraint(candidate, ctx.table)
+    rec.constraints.update(converts)
     if not rec.feasible:
         rec.state = "infeasible"
-        rec.fail_reason = _violation_text(costs, ctx.settings, rec.constraints)
+        rec.fail_reason = "; ".join(filter(None, [_violation_text(costs, ctx.settings, rec.constraints), why_not]))
     if rec.feasible or score_infeasible:
         _score(candidate, ctx, rec)
     rec.wall_time_s = time.perf_counter() - t0
@@ -289,6 +297,8 @@ def _score(candidate: Candidate, ctx: TrialContext, rec: TrialRecord) -> None:
         rec.quality = float(result.quality)
         rec.loss_curve = list(result.loss_curve)
         metrics = result.metrics or {}
+        se = metrics.get("quality_se")
+        rec.quality_se = float(se) if se is not None and math.isfinite(float(se)) else None
         rec.proxy = {
             "steps": result.steps, "params": result.params, "device": result.device,
             "wall_time_s": round(result.wall_time_s, 4),

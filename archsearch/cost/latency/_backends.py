@@ -414,6 +414,9 @@ class RooflineBackend(_CoreMLConversion, Backend):
             row, result, _ = self._convert_block(spec, keep=False)
             if result.ok and result.mil_ops:
                 ops, row["note"] = result.mil_ops, "ops: converted program"
+            elif not result.ok:  # the estimate stays (other uses), the search rejects the block
+                row["note"] = ("does not convert to Core ML (see coreml): a search on this table rejects candidates "
+                               "with it; ops: ANE layout (torch, meta)")
         if ops is None:
             ops = ane_layout_ops(spec, self.batch)
             row.setdefault("note", "ops: ANE layout (torch, meta)")
