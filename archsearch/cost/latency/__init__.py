@@ -20,7 +20,9 @@ or a model (Core ML, the Neural-Engine layout, ExecuTorch) is ``archsearch.expor
 
 Modules: ``_table`` (the file format), ``_keys`` (a candidate's block keys), ``_predictor``,
 ``_blocks`` (enumeration, op census), ``_backends``, ``_profile`` (plan, run, import),
-``_measure`` (torch timing), ``_coreml`` (Core ML timing on macOS), ``_devices`` (roofline
+``_measure`` (torch timing), ``_fingerprint`` (which machine measured a table, and whether
+it is this one), ``_recalibrate`` (a foreign table refitted to this machine from a few whole
+models), ``_coreml`` (Core ML timing on macOS), ``_devices`` (roofline
 profiles, op counts), ``_memory``, ``_sentinel``, ``_anchors``, ``_validate``.
 """
 
@@ -62,6 +64,15 @@ from archsearch.cost.latency._errors import (
     UnknownBlockKeyError,
     UnknownDeviceProfileError,
 )
+from archsearch.cost.latency._fingerprint import (
+    FOREIGN_DEVICE_LABEL,
+    DeviceCheck,
+    check_table_device,
+    describe_fingerprint,
+    device_fingerprint,
+    fingerprint_differences,
+    table_fingerprint,
+)
 from archsearch.cost.latency._keys import CandidateBlocks, candidate_blocks
 from archsearch.cost.latency._measure import MeasureSettings, Timing, time_module
 from archsearch.cost.latency._memory import (
@@ -99,6 +110,16 @@ from archsearch.cost.latency._profile import (
     run_profile,
     write_import_template,
 )
+from archsearch.cost.latency._recalibrate import (
+    RECALIBRATION_SEED,
+    RecalibrationFit,
+    RecalibrationResult,
+    choose_recalibration_candidates,
+    default_recalibrated_path,
+    fit_recalibration,
+    recalibrate_table,
+    type_sums,
+)
 from archsearch.cost.latency._sentinel import SentinelMonitor, SentinelSettings, choose_sentinel
 from archsearch.cost.latency._table import (
     COLUMNS,
@@ -124,8 +145,10 @@ __all__ = [
     "COLUMNS",
     "COMPUTE_UNITS",
     "DEFAULT_DEVICE_PROFILE",
+    "FOREIGN_DEVICE_LABEL",
     "MEMORY_COLUMNS",
     "OP_CLASSES",
+    "RECALIBRATION_SEED",
     "SCALE_RANGE",
     "SOURCES",
     "TARGETS",
@@ -136,6 +159,7 @@ __all__ = [
     "BlockSet",
     "CandidateBlocks",
     "CoreMLBackend",
+    "DeviceCheck",
     "DeviceProfile",
     "ImplausibleCalibrationError",
     "ImportBackend",
@@ -150,10 +174,12 @@ __all__ = [
     "PeakMemory",
     "ProfileOptions",
     "ProfilePlan",
-    "TimeEstimate",
+    "RecalibrationFit",
+    "RecalibrationResult",
     "RooflineBackend",
     "SentinelMonitor",
     "SentinelSettings",
+    "TimeEstimate",
     "Timing",
     "TorchBackend",
     "UnknownBlockKeyError",
@@ -169,14 +195,21 @@ __all__ = [
     "candidate_blocks",
     "check_calibration",
     "check_published",
+    "check_table_device",
+    "choose_recalibration_candidates",
     "choose_sentinel",
     "count_ops",
+    "default_recalibrated_path",
     "default_table_path",
+    "describe_fingerprint",
+    "device_fingerprint",
     "enumerate_blocks",
     "estimate_block_memory",
     "estimate_memory",
+    "fingerprint_differences",
     "fit_calibration",
     "fit_efficiency",
+    "fit_recalibration",
     "flops_linear_fit",
     "import_table",
     "interpolate",
@@ -195,10 +228,13 @@ __all__ = [
     "predictor_for",
     "profile_space",
     "read_import_csv",
+    "recalibrate_table",
     "resolution_of",
     "run_profile",
     "sample_candidates",
+    "table_fingerprint",
     "time_module",
+    "type_sums",
     "validate_memory",
     "validate_table",
     "write_import_template",

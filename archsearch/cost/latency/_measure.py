@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -132,19 +131,11 @@ def resolve_profile_device(target: str) -> torch.device:
 
 
 def cpu_name() -> str:
-    """The processor's model name (``/proc/cpuinfo`` on Linux), plus the core count."""
-    name = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    name = name or platform.processor() or platform.machine()
-    name = re.sub(r"\s+", " ", name)
-    return f"{name} ({os.cpu_count()} cores)"
+    """The processor's model name (``/proc/cpuinfo`` on Linux), plus the core count (the
+    ``device:`` line of a CPU table; the full fingerprint is ``_fingerprint``'s)."""
+    from archsearch.cost.latency._fingerprint import cpu_cores, cpu_model
+
+    return f"{cpu_model()} ({cpu_cores()} cores)"
 
 
 def device_name(target: str) -> str:

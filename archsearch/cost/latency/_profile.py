@@ -27,6 +27,7 @@ import pandas as pd
 from archsearch.cost.latency._backends import DEFAULT_DEVICE_PROFILE, TARGETS, Backend, ImportBackend, make_backend
 from archsearch.cost.latency._blocks import BlockSet, block_census, enumerate_blocks, resolution_of, sample_candidates
 from archsearch.cost.latency._errors import ImplausibleCalibrationError, ParameterError, UnknownBlockKeyError
+from archsearch.cost.latency._fingerprint import device_fingerprint
 from archsearch.cost.latency._keys import candidate_blocks
 from archsearch.cost.latency._measure import TORCH_TARGETS, MeasureSettings
 from archsearch.cost.latency._sentinel import SentinelMonitor, SentinelSettings, choose_sentinel
@@ -331,6 +332,8 @@ def _table_meta(backend: Backend, blocks: BlockSet, resolution: int | None, meas
         "versions": _versions(),
         "platform": f"{platform.system()} {platform.machine()}",
         "measure": backend.settings.as_dict() if measured else {},
+        # the machine that times the rows (estimates and imports describe a device elsewhere)
+        **({"fingerprint": device_fingerprint(backend.target, backend.threads or None)} if measured else {}),
     }
 
 
