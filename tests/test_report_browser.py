@@ -272,6 +272,9 @@ def test_report_page_in_chromium(browser: DevTools, tmp_path: Path) -> None:
     # the injected markup stayed text: no element was created from a user string
     assert browser.evaluate(sid, "document.querySelectorAll('img').length") == 0
     assert "<img src=x" in browser.evaluate(sid, "document.getElementById('candidates').textContent")
+    # the page says what it cannot tell: no noise estimate in this store, no recorded pick
+    assert all(w in browser.evaluate(sid, "document.getElementById('summary').textContent")
+               for w in ("quality noise", "no estimate", "suggested pick"))
 
     # click a Pareto point: its YAML appears below the plot
     target = browser.evaluate(sid, CLICK_TARGET)

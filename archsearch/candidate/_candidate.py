@@ -6,7 +6,7 @@ import itertools
 import json
 import math
 import random
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
@@ -153,10 +153,19 @@ class StageConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "stage") -> "StageConfig":
         known = {f.name for f in fields(cls)}
+        d = dict(d)
+        unused = d.pop(UNUSED_KEY, None)
+        if unused is not None:  # what to_yaml set aside: part of the architecture's id, built by no block
+            if not isinstance(unused, dict):
+                raise CandidateError(f"{where}.{UNUSED_KEY}: expected a mapping of stage settings")
+            both = sorted(set(unused) & set(d))
+            if both:
+                raise CandidateError(f"{where}.{UNUSED_KEY}.{both[0]}: given twice (in the stage and under "
+                                     f"{UNUSED_KEY}); keep one")
+            d.update(unused)
         extra = sorted(set(d) - known)
         if extra:
             raise CandidateError(f"{where}.{extra[0]}: unknown key (allowed: {', '.join(sorted(known))})")
-        d = dict(d)
         t = d.pop("temporal", None) or {}
         if not isinstance(t, dict):
             raise CandidateError(f"{where}.temporal: expected a mapping with type, count, placement")
@@ -242,6 +251,61 @@ class StageConfig:
         ch = max(q, int(round(self.channels * width_mult / q)) * q)
         heads = ch // hd if self.has_transformer else 0
         return replace(self, channels=ch, heads=heads, head_dim=hd)
+
+
+#: the key under which :meth:`Candidate.to_yaml` sets aside a stage's settings that no block uses
+UNUSED_KEY = "unused"
+_ATTENTION_TEMPORAL = ("attn1d", "attn3d", "cross1d", "cross3d")
+_CROSS_TEMPORAL = ("cross1d", "cross3d")
+_HEAD_KEYS = ("attention_variant", "heads", "qk_norm", "ffn_ratio", "ffn_type")
+_STAGE_DEFAULTS = {f.name: (f.default if f.default is not MISSING else f.default_factory())  # type: ignore[misc]
+                   for f in fields(StageConfig) if f.default is not MISSING or f.default_factory is not MISSING}
+
+
+class _BlockMap(dict):
+    """A stage in a candidate's YAML: one setting per line, whatever it holds."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(_BlockMap, lambda dumper, data: dumper.represent_mapping(
+    "tag:yaml.org,2002:map", data.items(), flow_style=False))
+
+
+def _builds_transformer(name: str, st: StageConfig) -> bool:
+    """Whether the model has a transformer block in this stage (what ``model.walk`` builds): a
+    stage described by counts has one per ResNet, a mid stage one between each two ResNets
+    (diffusers' ``UNetMidBlock2DCrossAttn``), so none with ``resnet_blocks: 1``."""
+    if st.layout:
+        return "transformer" in st.layout
+    if name == "mid":
+        return st.has_transformer and st.resnet_blocks >= 2
+    return st.has_transformer
+
+
+def _used_keys(name: str, st: StageConfig) -> set[str]:
+    """The stage settings some block of the built model reads (mirrors ``model.walk``)."""
+    used = {"channels", "resnet_blocks", "resnet_variant", "layout"}
+    if st.resnet_variant == "separable":
+        used.add("resnet_expansion")
+    transformer = _builds_transformer(name, st)
+    cross_ffn = "cross_ffn" in st.layout
+    if transformer:
+        used |= {"transformer_depth", "attention"}
+        if st.attention in ("self", "self_cross"):
+            used.add("rope")
+    if transformer or cross_ffn:
+        used |= {*_HEAD_KEYS, "head_dim"}
+    mid_counts = name == "mid" and not st.layout  # the mid's temporal layers do not read its head_dim
+    temporal_types = ({t for t in st.layout if t in _ATTENTION_TEMPORAL} if st.layout else
+                      ({st.temporal.type} if st.temporal.count > 0 else set()))
+    if temporal_types & set(_ATTENTION_TEMPORAL) and not mid_counts:
+        used.add("head_dim")
+    if st.temporal.type != "none" and st.temporal.count > 0:
+        used.add("temporal")
+    return used
 
 
 @dataclass(frozen=True)
@@ -351,7 +415,40 @@ class Candidate:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+        """The candidate as YAML, listing only the settings its model uses.
+
+        A stage setting no block reads (a stage without attention has no heads; a mid stage with
+        one ResNet builds no transformer) is left out when it holds its neutral default, and set
+        aside under the stage's ``unused:`` key otherwise: it is part of :attr:`id` (ids written
+        before stay what they were), so :meth:`from_dict` reads it back.
+        """
+        d = self.to_dict()
+        aside = False
+        for key, stages in (("stages", self.stages), ("up", self.up), ("mid", (self.mid,) if self.mid else ())):
+            names = ["mid"] if key == "mid" else [f"{key}{i}" for i in range(len(stages))]
+            rows = [d["mid"]] if key == "mid" else d[key]
+            for name, st, row in zip(names, stages, rows):
+                used = _used_keys(name, st)
+                unused = {}
+                for k in [k for k in row if k not in used]:
+                    value = row.pop(k)
+                    default = _STAGE_DEFAULTS.get(k)
+                    if k == "temporal":
+                        default = asdict(TemporalConfig())
+                    if value != default:
+                        unused[k] = value
+                if unused:
+                    row[UNUSED_KEY] = unused
+                    aside = True
+        for key in ("stages", "up"):
+            d[key] = [_BlockMap(row) for row in d[key]]
+        if d["mid"] is not None:
+            d["mid"] = _BlockMap(d["mid"])
+        text = yaml.dump(d, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=100)
+        if aside:
+            text = (f"# {UNUSED_KEY}: settings of the search space that no block of this model uses (e.g. a mid\n"
+                    "# stage builds a transformer only between two ResNets); kept because the id covers them\n") + text
+        return text
 
     @classmethod
     def from_yaml(cls, path_or_text: str | Path) -> "Candidate":
@@ -408,6 +505,30 @@ class Candidate:
         out += [(f"up{i}", s) for i, s in enumerate(self.up)]
         return out
 
+    def builds_transformer(self, name: str) -> bool:
+        """Whether stage ``name`` (``down0``, ``mid``, ``up1``: :meth:`named_stages`) has a
+        transformer block in the built model: a mid stage described by counts puts one between
+        each two ResNets, so ``resnet_blocks: 1`` builds none whatever its ``attention`` says."""
+        return _builds_transformer(name, dict(self.named_stages())[name])
+
+    def cross_attention_blocks(self) -> int:
+        """How many blocks of the built model attend to the text encoder's output (the prompt):
+        transformers with ``cross`` or ``self_cross`` attention, ``cross_ffn`` layers and the
+        ``cross1d`` / ``cross3d`` temporal layers. 0: the model cannot see the prompt (an SDXL
+        ``added_cond`` still gives it the pooled text embedding)."""
+        n = 0
+        for name, st in self.named_stages():
+            cross = st.attention in ("cross", "self_cross")
+            if st.layout:
+                n += sum(1 for t in st.layout if t == "cross_ffn" or t in _CROSS_TEMPORAL
+                         or (t == "transformer" and cross))
+                continue
+            if _builds_transformer(name, st) and cross:
+                n += st.resnet_blocks - 1 if name == "mid" else st.resnet_blocks
+            if st.temporal.type in _CROSS_TEMPORAL:
+                n += st.temporal.count
+        return n
+
     # ----------------------------------------------------------------- views
     def summary(self) -> dict[str, Any]:
         """A flat dict (one row of a results table): per-stage widths, blocks, attention."""
@@ -420,9 +541,10 @@ class Candidate:
             if st.layout:
                 row[f"{name}.layers"] = " ".join(st.layout)
             row[f"{name}.resnet_variant"] = st.resnet_variant
-            row[f"{name}.transformer_depth"] = st.transformer_depth if st.has_transformer else 0
-            row[f"{name}.attention"] = st.attention if st.has_transformer else "none"
-            if st.has_transformer:
+            built = _builds_transformer(name, st) or "cross_ffn" in st.layout  # what the model has
+            row[f"{name}.transformer_depth"] = st.transformer_depth if built else 0
+            row[f"{name}.attention"] = st.attention if built else "none"
+            if built:
                 row[f"{name}.attention_variant"] = st.attention_variant
                 row[f"{name}.heads"] = st.heads
                 row[f"{name}.ffn_ratio"] = st.ffn_ratio

@@ -36,6 +36,21 @@ def resolve_study(study: str, reports_dir: Path) -> Path:
     raise ArchsearchError(f"study {study!r} not found: no folder {direct} or {under} ({hint})")
 
 
+def _warn_foreign_table(study_dir: Path) -> None:
+    """One line (stderr) when the study's latency table was measured on another machine."""
+    import json
+
+    from archsearch.cost.latency import check_table_device, load_table
+
+    try:
+        table = json.loads((study_dir / "meta.json").read_text(encoding="utf-8")).get("latency_table")
+        line = check_table_device(load_table(table)).warning if table and Path(table).is_file() else ""
+    except (OSError, ValueError, AttributeError, ArchsearchError):
+        return
+    if line:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "study"
 
@@ -80,7 +95,7 @@ def register(app: typer.Typer) -> None:
 
           archsearch report unet_mobile --png reports/unet_mobile/figures
         """
-        from archsearch.report import write_compare, write_report
+        from archsearch.report import load_study, write_compare, write_report
         from archsearch.store import refresh_store
 
         if png is not None and compare:
@@ -109,6 +124,9 @@ def register(app: typer.Typer) -> None:
             with err_console.status(f"Writing report of {escape(str(dirs[0]))}…"):
                 refresh_store(dirs[0])  # the study is the truth: a killed run, a cut-short trials.csv
                 path = write_report(dirs[0], out, png_dir=png)
+            _warn_foreign_table(dirs[0])
+            for warning in load_study(dirs[0]).warnings:  # Pareto candidates that cannot see the prompt
+                err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
         typer.echo(str(path))
         if png is not None:
             typer.echo(f"figures: {png}/*.png")

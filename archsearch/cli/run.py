@@ -13,7 +13,7 @@ from rich.table import Table
 
 from archsearch.cli._common import console, err_console, flag_errors, progress_bars, user_errors
 
-__all__ = ["FLAGS", "register", "summary_table"]
+__all__ = ["FLAGS", "closing_notes", "register", "summary_table"]
 
 #: run_search's parameters -> this command's flags (library errors name the parameter).
 FLAGS = {
@@ -31,24 +31,87 @@ def _fmt(v: object, scale: float = 1.0, digits: int = 4) -> str:
     return "-" if math.isnan(x) else f"{x:.{digits}g}"
 
 
+def _fmt_count(v: object) -> str:
+    """1234567 -> '1.23M': FLOPs as the ``build`` and ``show`` tables write them."""
+    try:
+        n = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "-"
+    if math.isnan(n):
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
 def summary_table(df, meta: dict) -> Table:  # noqa: ANN001 - a pandas DataFrame
-    """The Pareto candidates of a stored study as a rich table (best quality first)."""
+    """The Pareto candidates of a stored study as a rich table (best quality first): quality
+    ± its noise, FLOPs counted as the ``build`` table counts them (MAC), where the latency comes
+    from, and a short note: ``knee`` (the suggested pick), ``≈ ID`` (within the noise of the
+    cheaper ID), ``no prompt`` (no cross-attention); :func:`closing_notes` spells them out."""
     front = df[df["pareto"].astype(bool)].drop_duplicates("candidate_id").sort_values("quality")
     c = meta.get("counts", {})
     title = (f"{meta['study']}: {len(front)} Pareto candidates of {len(df)} trials "
              f"({c.get('complete', 0)} complete, {c.get('infeasible', 0)} infeasible, "
              f"{c.get('failed', 0)} failed) - hypervolume {_fmt(meta.get('hypervolume'))}")
-    table = Table(title=title, title_justify="left")
-    table.add_column("candidate", no_wrap=True, min_width=12)
-    for name in ("trial", "quality", "latency ms", "params M", "GFLOPs"):
-        table.add_column(name, justify="right")
-    table.add_column("latency from")
+    z = float((meta.get("quality_noise") or {}).get("z") or 2.0)
+    knee = (meta.get("knee") or {}).get("candidate_id")
+    sources = sorted({str(v) for v in front["latency_source"].fillna("") if str(v)})
+    table = Table(title=title, title_justify="left", caption_justify="left")
+    table.add_column("candidate", no_wrap=True, min_width=14)  # its notes on the lines below the id
+    rows = []
+    for _, r in front.iterrows():
+        notes = ["knee"] if r["candidate_id"] == knee else []
+        if isinstance(r.get("within_noise_of"), str) and r["within_noise_of"]:
+            notes.append(f"≈ {r['within_noise_of']}")
+        if r.get("cross_attention") == 0:
+            notes.append("no prompt")
+        cells = [str(int(r["number"])), _fmt(r["quality"]), _fmt(z * float(r.get("quality_se", math.nan)), digits=2),
+                 _fmt(r["latency_ms"]), _fmt(r["params"], 1e6), _fmt_count(r["flops"])]
+        if len(sources) > 1:
+            cells.append(str(r["latency_source"] or "-"))
+        rows.append(("\n".join([escape(str(r["candidate_id"]))] + [f"[dim]{escape(n)}[/dim]" for n in notes]), cells))
+    headers = ["trial", "quality", f"±{z:g} se", "latency ms", "params M", "FLOPs (MAC)"]
+    headers += ["latency from"] if len(sources) > 1 else []
+    for j, name in enumerate(headers):  # values never wrap; a header may (latency / ms)
+        widest = max([len(cells[j]) for _, cells in rows] + [max(len(w) for w in name.split())])
+        table.add_column(name, justify="left" if name == "latency from" else "right", min_width=widest)
+    for first, cells in rows:
+        table.add_row(first, *cells)
     if front.empty:
         table.caption = "no complete, feasible trial yet: the Pareto front is empty"
-    for _, r in front.iterrows():
-        table.add_row(str(r["candidate_id"]), str(r["number"]), _fmt(r["quality"]), _fmt(r["latency_ms"]),
-                      _fmt(r["params"], 1e6), _fmt(r["flops"], 1e9), str(r["latency_source"] or "-"))
+    else:
+        legend = ("knee: the suggested pick; ≈ ID: within the noise of the cheaper ID; no prompt: no "
+                  "cross-attention anywhere") if any("\n" in first for first, _ in rows) else ""
+        latency = f"latency: {sources[0]} (predicted from the latency table)" if len(sources) == 1 else ""
+        table.caption = "; ".join(t for t in (latency, legend) if t) or None
     return table
+
+
+def closing_notes(meta: dict, df=None) -> list[str]:  # noqa: ANN001 - a pandas DataFrame
+    """The lines after the summary table: the suggested pick and its reason, each Pareto
+    candidate within the noise of a cheaper one (with both qualities when ``df``, the trials,
+    is given), then a warning per Pareto candidate that cannot see the prompt (meta.json's
+    ``knee``, ``quality_noise`` and ``warnings``)."""
+    out = []
+    knee = meta.get("knee") or {}
+    if knee.get("candidate_id"):
+        out.append(f"suggested pick: {knee['candidate_id']} (trial {knee.get('trial')}): {knee.get('reason', '')}")
+    elif knee.get("reason"):
+        out.append(f"suggested pick: none ({knee['reason']})")
+    noise = meta.get("quality_noise") or {}
+    z = float(noise.get("z") or 2.0)
+    first = df.drop_duplicates("candidate_id").set_index("candidate_id") if df is not None else None
+    for cid, ref in (noise.get("within_noise_of") or {}).items():
+        line = f"{cid}: within noise of {ref}, which is cheaper"
+        if first is not None and cid in first.index and ref in first.index:
+            a, b = first.loc[cid], first.loc[ref]
+            line += (f" (quality {_fmt(a['quality'])} ± {_fmt(z * a['quality_se'], digits=2)} vs "
+                     f"{_fmt(b['quality'])} ± {_fmt(z * b['quality_se'], digits=2)})")
+        out.append(line + ": not a distinct trade-off")
+    out += [f"warning: {w}" for w in meta.get("warnings") or []]
+    return out
 
 
 class _LazyBars:
@@ -87,7 +150,8 @@ def register(app: typer.Typer) -> None:
         timeout: Optional[float] = typer.Option(None, "--timeout", help="Start no new trial after this many seconds."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Sampler seed (default: search.seed)."),
         sampler: Optional[str] = typer.Option(None, "--sampler",
-                                              help="nsga2, tpe, gp or random (default: search.sampler, else nsga2)."),
+                                              help="gp, nsga2, tpe or random (default: search.sampler, else gp; "
+                                                   "nsga2 for search.method: temporal)."),
         storage: Optional[str] = typer.Option(
             None, "--storage",
             help="Optuna storage URL (sqlite:///..., postgresql://...) or a .db/.log file "
@@ -121,7 +185,8 @@ def register(app: typer.Typer) -> None:
 
           archsearch run search_spaces/unet_mobile.yaml --resume
 
-          archsearch run search_spaces/unet_mobile.yaml --backend ray --address 10.0.0.1:6379
+          archsearch run search_spaces/unet_mobile.yaml --backend ray \\
+              --address 10.0.0.1:6379
         """
         from archsearch._resources import describe
         from archsearch.search import RunOptions, run_search
@@ -141,7 +206,10 @@ def register(app: typer.Typer) -> None:
         meta = write_store(result.study, result.study_dir)
         from archsearch.store import load_trials
 
-        console.print(summary_table(load_trials(result.study_dir), meta))
+        trials = load_trials(result.study_dir)
+        console.print(summary_table(trials, meta))
+        for line in closing_notes(meta, trials):
+            console.print(escape(line), soft_wrap=True)
         console.print(f"study: {escape(result.storage_url)} (open it with `optuna-dashboard "
                       f"{escape(result.storage_url)}`)", soft_wrap=True)
         if result.settings.latency_table is not None:

@@ -156,6 +156,7 @@ def _run(candidate: "Candidate", teacher: Teacher, proxy: ProxyConfig, dev: torc
         device=str(dev),
         metrics={
             "holdout_task_mse": held.task,
+            "quality_se": held.quality_se,
             "teacher_holdout_task_mse": teacher_task,
             "final_task": parts.get("task", float("nan")),
             "final_kd_output": parts.get("kd_output", float("nan")),

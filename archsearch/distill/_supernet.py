@@ -596,7 +596,8 @@ class Supernet(nn.Module):
         params = sum(math.prod(tuple(v.shape)) for v in tensors.values())
         return DistillResult(
             quality=quality, loss_curve=[], wall_time_s=time.perf_counter() - t0, steps=0, params=int(params),
-            device=str(dev), metrics={"holdout_task_mse": held.task, "proxy_candidate": small.id,
+            device=str(dev), metrics={"holdout_task_mse": held.task, "quality_se": held.quality_se,
+                                      "proxy_candidate": small.id,
                                       "proxy_kind": "supernet", "supernet": self.key, "teacher": self.teacher.fingerprint})
 
 

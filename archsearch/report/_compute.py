@@ -39,6 +39,7 @@ __all__ = [
     "fmt_count",
     "fmt_mb",
     "fmt_ms",
+    "fmt_noise",
     "fmt_value",
     "front_data",
     "objective_points",
@@ -74,6 +75,12 @@ def fmt_count(value: Any, unit: str = "") -> str:
         if abs(v) >= div:
             return f"{v / div:.3g} {suffix}{unit}"
     return f"{v:.0f} {unit}".rstrip()
+
+
+def fmt_noise(se: Any, z: float) -> str:
+    """' ± 0.0012' (z standard errors), '' without a noise estimate."""
+    v = _finite(se)
+    return "" if v is None else f" ± {z * v:.2g}"
 
 
 def fmt_ms(value: Any) -> str:
@@ -185,11 +192,20 @@ def _hover(row: pd.Series, study: StudyData, groups: dict, status: str) -> str:
             lines.append(f"latency: {fmt_ms(row[X_COL])}" + (f" ({e(src)})" if src else ""))
         elif o.name == Y_COL and not math.isfinite(float(row[Y_COL])):
             lines.append(f"{e(o.name)}: not measured (not trained)")
+        elif o.name == Y_COL:
+            lines.append(f"{e(o.name)}: {fmt_value(row[o.name])}{fmt_noise(row.get('quality_se'), study.noise_z)}")
         elif o.name not in ("params", "flops"):
             lines.append(f"{e(o.name)}: {fmt_value(row[o.name])}")
     if X_COL not in study.objective_names:
         lines.append(f"latency: {fmt_ms(row[X_COL])} ({e(str(row.get('latency_source') or ''))})")
-    lines.append(f"params: {fmt_count(row.get('params'))}, FLOPs: {fmt_count(row.get('flops'))}")
+    lines.append(f"params: {fmt_count(row.get('params'))}, FLOPs: {fmt_count(row.get('flops'))} (MAC)")
+    if str(row.get("within_noise_of") or ""):
+        lines.append(f"within noise of {e(str(row['within_noise_of']))} (no distinct trade-off)")
+    knee = study.knee or {}
+    if status == "Pareto" and knee.get("candidate_id") == row["candidate_id"]:
+        lines.append("suggested pick (knee of the front)")
+    if _finite(row.get("cross_attention")) == 0:
+        lines.append("no cross-attention: cannot see the prompt")
     if "memory_mb" in row and math.isfinite(float(row["memory_mb"])):
         lines.append(f"peak memory: {fmt_mb(row['memory_mb'])} ({e(str(row.get('memory_source') or ''))})")
     for stage, items in groups.items():
@@ -209,11 +225,13 @@ def _hover(row: pd.Series, study: StudyData, groups: dict, status: str) -> str:
 class FrontData:
     """Quality vs latency: every evaluated trial, its status and the 2-D front line."""
 
-    points: pd.DataFrame  # number, candidate_id, x, y, params, flops, status, hover
+    points: pd.DataFrame  # number, candidate_id, x, y, params, flops, status, err, within_noise_of, hover
     line: pd.DataFrame  # x, y of the 2-D (quality, latency) front among feasible trials
     x_label: str
     y_label: str
     budget_ms: float | None
+    knee_id: str | None = None  # the store's suggested pick (meta.json ``knee``)
+    noise_z: float = 2.0  # ``err`` is noise_z standard errors
 
 
 def _direction(study: StudyData, name: str) -> str:
@@ -259,6 +277,9 @@ def front_data(study: StudyData) -> FrontData:
             "params": sub["params"].astype(float),
             "flops": sub["flops"].astype(float),
             "status": status[ev.to_numpy()],
+            # error bar: ± z standard errors of the held-out score (NaN: no estimate, no bar)
+            "err": (study.noise_z * sub["quality_se"].astype(float)).where(known),
+            "within_noise_of": sub["within_noise_of"].astype(str),
         }
     )
     pts["hover"] = [
@@ -284,6 +305,8 @@ def front_data(study: StudyData) -> FrontData:
         if _direction(study, Y_COL) == "minimize"
         else "quality (higher is better)",
         budget_ms=study.max_latency_ms,
+        knee_id=(study.knee or {}).get("candidate_id"),
+        noise_z=study.noise_z,
     )
 
 

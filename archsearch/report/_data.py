@@ -29,10 +29,14 @@ __all__ = [
 ]
 
 STATES = ("complete", "failed", "infeasible", "running")
-LATENCY_SOURCES = ("measured", "estimate", "imported", "mixed")
+#: ``sum of measured blocks``: a prediction from block rows timed on the device (store 2 on);
+#: ``measured`` means a whole model timed as one (stores before 2 wrote it for block sums)
+SUM_OF_MEASURED = "sum of measured blocks"
+LATENCY_SOURCES = ("measured", SUM_OF_MEASURED, "estimate", "imported", "mixed")
 ARCH_PREFIX = "arch."
 REQUIRED_TRIAL_COLUMNS = ("number", "state", "candidate_id", "quality", "latency_ms", "pareto")
-NUMERIC_COLUMNS = ("quality", "latency_ms", "params", "flops", "memory_mb", "wall_time_s")
+NUMERIC_COLUMNS = ("quality", "quality_se", "latency_ms", "params", "flops", "memory_mb", "wall_time_s",
+                   "cross_attention")
 BREAKDOWN_COLUMNS = ("candidate_id", "stage", "block_type", "ms")
 VALIDATION_COLUMNS = ("candidate_id", "measured_ms", "predicted_ms")
 EVOLUTION_COLUMNS = ("step", "kind", "stage", "block", "dimension", "before", "after", "trial", "candidate_id",
@@ -83,6 +87,31 @@ class StudyData:
     @property
     def max_params(self) -> float | None:
         return _opt_float(self.constraints.get("max_params"))
+
+    @property
+    def noise_z(self) -> float:
+        """Error bars are quality ± noise_z * quality_se (meta.json's ``quality_noise.z``)."""
+        noise = self.meta.get("quality_noise")
+        z = _opt_float(noise.get("z")) if isinstance(noise, dict) else None
+        return z if z is not None and z > 0 else 2.0
+
+    @property
+    def has_noise(self) -> bool:
+        """Whether any trial has a noise estimate (stores before it have none)."""
+        return bool(np.isfinite(self.trials["quality_se"].astype(float)).any())
+
+    @property
+    def knee(self) -> dict[str, Any] | None:
+        """meta.json's suggested pick: ``candidate_id`` (None: no knee) and ``reason``; None when
+        the store did not record one."""
+        knee = self.meta.get("knee")
+        return knee if isinstance(knee, dict) and isinstance(knee.get("reason"), str) else None
+
+    @property
+    def warnings(self) -> list[str]:
+        """meta.json's ``warnings`` (Pareto candidates that cannot see the prompt)."""
+        raw = self.meta.get("warnings")
+        return [str(w) for w in raw] if isinstance(raw, list) else []
 
 
 def _opt_float(value: Any) -> float | None:
@@ -182,7 +211,7 @@ def _parse_constraints(meta: dict[str, Any], path: Path) -> dict[str, Any]:
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
         # ids are hex strings that may look like numbers ('1e50...'): always read them as text
-        return pd.read_csv(path, dtype={"candidate_id": str, "id": str}, keep_default_na=True)
+        return pd.read_csv(path, dtype={"candidate_id": str, "id": str, "within_noise_of": str}, keep_default_na=True)
     except pd.errors.EmptyDataError:
         raise ArchsearchError(f"{path}: empty file (expected a header row)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
@@ -240,7 +269,13 @@ def _boolean(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
     return text.isin(_TRUE)
 
 
-def _load_trials(path: Path, objectives: list[Objective], meta_path: Path) -> pd.DataFrame:
+def _store_version(meta: dict[str, Any]) -> int:
+    """meta.json's ``store_version`` (1 for stores written before the key)."""
+    v = meta.get("store_version")
+    return v if isinstance(v, int) and not isinstance(v, bool) else 1
+
+
+def _load_trials(path: Path, objectives: list[Objective], meta_path: Path, store_version: int = 1) -> pd.DataFrame:
     if not path.is_file():
         raise ArchsearchError(f"{path}: missing (a study folder needs meta.json and trials.csv)")
     df = _read_csv(path)
@@ -270,7 +305,7 @@ def _load_trials(path: Path, objectives: list[Objective], meta_path: Path) -> pd
     for col in set(NUMERIC_COLUMNS) | {o.name for o in objectives}:
         if col in df.columns:
             df[col] = _numeric(df, col, path)
-    for col in ("params", "flops", "memory_mb"):  # memory_mb: stores written before it existed
+    for col in ("params", "flops", "memory_mb", "quality_se", "cross_attention"):  # stores written before them
         if col not in df.columns:
             df[col] = np.nan
     df["pareto"] = _boolean(df, "pareto", path)  # the store's front: the report draws it
@@ -288,10 +323,13 @@ def _load_trials(path: Path, objectives: list[Objective], meta_path: Path) -> pd
                 f"{path}: row {i + 2}, column latency_source: "
                 f"{df['latency_source'].iloc[i]!r} (allowed: {', '.join(LATENCY_SOURCES)})"
             )
+        if store_version < 2:  # every trial latency was a prediction from block rows
+            src = src.replace("measured", SUM_OF_MEASURED)
         df["latency_source"] = src
     else:
         df["latency_source"] = ""
-    for col in ("fail_reason", "candidate", "loss_curve", "datetime_start", "datetime_complete", "memory_source"):
+    for col in ("fail_reason", "candidate", "loss_curve", "datetime_start", "datetime_complete", "memory_source",
+                "within_noise_of"):
         if col in df.columns:
             df[col] = _text(df[col])
         else:
@@ -370,7 +408,7 @@ def load_study(study_dir: str | Path) -> StudyData:
     objectives = _parse_objectives(meta, meta_path)
     reference = _parse_reference(meta, objectives, meta_path)
     constraints = _parse_constraints(meta, meta_path)
-    trials = _load_trials(path / "trials.csv", objectives, meta_path)
+    trials = _load_trials(path / "trials.csv", objectives, meta_path, _store_version(meta))
     name = meta.get("study")
     if not isinstance(name, str) or not name:
         name = path.resolve().name

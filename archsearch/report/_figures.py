@@ -72,6 +72,11 @@ def front_figure(front: FrontData, title: str) -> go.Figure:
         m = dict(marker)
         if has_params and status != "infeasible":
             m.update(color=sub["params"].tolist(), coloraxis="coloraxis")
+        err = sub["err"].astype(float) if "err" in sub else pd.Series(np.nan, index=sub.index)
+        error_y = None
+        if np.isfinite(err).any():  # the quality's noise: ± z standard errors of the held-out score
+            error_y = {"type": "data", "array": [float(v) if math.isfinite(v) else None for v in err],
+                       "visible": True, "thickness": 1, "width": 3, "color": "#555" if status == "Pareto" else "#bbb"}
         fig.add_trace(
             go.Scatter(
                 x=sub["x"].tolist(),
@@ -82,6 +87,7 @@ def front_figure(front: FrontData, title: str) -> go.Figure:
                 customdata=sub["candidate_id"].tolist(),
                 hovertemplate="%{text}<extra></extra>",
                 marker=m,
+                error_y=error_y,
             )
         )
 
@@ -102,6 +108,26 @@ def front_figure(front: FrontData, title: str) -> go.Figure:
         line={"width": 1, "color": "#222"},
     )  # fmt: skip
     marker_trace("infeasible", "infeasible", size=8, opacity=0.7, color=INFEASIBLE, symbol="x")
+    knee = pts[(pts["status"] == "Pareto") & (pts["candidate_id"] == front.knee_id)] if front.knee_id else pts[:0]
+    if len(knee):
+        fig.add_trace(
+            go.Scatter(
+                x=knee["x"].tolist()[:1], y=knee["y"].tolist()[:1], mode="markers", name="suggested pick (knee)",
+                marker={"symbol": "star-open", "size": 22, "color": "#d62728", "line": {"width": 2}},
+                customdata=knee["candidate_id"].tolist()[:1], text=knee["hover"].tolist()[:1],
+                hovertemplate="%{text}<extra></extra>",
+            )
+        )
+    if "within_noise_of" in pts and (pts["within_noise_of"].astype(str) != "").any():
+        noisy = pts[pts["within_noise_of"].astype(str) != ""]
+        fig.add_trace(
+            go.Scatter(
+                x=noisy["x"].tolist(), y=noisy["y"].tolist(), mode="markers", name="within noise of a cheaper one",
+                marker={"symbol": "circle-open", "size": 17, "color": "#ff7f0e", "line": {"width": 1.5}},
+                customdata=noisy["candidate_id"].tolist(), text=noisy["hover"].tolist(),
+                hovertemplate="%{text}<extra></extra>",
+            )
+        )
     if len(pts) and not pts["y_known"].all():
         fig.add_annotation(
             text="untrained infeasible trials are drawn on the top edge",

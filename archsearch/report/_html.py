@@ -34,6 +34,8 @@ section { background: #fff; border: 1px solid var(--line); border-radius: 6px; m
           padding: 12px 18px 16px; }
 section h2 { margin: 4px 0 6px; font-size: 18px; }
 p.note { color: var(--muted); margin: 4px 0 10px; }
+div.warn { color: #8a1c1c; background: #fdecea; border: 1px solid #f5c2c0; padding: 8px 10px;
+            border-radius: 4px; margin: 6px 0 10px; } div.warn ul { margin: 4px 0 0; }
 p.missing { color: #8a5a00; background: #fff7e0; border: 1px solid #f0d89a; padding: 8px 10px;
             border-radius: 4px; }
 table { border-collapse: collapse; margin: 6px 0; }

@@ -92,6 +92,49 @@ def _data_used(meta: dict) -> str:
     return "built-in synthetic shapes and captions (no download)"
 
 
+def _foreign_table(meta: dict) -> str:
+    """The one line saying the study's latency table was measured on another machine than
+    this one ('' when it was not, or the table is an estimate, an import or not there)."""
+    path = meta.get("latency_table")
+    if not path or not Path(str(path)).is_file():
+        return ""
+    from archsearch.cost.latency import check_table_device, load_table
+
+    try:
+        check = check_table_device(load_table(path))
+    except ArchsearchError:
+        return ""
+    return f"{check.label} — {check.warning}" if check.differs else ""
+
+
+def _noise_text(study: StudyData) -> str:
+    """How the quality's noise is estimated, or why there is no estimate."""
+    if not study.has_noise:
+        return ("no estimate (trials.csv has no quality_se: a store written before it, or one held-out "
+                "sample); close qualities may not be distinct")
+    z = study.noise_z
+    return (f"error bars are ± {z:g} standard errors of each held-out score over its samples (quality_se); "
+            f"a Pareto candidate whose quality edge over a cheaper one is within {z:g} standard errors of the "
+            "difference is marked \"within noise of\" it. The proxy run's own seed-to-seed noise is not included.")
+
+
+def _knee_text(study: StudyData) -> str:
+    knee = study.knee
+    if knee is None:
+        return esc("not recorded (a store written before the suggested pick)")
+    cid = knee.get("candidate_id")
+    if not cid:
+        return esc(knee["reason"])
+    return f"<b><code>{esc(cid)}</code></b> (trial {esc(knee.get('trial'))}): {esc(knee['reason'])}"
+
+
+def _warnings_html(study: StudyData) -> str:
+    if not study.warnings:
+        return ""
+    items = "".join(f"<li>{esc(w)}</li>" for w in study.warnings)
+    return f'<div class="warn" id="warnings"><b>Warnings</b><ul>{items}</ul></div>'
+
+
 def _summary(study: StudyData, reference: np.ndarray | None, ref_origin: str, n_front: int) -> str:
     meta = study.meta
     counts = study.trials["state"].value_counts()
@@ -106,10 +149,13 @@ def _summary(study: StudyData, reference: np.ndarray | None, ref_origin: str, n_
         ("constraints", esc(", ".join(
             f"{k} = {v}" for k, v in study.constraints.items() if v is not None) or "none")),
         ("target / latency table",
-         esc(f"{meta.get('target') or 'not set'} / {meta.get('latency_table') or 'none'}")),
+         esc(f"{meta.get('target') or 'not set'} / {meta.get('latency_table') or 'none'}")
+         + (f' <span class="missing">({esc(foreign)})</span>' if (foreign := _foreign_table(meta)) else "")),
         ("sampler / seed", esc(f"{meta.get('sampler', 'n/a')} / {meta.get('seed', 'n/a')}")),
         ("data", esc(_data_used(meta))),
         ("Pareto candidates", str(n_front)),
+        ("quality noise", esc(_noise_text(study))),
+        ("suggested pick", _knee_text(study)),
     ]  # fmt: skip
     if reference is not None:
         ref_txt = ", ".join(
@@ -117,7 +163,7 @@ def _summary(study: StudyData, reference: np.ndarray | None, ref_origin: str, n_
         )
         items.append(("reference point", esc(f"{ref_txt} ({ref_origin})")))
         items.append(("hypervolume", esc(_fmt_float(hv, 6))))
-    html_out = Page.kv(items)
+    html_out = _warnings_html(study) + Page.kv(items)
     failed = study.trials[study.trials["state"] == "failed"]
     if len(failed):
         shown = failed.head(_MAX_FAILED)
@@ -149,8 +195,11 @@ def _front_section(page: Page, study: StudyData) -> str:
         "are Pareto-optimal on all objectives, faded ones are dominated, x marks infeasible "
         "trials (over a constraint; those never trained have no quality and sit on the top "
         "edge). The staircase is the quality-vs-latency front of the "
-        f"feasible trials.{budget} Hover for the architecture; click a point to show its YAML "
-        "below.</p>"
+        f"feasible trials.{budget}"
+        + (f" Error bars: quality ± {front.noise_z:g} standard errors (its noise); an orange ring marks a Pareto "
+           "candidate within the noise of a cheaper one, a red star the suggested pick (knee)."
+           if study.has_noise or front.knee_id else "")
+        + " Hover for the architecture; click a point to show its YAML below.</p>"
     )
     panel = (
         '<h3 id="yaml-title">Click a point to see its candidate YAML</h3>'
@@ -253,8 +302,14 @@ def _pareto_table_section(study: StudyData, out_dir: Path) -> str:
     if tab.empty:
         return '<p class="missing">No Pareto candidate yet.</p>'
     extra_obj = [o for o in study.objectives if o.name not in ("quality", "latency_ms", "params")]
-    headers = ["#", "candidate", "quality", "latency", "peak memory", "params", "FLOPs"]
-    headers += [o.name for o in extra_obj] + ["trial", "train it"]
+    headers = ["#", "candidate", "quality", "latency", "peak memory", "params", "FLOPs (MAC)"]
+    headers += [o.name for o in extra_obj] + ["trial", "note", "train it"]
+    knee_id = (study.knee or {}).get("candidate_id")
+    z = study.noise_z
+    if _foreign_table(study.meta):  # the table's latencies describe another machine
+        from archsearch.cost.latency import FOREIGN_DEVICE_LABEL
+
+        headers[3] = f"latency ({FOREIGN_DEVICE_LABEL})"
     rows = []
     for i, r in enumerate(tab.itertuples(index=False), start=1):
         rd = r._asdict()
@@ -268,10 +323,17 @@ def _pareto_table_section(study: StudyData, out_dir: Path) -> str:
             link = f"<code>{esc(cid)}</code> (no YAML file in pareto/)"
             train = "n/a"
         src = str(rd.get("latency_source") or "")
+        notes = []
+        if cid == knee_id:
+            notes.append("<b>suggested pick (knee)</b>")
+        if str(rd.get("within_noise_of") or ""):
+            notes.append(f"within noise of <code>{esc(rd['within_noise_of'])}</code>")
+        if C._finite(rd.get("cross_attention")) == 0:
+            notes.append("no cross-attention: cannot see the prompt")
         row = [
             str(i),
             link,
-            _fmt_float(rd["quality"]),
+            _fmt_float(rd["quality"]) + esc(C.fmt_noise(rd.get("quality_se"), z)),
             esc(C.fmt_ms(rd["latency_ms"]) + (f" ({src})" if src else "")),
             esc(C.fmt_mb(rd.get("memory_mb")) + (f" ({rd.get('memory_source')})" if rd.get("memory_source") else "")),
             esc(C.fmt_count(rd.get("params"))),
@@ -279,10 +341,14 @@ def _pareto_table_section(study: StudyData, out_dir: Path) -> str:
         ]
         row += [_fmt_float(study.trials.loc[study.trials["candidate_id"] == cid, o.name].iloc[0])
                 for o in extra_obj]  # fmt: skip
-        row += [str(int(rd["number"])), train]
+        row += [str(int(rd["number"])), "; ".join(notes), train]
         rows.append(row)
+    noise = (f" Quality ± {z:g} standard errors of its held-out score." if study.has_noise else
+             " No quality noise estimate in this store: close qualities may not be distinct.")
     note = (
-        '<p class="note">Sorted by latency. Each YAML file is a complete candidate; the '
+        '<p class="note">Sorted by latency.' + esc(noise) + " Latency is predicted from the latency "
+        "table: <i>sum of measured blocks</i> means each block was timed on the device, not the whole "
+        "model. FLOPs count one multiply-add as one (MAC). Each YAML file is a complete candidate; the "
         "command trains it.</p>"
     )
     return note + Page.table(headers, rows, numeric=(0, 2, 3, 4, 5, 6))

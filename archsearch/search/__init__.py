@@ -11,7 +11,8 @@
   architecture evolving over the supernet), ``temporal`` (SnapGen-V's temporal layers on a
   frozen image backbone). Each says what its ``search:`` section needs, what ``validate``
   refuses, the one trial context, what a study runs first and how the trials run.
-* :class:`SearchSettings`, :func:`make_sampler` (``nsga2`` default, ``tpe``, ``gp``, ``random``),
+* :class:`SearchSettings`, :func:`make_sampler` (``gp`` default, :data:`DEFAULT_SAMPLER`; ``nsga2``,
+  ``tpe``, ``random``; ``search.method: temporal`` defaults to ``nsga2``),
   :func:`storage_url` / :func:`open_storage`, :func:`count_trials`, :func:`trial_state`,
   :func:`study_attrs`, :func:`requeue_interrupted`, :class:`TrialSeededSampler`,
   :class:`StudyLock` / :func:`lock_path` -- the study.

@@ -60,7 +60,8 @@ def run_search(
 
     ``options`` (:class:`RunOptions`), or its fields as keywords (``run_search(space, trials=8,
     workers=2)``; given both, the keywords win): ``trials``, ``timeout``, ``seed``, ``storage``,
-    ``study``, ``workers`` and ``sampler`` override the spec; ``backend``: ``local``
+    ``study``, ``workers`` and ``sampler`` override the spec (the sampler: ``search.sampler``, else
+    the method's, else ``gp``: :data:`~archsearch.search._study.DEFAULT_SAMPLER`); ``backend``: ``local``
     (``workers`` processes, default 1, at most the CPU cores) or ``ray`` (``address`` of an
     existing cluster, else a local Ray); ``timeout`` stops starting new trials after that many
     seconds. A bad argument raises :class:`~archsearch.errors.ParameterError` naming it
@@ -113,9 +114,11 @@ def _prepare(space: SearchSpace, checked: SpaceCheck, opts: RunOptions, method: 
     settings = _settings(space, checked.settings, opts)
     table = None
     if checked.latency_table is not None:
-        from archsearch.cost.latency import load_table
+        from archsearch.cost.latency import check_table_device, load_table
 
         table = load_table(checked.latency_table)
+        if log is not None and (foreign := check_table_device(table).warning):
+            log(f"warning: {foreign}")  # a table measured on another machine: one line
         settings = replace(settings, latency_table=checked.latency_table.resolve())
     study_dir = Path(opts.reports_dir) / settings.study
     url = storage_url(settings.storage, study_dir)

@@ -3,12 +3,20 @@
 ``reports/<study>/``:
 
 * ``trials.csv`` -- one row per trial (complete, failed, infeasible, running): number, state,
-  candidate_id, quality, latency_ms, params, flops, latency_source, memory_mb (predicted peak
-  MiB of one forward call), memory_source, feasible, fail_reason,
-  wall_time_s, datetime_start, datetime_complete (ISO), loss_curve (JSON list), candidate
-  (JSON), duplicate_of, pareto, then the candidate's ``summary()`` as ``arch.*`` columns;
+  candidate_id, quality, quality_se (the standard error of the held-out score over its
+  samples), latency_ms, params, flops (fvcore's count: one multiply-add is one FLOP),
+  latency_source (``sum of measured blocks``, ``estimate``, ``imported`` or ``mixed``: a
+  prediction from the table's block rows), memory_mb (predicted peak MiB of one forward call),
+  memory_source, feasible, fail_reason, wall_time_s, datetime_start, datetime_complete (ISO),
+  loss_curve (JSON list), candidate (JSON), duplicate_of, pareto, within_noise_of (a Pareto
+  candidate whose quality edge over a cheaper one is inside the noise: that one's id),
+  cross_attention (blocks that attend to the prompt; 0: the model cannot see it), then the
+  candidate's ``summary()`` as ``arch.*`` columns;
 * ``meta.json`` -- the study, spec, objectives and directions, reference point, constraints,
-  target, latency table, sampler, seed, n_trials, hypervolume, counts, the Pareto ids;
+  target, latency table, sampler, seed, n_trials, hypervolume, counts, the Pareto ids, how the
+  quality noise is estimated (``quality_noise``), the suggested pick (``knee``: candidate id
+  and reason, :func:`~archsearch.store._honest.knee_point`), ``warnings`` (Pareto candidates
+  that cannot see the prompt) and ``store_version``;
 * ``pareto/<candidate_id>.yaml`` -- each Pareto-optimal candidate (``Candidate.to_yaml``), the
   input of full training;
 * ``latency_breakdown.csv`` -- candidate_id, stage, block_type, ms of the Pareto candidates
@@ -46,15 +54,22 @@ from archsearch._util import atomic_write_text
 from archsearch.errors import ArchsearchError
 from archsearch.pareto import default_reference, hypervolume, non_dominated
 from archsearch.search import StudyLock, open_storage, storage_file, study_attrs, trial_state
+from archsearch.store._honest import NOISE_Z, knee_point, prompt_warnings, within_noise
 
 __all__ = ["BASE_COLUMNS", "EVOLUTION_COLUMNS", "StoreSummary", "check_store", "load_trials", "pareto_ids", "refresh_store",
            "trials_frame", "write_store"]
 
 BASE_COLUMNS = (
-    "number", "state", "candidate_id", "quality", "latency_ms", "params", "flops", "latency_source",
+    "number", "state", "candidate_id", "quality", "quality_se", "latency_ms", "params", "flops", "latency_source",
     "memory_mb", "memory_source", "feasible", "fail_reason", "wall_time_s", "datetime_start", "datetime_complete", "loss_curve",
-    "candidate", "duplicate_of", "pareto",
+    "candidate", "duplicate_of", "pareto", "within_noise_of", "cross_attention",
 )
+#: meta.json's ``store_version``: 2 added quality_se, within_noise_of, cross_attention, knee,
+#: warnings and the ``sum of measured blocks`` latency source (1: stores without the key)
+STORE_VERSION = 2
+#: A trial's latency is a prediction from the table's block rows: rows timed on the device make
+#: it a sum of measured blocks, never a measured whole model (stores before 2 said ``measured``).
+SUM_OF_MEASURED = "sum of measured blocks"
 _ID = re.compile(r"^[0-9a-f]{12}$")
 #: Columns of ``evolution.csv`` (one row per evaluated action of an evolve study).
 EVOLUTION_COLUMNS = (
@@ -85,15 +100,17 @@ def _row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     if state == "interrupted":
         state = "failed"
     cand = a.get("candidate")
+    source = a.get("latency_source") or ""
     row: dict[str, Any] = {
         "number": t.number,
         "state": state,
         "candidate_id": a.get("candidate_id") or "",
         "quality": _num(a.get("quality")) if state == "complete" else math.nan,
+        "quality_se": _num(a.get("quality_se")) if state == "complete" else math.nan,
         "latency_ms": _num(a.get("latency_ms")),
         "params": _num(a.get("params")),
         "flops": _num(a.get("flops")),
-        "latency_source": a.get("latency_source") or "",
+        "latency_source": SUM_OF_MEASURED if source == "measured" else source,
         "memory_mb": _num(a.get("memory_mb")),
         "memory_source": a.get("memory_source") or "",
         "feasible": bool(a.get("feasible", all(v <= 0 for v in t.constraints.values()))),
@@ -105,11 +122,15 @@ def _row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "candidate": json.dumps(cand, sort_keys=True) if cand else "",
         "duplicate_of": a.get("duplicate_of"),
         "pareto": False,
+        "within_noise_of": "",
+        "cross_attention": None,
     }
     if cand:
         from archsearch.candidate import Candidate
 
-        summary = Candidate.from_dict(cand).summary()
+        candidate = Candidate.from_dict(cand)
+        row["cross_attention"] = candidate.cross_attention_blocks()
+        summary = candidate.summary()
         summary.pop("id", None)
         row.update({f"arch.{k}": v for k, v in summary.items()})
     return row
@@ -127,10 +148,12 @@ def trials_frame(study: optuna.Study, objectives: list[str] | tuple[str, ...] | 
     arch = [c for c in df.columns if c.startswith("arch.")]
     df = df[list(BASE_COLUMNS) + arch]
     df["duplicate_of"] = df["duplicate_of"].astype("Int64")
+    df["cross_attention"] = df["cross_attention"].astype("Int64")
     attrs = study_attrs(study)
     objectives = list(objectives or attrs.get("objectives") or ["quality", "latency_ms", "params"])
     chosen = (attrs.get("evolution_result") or {}).get("chosen") if attrs.get("method") == "evolve" else None
     df["pareto"] = _pareto_mask(df, objectives, among=chosen)
+    df["within_noise_of"] = within_noise(df, objectives)
     return df
 
 
@@ -216,7 +239,7 @@ def load_trials(study_dir: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise ArchsearchError(f"{path}: missing (run `archsearch run SPEC` first)")
     check_store(study_dir)
-    return pd.read_csv(path, dtype={"candidate_id": str})
+    return pd.read_csv(path, dtype={"candidate_id": str, "within_noise_of": str})
 
 
 def _open_recorded_study(study_dir: Path) -> optuna.Study | None:
@@ -363,6 +386,16 @@ def _write_store(study: optuna.Study, out: Path, attrs: dict[str, Any]) -> "Stor
         "hypervolume": hv,
         "counts": {s: int(counts.get(s, 0)) for s in ("complete", "infeasible", "failed", "running")},
         "pareto": ids,
+        "quality_noise": {"estimate": "standard error of each trial's held-out score over its held-out samples "
+                                      "(quality_se); the proxy run's seed-to-seed noise is not in it",
+                          "z": NOISE_Z, "error_bar": f"quality ± {NOISE_Z:g} quality_se",
+                          "within_noise": f"a Pareto candidate whose quality edge over a cheaper one is at most "
+                                          f"{NOISE_Z:g} standard errors of the difference",
+                          "within_noise_of": {cid: ref for cid, ref in zip(df["candidate_id"], df["within_noise_of"])
+                                              if ref}},
+        "knee": knee_point(df, objectives),
+        "warnings": prompt_warnings(df, attrs.get("kind")),
+        "store_version": STORE_VERSION,
         "storage": attrs.get("storage"),
         "space_hash": attrs.get("space_hash"),
         "teacher": attrs.get("teacher"),

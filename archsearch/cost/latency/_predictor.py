@@ -42,6 +42,10 @@ __all__ = [
 ]
 
 
+#: The source of a latency summed from measured block rows (:meth:`LatencyPredictor.source_for`).
+SUM_OF_MEASURED = "sum of measured blocks"
+
+
 class InterpolationWarning(UserWarning):
     """Some blocks were missing from the table and were interpolated (``allow_missing``)."""
 
@@ -190,8 +194,12 @@ class LatencyPredictor:
         return df[["name", "stage", "type", "key", "ms", "source", "table_ms"]]
 
     def source_for(self, candidate: Any) -> str:
-        """'measured' | 'estimate' | 'imported' | 'mixed' for the rows ``candidate`` uses."""
-        return self.table.source_for(candidate)
+        """Where ``candidate``'s predicted latency comes from: ``sum of measured blocks`` (every
+        row it uses was timed on the device, the whole model was not), ``estimate``,
+        ``imported`` or ``mixed`` (rows of several sources). ``measured`` is kept for a whole
+        model timed as one; a prediction never is (the table's rows keep their own source)."""
+        src = self.table.source_for(candidate)
+        return SUM_OF_MEASURED if src == "measured" else src
 
     # ----------------------------------------------------------------- memory
     @property
