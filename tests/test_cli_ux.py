@@ -195,17 +195,18 @@ def test_ctrl_c_names_what_stopped_and_how_to_resume_it(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_sigint_to_a_running_profile_exits_130_with_the_resume_line_and_keeps_its_rows(tmp_path):
     out = tmp_path / "t.csv"
-    # a candidate's 13 blocks timed on this CPU (at least 0.3 s each): Ctrl-C lands mid-table
+    # a candidate's 13 blocks timed on this CPU (about a second each): Ctrl-C after the first
+    # lands mid-table with seconds to spare, even when the test's own process lags under load
     cmd = [sys.executable, "-m", "archsearch.cli.main", "--log-format", "json", "--log-interval", "0", "profile",
-           str(_candidate(tmp_path)), "--target", "cpu", "--calibrate", "0", "--min-time", "0.3", "--max-time",
-           "0.4", "--sentinel-every", "0", "--flush-mb", "0", "--threads", "1", "--out", str(out)]
+           str(_candidate(tmp_path)), "--target", "cpu", "--calibrate", "0", "--min-time", "1.0", "--max-time",
+           "1.2", "--sentinel-every", "0", "--flush-mb", "0", "--threads", "1", "--out", str(out)]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, cwd=tmp_path)
     deadline = time.time() + 120
     seen = 0
     try:
         for line in proc.stdout:  # a JSON line per block: stop once a few blocks are done
-            if line.startswith("{") and json.loads(line)["done"] >= 3:
+            if line.startswith("{") and json.loads(line)["done"] >= 1:
                 seen = json.loads(line)["done"]
                 break
             if time.time() > deadline:
@@ -216,14 +217,14 @@ def test_sigint_to_a_running_profile_exits_130_with_the_resume_line_and_keeps_it
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert seen >= 3, err
+    assert seen >= 1, err
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == ("interrupted: profile stopped; rerun the same command to continue "
                                             "(the blocks measured so far are kept)"), err
     assert "Traceback" not in err
     from archsearch.cost.latency import load_table
 
-    assert 3 <= len(load_table(out)) < 13  # what was measured before Ctrl-C is on disk
+    assert 1 <= len(load_table(out)) < 13  # what was measured before Ctrl-C is on disk
 
 
 # --------------------------------------------------------------------------- quiet and quick start
