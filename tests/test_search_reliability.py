@@ -211,12 +211,12 @@ def test_resume_after_kill_9_reaches_the_front_of_an_uninterrupted_run_and_a_kil
     from archsearch.cli.main import app
 
     # random proposals, 2 worker processes: what a trial proposes depends on its slot only
-    spec = make_spec(tmp_path, tiny_table, search={"n_trials": 6, "sampler": "random", "seed": 5, "threads": 1})
+    spec = make_spec(tmp_path, tiny_table, search={"n_trials": 8, "sampler": "random", "seed": 5, "threads": 1})
     reports = tmp_path / "reports"
     base = run_search(load_space(spec), study="plain", reports_dir=reports)
     plain = write_store(base.study)
     plain_df = pd.read_csv(plain.path / "trials.csv", dtype={"candidate_id": str})
-    assert base.counts["done"] == 6
+    assert base.counts["done"] == 8
 
     db = reports / "k1" / "study.db"
     proc = subprocess.Popen(_cli("run", str(spec), "--study", "k1", "--workers", "2", "--reports-dir", str(reports),
@@ -257,7 +257,7 @@ def test_resume_after_kill_9_reaches_the_front_of_an_uninterrupted_run_and_a_kil
     assert f"{len(running)} interrupted trial(s) queued to run again" in res.output
     df = pd.read_csv(reports / "k1" / "trials.csv", dtype={"candidate_id": str})
     assert (df["fail_reason"] == "interrupted").sum() == len(running)
-    assert df["state"].isin(["complete", "infeasible"]).sum() == 6
+    assert df["state"].isin(["complete", "infeasible"]).sum() == 8
     # every candidate of the uninterrupted run was evaluated, the interrupted ones included
     assert _scored(df) == _scored(plain_df)
     # the same front: the same candidates with the same scores (float32 training in two
