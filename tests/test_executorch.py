@@ -64,7 +64,6 @@ def test_a_whole_unet_exports_as_an_executorch_program(tiny_space, tmp_path):
     from typer.testing import CliRunner
 
     from archsearch.cli.main import app
-
     from archsearch.model import walk
 
     # a whole UNet, the fewest blocks of 40 drawn: ExecuTorch's lowering time grows with the

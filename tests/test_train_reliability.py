@@ -496,3 +496,13 @@ def test_text_to_video_teacher_trains_samples_and_generates_at_the_models_frames
     assert r.exit_code == 2
     assert _error_line(r.output) == ("error: --frames: bad value 16 (allowed: 4, the frame count this model was "
                                      "built for)")
+    # issue 23, end to end: the trained video model exports as the Swift app's UNet package,
+    # every op of its program evaluated against torch
+    from archsearch.export import package_io
+
+    r = runner.invoke(app, ["export", str(out), "--format", "coreml", "-o", str(tmp_path / "Unet.mlpackage")])
+    assert r.exit_code == 0, r.output
+    inputs, outputs = package_io(tmp_path / "Unet.mlpackage")
+    assert [t.name for t in inputs] == ["sample", "timestep", "encoder_hidden_states"]
+    assert inputs[0].shape[:3] == (2, 4, 4) and [t.name for t in outputs] == ["noise_pred"]
+    assert "not checked" not in r.output and "numerics" in r.output
