@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "cache_root", "canonical_json", "file_lock", "first_line",
+__all__ = ["atomic_write_bytes", "atomic_write_text", "replace_dir", "cache_root", "canonical_json", "file_lock", "first_line",
            "short_hash"]
 
 
@@ -95,3 +95,20 @@ def first_line(exc: BaseException) -> str:
     one-line error quotes of a library's multi-line one."""
     s = str(exc).strip()
     return s.splitlines()[0] if s else type(exc).__name__
+
+
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``os.replace`` for folders: ``src`` (written beside ``dst``) takes ``dst``'s place; an
+    existing ``dst`` is moved aside first and removed after, so ``dst`` is whole at every moment
+    but the two renames between."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)

@@ -98,6 +98,13 @@ def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("teacher-cache")
 
 
+@pytest.fixture
+def cached_teacher(monkeypatch: pytest.MonkeyPatch, teacher_cache: Path, tiny_teacher):
+    """The CLI finds the session's tiny teacher in its cache instead of training one."""
+    monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(teacher_cache))
+    return tiny_teacher
+
+
 @pytest.fixture(scope="session")
 def tiny_teacher(teacher_cache: Path):
     """The built-in image teacher of ``TINY_PROXY``, trained once per session (on one thread)."""

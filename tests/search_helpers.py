@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import TINY_TEACHER
+from conftest import TINY_PROXY, TINY_TEACHER
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,4 +53,14 @@ def estimate_table(tmp_path_factory: pytest.TempPathFactory, space: str) -> Path
         from archsearch.spec import load_space
 
         profile_space(load_space(ROOT / "search_spaces" / f"{space}.yaml"), "ane", path, convert=False, calibrate=0)
+    return path
+
+
+def tiny_spec(tmp_path: Path, **proxy: Any) -> Path:
+    """search_spaces/tiny.yaml with the session's tiny teacher (``tiny_teacher``) and ``proxy``."""
+    data = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
+    data["proxy"] = {"width_mult": 1.0, "resolution": 8, "steps": 2, "batch": 2, "holdout": 4,
+                     "teacher": {"builtin": "image", **TINY_PROXY["teacher"]}, **proxy}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -5,35 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
+from search_helpers import tiny_spec
 from typer.testing import CliRunner
 
 from archsearch.candidate import sample
 from archsearch.cli.main import app
-from tests.conftest import SPACES, TINY_PROXY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _spec(tmp_path, **proxy):
-    """search_spaces/tiny.yaml with the session's tiny teacher (``tiny_teacher``) and ``proxy``."""
-    data = yaml.safe_load((SPACES / "tiny.yaml").read_text())
-    data["proxy"] = {"width_mult": 1.0, "resolution": 8, "steps": 2, "batch": 2, "holdout": 4,
-                     "teacher": {"builtin": "image", **TINY_PROXY["teacher"]}, **proxy}
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-@pytest.fixture
-def cached_teacher(monkeypatch, teacher_cache, tiny_teacher):
-    """The CLI finds the session's tiny teacher in its cache instead of training one."""
-    monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(teacher_cache))
-    return tiny_teacher
-
-
 def test_train_saves_a_reloadable_student(tmp_path, tiny_space, cached_teacher):
-    spec = _spec(tmp_path)
+    spec = tiny_spec(tmp_path)
     c = sample(tiny_space, 0)
     cand = c.save(tmp_path / f"{c.id}.yaml")
     out = tmp_path / "trained"
@@ -63,7 +45,7 @@ def test_train_errors_name_the_flags(tmp_path, tiny_space, cached_teacher):
     """A bad setting given on the command line is reported by its flag, not the library's name."""
     c = sample(tiny_space, 0)
     cand = c.save(tmp_path / f"{c.id}.yaml")
-    spec = _spec(tmp_path)
+    spec = tiny_spec(tmp_path)
     r = CliRunner().invoke(app, ["train", str(cand), "--spec", str(spec), "--resolution", "7",
                                  "--out", str(tmp_path / "o"), "--device", "cpu"])
     assert r.exit_code == 2, r.output
@@ -75,6 +57,6 @@ def test_train_errors_name_the_flags(tmp_path, tiny_space, cached_teacher):
                                  "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "error: --device: bad value 'tpu'" in r.output, r.output
     # a bad value in the spec file itself still names the file, line and key
-    bad = _spec(tmp_path, holdout=0)
+    bad = tiny_spec(tmp_path, holdout=0)
     r = CliRunner().invoke(app, ["train", str(cand), "--spec", str(bad), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and f"error: {bad}:" in r.output and "proxy.holdout" in r.output, r.output

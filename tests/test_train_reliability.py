@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from typer.testing import CliRunner
 
 from archsearch.candidate import sample
@@ -25,26 +24,10 @@ from archsearch.errors import ArchsearchError, ParameterError
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffusers_fixtures as F  # noqa: E402
 from conftest import SPACES, TINY_PROXY  # noqa: E402
+from search_helpers import tiny_spec  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
-
-
-def _spec(tmp_path: Path, **proxy) -> Path:
-    """search_spaces/tiny.yaml with the session's tiny teacher (``tiny_teacher``) and ``proxy``."""
-    data = yaml.safe_load((SPACES / "tiny.yaml").read_text())
-    data["proxy"] = {"width_mult": 1.0, "resolution": 8, "steps": 2, "batch": 2, "holdout": 4,
-                     "teacher": {"builtin": "image", **TINY_PROXY["teacher"]}, **proxy}
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-@pytest.fixture
-def cached_teacher(monkeypatch, teacher_cache, tiny_teacher):
-    """The CLI finds the session's tiny teacher in its cache instead of training one."""
-    monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(teacher_cache))
-    return tiny_teacher
 
 
 @pytest.fixture
@@ -81,7 +64,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 def test_train_refuses_a_folder_of_the_users_files(tmp_path, cand, cached_teacher):
     """A user's model, a latent cache, a folder inside the data: one line, nothing changed --
     with --overwrite too, and before the teacher loads."""
-    spec = _spec(tmp_path)
+    spec = tiny_spec(tmp_path)
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "config.json").write_text('{"my": "model"}')
@@ -199,7 +182,7 @@ def test_ctrl_c_leaves_a_run_that_resumes_with_every_row_once(tmp_path, tiny_spa
     ("--width-mult", "0", "a number in (0, 4]"),
 ])
 def test_train_numeric_flags_are_one_line_errors(tmp_path, cand, cached_teacher, flag, value, allowed):
-    spec = _spec(tmp_path)
+    spec = tiny_spec(tmp_path)
     r = runner.invoke(app, ["train", str(cand), "--spec", str(spec), "--out", str(tmp_path / "o"), "--device", "cpu",
                             flag, value])
     assert r.exit_code == 2, r.output
@@ -259,7 +242,7 @@ def test_resume_latest_falls_back_past_a_damaged_checkpoint(tmp_path, tiny_space
 
 @pytest.mark.slow
 def test_resume_with_other_steps_says_so_or_refuses(tmp_path, cand, cached_teacher):
-    spec = _spec(tmp_path)
+    spec = tiny_spec(tmp_path)
     out = tmp_path / "o"
     common = ["train", str(cand), "--spec", str(spec), "--out", str(out), "--device", "cpu", "--sample-every", "0",
               "--eval-every", "0", "--checkpoint-every", "2"]

@@ -41,6 +41,7 @@ from diffusers import ConfigMixin, ModelMixin  # ModelMixin must be importable f
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
+from archsearch._util import replace_dir
 from archsearch.errors import ParameterError
 
 __all__ = ["ArchUNetDiffusers", "ConfigMixin", "ModelMixin", "export_pipeline", "generate", "load_pipeline",
@@ -224,14 +225,7 @@ def export_pipeline(model: Any, teacher_root: str | os.PathLike, out: str | os.P
             if guidance is not None and cls.__name__ not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
                 record = {**record, "guidance": 1.0}  # no timestep_cond there: the folded guidance, one call
             (tmp / FEWSTEP_FILE).write_text(json.dumps(record, indent=2))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from archsearch._util import atomic_write_text, first_line
+from archsearch._util import atomic_write_text, first_line, replace_dir
 from archsearch.errors import ArchsearchError, ParameterError
 from archsearch.export._ane_layout import ane_model
 from archsearch.export._coreml import (
@@ -231,22 +231,10 @@ def _save_package(mlmodel: Any, path: Path) -> Path:
         staged = tmp / path.name
         with _quiet():
             mlmodel.save(str(staged))
-        _replace_dir(staged, path)
+        replace_dir(staged, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """``os.replace`` for folders: an existing ``dst`` is moved aside first, then removed."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 
 
 def _check_problem(path: Path, check: NumericCheck | None) -> str:
@@ -518,7 +506,7 @@ def _export_pipeline(model: ArchUNet, path: Path, options: ExportOptions, name: 
         for fname, text in tokens.items():
             (tmp / fname).write_text(text, encoding="utf-8")
         atomic_write_text(tmp / PIPELINE_JSON, json.dumps(describe, indent=2, default=str) + "\n")
-        _replace_dir(tmp, path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
