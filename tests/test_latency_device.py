@@ -309,3 +309,33 @@ def test_run_says_when_the_table_is_from_another_machine(tmp_path):
     spec = load_space(make_spec(tmp_path, forged, search={"n_trials": 1, "sampler": "random"}))
     with pytest.raises(Said, match=rf"^warning: {forged} was measured on Intel\(R\) Xeon\(R\) Platinum 8480\+"):
         run_search(spec, reports_dir=tmp_path / "reports", progress=None, log=log)  # said before any training
+
+
+# --------------------------------------------------------------------------- same CPU name, another speed
+
+
+def test_a_table_whose_sentinel_runs_at_another_speed_here_is_named_in_one_line(tmp_path):
+    """Two VMs with one CPU string can differ by 20%+: the sentinel block the table recorded is
+    timed again, and a baseline three times this machine's is reported with the ratio."""
+    from archsearch.cost.latency import check_table_speed, load_table, parse_block_key
+
+    shipped = ROOT / "latency_tables" / "tiny-cpu-r16.csv"
+    table = load_table(shipped)
+    here = check_table_speed(table)
+    assert here is not None and here.block == table.meta["sentinel"]["block"]
+    assert 0.2 < here.ratio < 5  # the same block on a machine of this kind
+
+    text = shipped.read_text()
+    baseline = table.meta["sentinel"]["baseline_ms"]
+    forged = tmp_path / "tiny-cpu-r16.csv"
+    forged.write_text(text.replace(f"baseline_ms: {baseline}", f"baseline_ms: {here.now_ms * 3:.6f}", 1))
+    slow_there = check_table_speed(load_table(forged))
+    assert slow_there.ratio == pytest.approx(1 / 3, rel=0.5)
+    assert slow_there.warning.startswith(f"{forged}: its sentinel block takes ")
+    assert "this machine is faster" in slow_there.warning
+    assert slow_there.warning.endswith(f"run archsearch profile --recalibrate {forged} -n 8")
+
+    # an estimate describes a device elsewhere by design: nothing is timed
+    assert check_table_speed(load_table(ROOT / "latency_tables" / "unet_mobile-ane-r128-estimate.csv")) is None
+    assert parse_block_key("resnet(groups=8,in_channels=96,variant=separable)@1x96x8x8") == (
+        "resnet", {"groups": 8, "in_channels": 96, "variant": "separable"}, (1, 96, 8, 8))

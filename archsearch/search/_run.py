@@ -114,11 +114,13 @@ def _prepare(space: SearchSpace, checked: SpaceCheck, opts: RunOptions, method: 
     settings = _settings(space, checked.settings, opts)
     table = None
     if checked.latency_table is not None:
-        from archsearch.cost.latency import check_table_device, load_table
+        from archsearch.cost.latency import check_table_device, check_table_speed, load_table
 
         table = load_table(checked.latency_table)
         if log is not None and (foreign := check_table_device(table).warning):
             log(f"warning: {foreign}")  # a table measured on another machine: one line
+        elif log is not None and (speed := check_table_speed(table)) is not None and speed.warning:
+            log(f"warning: {speed.warning}")  # the same CPU name, another speed (its sentinel timed again)
         settings = replace(settings, latency_table=checked.latency_table.resolve())
     study_dir = Path(opts.reports_dir) / settings.study
     url = storage_url(settings.storage, study_dir)

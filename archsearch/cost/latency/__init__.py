@@ -121,6 +121,7 @@ from archsearch.cost.latency._recalibrate import (
     type_sums,
 )
 from archsearch.cost.latency._sentinel import SentinelMonitor, SentinelSettings, choose_sentinel
+from archsearch.cost.latency._speed import SPEED_TOLERANCE, SpeedCheck, check_table_speed, parse_block_key
 from archsearch.cost.latency._table import (
     COLUMNS,
     MEMORY_COLUMNS,
@@ -151,8 +152,10 @@ __all__ = [
     "RECALIBRATION_SEED",
     "SCALE_RANGE",
     "SOURCES",
+    "SPEED_TOLERANCE",
     "TARGETS",
     "Accuracy",
+    "SpeedCheck",
     "Backend",
     "BlockCensus",
     "BlockMemory",
@@ -196,6 +199,8 @@ __all__ = [
     "check_calibration",
     "check_published",
     "check_table_device",
+    "check_table_speed",
+    "parse_block_key",
     "choose_recalibration_candidates",
     "choose_sentinel",
     "count_ops",
