@@ -287,6 +287,26 @@ def test_a_model_against_itself_agrees_exactly(student, prompts, tmp_path):
     assert res.metrics["images"] == 3 and res.metrics["student"]["fid"] is None  # no reference folder
 
 
+def test_a_few_step_model_is_drawn_in_its_own_steps_and_the_teacher_in_its_usual(student, prompts, tmp_path):
+    """Without --steps / --guidance a model that records its drawing (``fewstep.json``, written
+    by ``archsearch fewstep``) is drawn as it was distilled to be; the teacher as usual (25, 7.5)."""
+    import shutil
+
+    few = tmp_path / "few"
+    shutil.copytree(student, few)
+    (few / "fewstep.json").write_text(json.dumps({"steps": 2, "guidance": 1.0, "calls_per_step": 1,
+                                                  "method": "lcm", "scheduler": {"class": "DDIMScheduler"}}))
+    out = tmp_path / "e"
+    evaluate(few, prompts, out, teacher=student, seeds="0", limit=1, fid=False, device="cpu")
+    settings = json.loads((out / "eval.json").read_text())
+    assert (settings["steps"], settings["guidance"]) == (2, 1.0)
+    assert (settings["teacher_steps"], settings["teacher_guidance"]) == (25, 7.5)
+    out2 = tmp_path / "e2"  # asked for: both draw so
+    evaluate(few, prompts, out2, teacher=student, steps=3, guidance=2.0, seeds="0", limit=1, fid=False, device="cpu")
+    settings = json.loads((out2 / "eval.json").read_text())
+    assert (settings["steps"], settings["guidance"], settings["teacher_steps"]) == (3, 2.0, 3)
+
+
 def test_eval_refuses_what_it_cannot_draw(tmp_path, prompts, student):
     with pytest.raises(ParameterError, match=r"^model: .*: no diffusers pipeline here"):
         evaluate(tmp_path, prompts, tmp_path / "o", device="cpu")

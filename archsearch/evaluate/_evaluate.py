@@ -58,6 +58,10 @@ _KEYS = ("version", "model", "model_weights", "teacher", "teacher_weights", "pro
 # --------------------------------------------------------------------------- small parts
 
 
+#: a model that records no drawing defaults (``fewstep.json``), and every teacher, draws with these
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 7.5
+
 def pipeline_root(path: str | os.PathLike, param: str = "model") -> Path:
     """``path`` or ``path/pipeline`` -- whichever holds a diffusers ``model_index.json``."""
     p = Path(path)
@@ -212,7 +216,7 @@ def _show(v: Any) -> str:
 
 
 def evaluate(model: str | os.PathLike, prompts_file: str | os.PathLike, out: str | os.PathLike, *,
-             teacher: str | os.PathLike | None = None, steps: int = 25, guidance: float = 7.5,
+             teacher: str | os.PathLike | None = None, steps: int | None = None, guidance: float | None = None,
              seeds: Sequence[int] | str = (0,), reference: str | os.PathLike | None = None,
              inception: str | os.PathLike | nn.Module | None = None, clip: str | os.PathLike | None = None,
              fid: bool | None = None, batch: int = 8, limit: int | None = None, height: int | None = None,
@@ -245,7 +249,14 @@ def evaluate(model: str | os.PathLike, prompts_file: str | os.PathLike, out: str
     :class:`~archsearch.errors.ParameterError` naming the parameter for bad input.
     """
     from archsearch.data import resolve_device
+    from archsearch.distill import fewstep_defaults
 
+    root = pipeline_root(model, "model")
+    recorded = fewstep_defaults(root) or fewstep_defaults(Path(model))  # a few-step model draws in its own steps
+    t_steps = int(steps) if steps is not None else DEFAULT_STEPS  # the teacher: as asked, else its usual
+    t_guidance = float(guidance) if guidance is not None else DEFAULT_GUIDANCE
+    steps = int(steps) if steps is not None else int(recorded.get("steps", DEFAULT_STEPS))
+    guidance = float(guidance) if guidance is not None else float(recorded.get("guidance", DEFAULT_GUIDANCE))
     if int(steps) < 1:
         raise ParameterError("steps", f": bad value {steps} (allowed: an integer >= 1)")
     if int(batch) < 1:
@@ -259,7 +270,6 @@ def evaluate(model: str | os.PathLike, prompts_file: str | os.PathLike, out: str
             raise ParameterError(name, f": bad value {v} (allowed: a multiple of 8 pixels, >= 8)")
     seed_list = parse_seeds(seeds)
     prompts = read_prompts(prompts_file, limit)
-    root = pipeline_root(model, "model")
     _pipeline_class(root, "model")
     t_root = pipeline_root(teacher, "teacher") if teacher is not None else None
     if t_root is not None:
@@ -292,7 +302,9 @@ def evaluate(model: str | os.PathLike, prompts_file: str | os.PathLike, out: str
         "teacher": str(t_root.resolve()) if t_root is not None else None,
         "teacher_weights": _weights_signature(t_root) if t_root is not None else None,
         "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(), "n_prompts": len(prompts),
-        "seeds": seed_list, "steps": int(steps), "guidance": float(guidance), "height": int(height),
+        "seeds": seed_list, "steps": int(steps), "guidance": float(guidance),
+        "teacher_steps": t_steps if t_root is not None else None,
+        "teacher_guidance": t_guidance if t_root is not None else None, "height": int(height),
         "width": int(width), "dtype": dtype or "fp32", "model_id": model_id(root), "prompts_file": str(prompts_file),
         "pipeline": type(pipe).__name__, "prompts": prompts,
     }
@@ -309,10 +321,11 @@ def evaluate(model: str | os.PathLike, prompts_file: str | os.PathLike, out: str
         p = pipe if which == "student" else _load(t_root, dev, torch_dtype, "teacher")  # type: ignore[arg-type]
         pipe = None  # one pipeline in memory at a time
         total = sum(len(b) for b in mine)
-        label = f"{which} samples ({steps} steps, guidance {guidance:g}, {height}x{width})"
+        n_steps, g = (int(steps), float(guidance)) if which == "student" else (t_steps, t_guidance)
+        label = f"{which} samples ({n_steps} steps, guidance {g:g}, {height}x{width})"
         report = (lambda done, _w=which, _l=label, _t=total: progress(_w, _l, done, _t)) if progress and main else None
         t = time.perf_counter()
-        drawn[which], reused[which] = draw_batches(p, mine, out / which, steps=int(steps), guidance=float(guidance),
+        drawn[which], reused[which] = draw_batches(p, mine, out / which, steps=n_steps, guidance=g,
                                                    height=int(height), width=int(width), progress=report)
         timing[f"{which}_s"] = time.perf_counter() - t
         del p

@@ -124,7 +124,7 @@ def _inception_url() -> str:
 
         return str(URL_INCEPTION_V3)
     except ImportError:
-        return "torch-fidelity's release page"
+        return "torch-fidelity's release page; torch-fidelity itself: pip install 'archsearch[fid]'"
 
 
 def load_inception(inception: str | os.PathLike | nn.Module | None, device: torch.device | str = "cpu") -> tuple[nn.Module, str]:
