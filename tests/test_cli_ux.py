@@ -503,3 +503,15 @@ def test_a_copied_and_renamed_space_is_told_which_table_fits_and_run_stops_befor
     _copy_tiny(tmp_path, "strict", tighter)
     r = runner.invoke(app, ["validate", "strict.yaml"])
     assert "was made for space 'tiny' with the same blocks" in r.output, r.output
+
+
+def test_run_takes_a_bundled_space_by_name_as_validate_does(tmp_path, monkeypatch):
+    """`archsearch run tiny` said `tiny: file not found` while its help offers bundled names."""
+    from archsearch._resources import find_space
+
+    monkeypatch.chdir(tmp_path)  # no search_spaces/ here: only the bundled name can resolve
+    assert find_space("tiny").name == "tiny.yaml"
+    r = runner.invoke(app, ["run", "no_such_space"])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines()[-1].startswith(
+        "error: no_such_space: file not found (allowed: a search-space YAML file, or a bundled space: tiny,")

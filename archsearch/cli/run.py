@@ -188,12 +188,12 @@ def register(app: typer.Typer) -> None:
           archsearch run search_spaces/unet_mobile.yaml --backend ray \\
               --address 10.0.0.1:6379
         """
-        from archsearch._resources import describe
+        from archsearch._resources import describe, find_space
         from archsearch.search import RunOptions, run_search
         from archsearch.spec import load_space
         from archsearch.store import write_store
 
-        space = load_space(spec)
+        space = load_space(find_space(spec))  # a path, or a bundled space by name (as validate/show)
         options = RunOptions(trials=trials, timeout=timeout, seed=seed, storage=storage, study=study, workers=workers,
                              sampler=sampler, resume=resume, backend=backend, address=address, device=device,
                              reports_dir=reports_dir)
