@@ -753,7 +753,8 @@ class _Logger(LoopCallback):
                 self.writer.flush()
         if self.progress is not None:
             shown = self.avg / (1 - 0.98 ** self.n) if self.n else float("nan")
-            self.progress("train", f"{run.label}loss {shown:.4f}, {self.rate:.1f} samples/s", state.step, state.steps)
+            rate = f", {self.rate:.1f} samples/s" if math.isfinite(self.rate) else ""  # none before the first log row
+            self.progress("train", f"{run.label}loss {shown:.4f}{rate}", state.step, state.steps)
 
     def on_end(self, state: StepState | None) -> None:
         if self.writer is not None:
