@@ -64,6 +64,10 @@ class BlockMemory:
                 "mem_source": self.source}
 
 
+#: the source of a candidate's peak computed from measured block rows (as a latency summed
+#: from measured blocks is ``sum of measured blocks``): the candidate itself was not measured
+FROM_MEASURED_BLOCKS = "from measured blocks"
+
 @dataclass(frozen=True)
 class PeakMemory:
     """A candidate's peak memory during one forward call (bytes).
@@ -71,7 +75,8 @@ class PeakMemory:
     ``peak_bytes`` = ``weight_bytes`` (every block's weights, resident) + ``activation_bytes``
     (inputs, time embedding, live skip tensors, the block input and its activations at the
     peak); ``at_block``: the block where the peak is; ``skip_bytes``: skip tensors alive
-    there; ``source``: ``measured``, ``estimate`` or ``mixed`` (of the rows used).
+    there; ``source``: ``from measured blocks`` (every row's memory was measured on the device;
+    the candidate's peak is computed from them, never measured whole), ``estimate`` or ``mixed``.
     """
 
     peak_bytes: int
@@ -298,6 +303,8 @@ def model_peak(candidate: Any, memory_of: Callable[[Any], tuple[int, int, int, s
             stacked += out
             x = 0
     source = sources.pop() if len(sources) == 1 else "mixed"
+    if source == "measured":  # each block's memory was measured, the candidate's peak is computed from them
+        source = FROM_MEASURED_BLOCKS
     return PeakMemory(int(weights + peak), weights, int(peak), int(skip_at), at, source)
 
 
