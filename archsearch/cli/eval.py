@@ -50,9 +50,9 @@ def register(app: typer.Typer) -> None:
         reference: Annotated[Optional[Path], typer.Option(help="Folder of reference pictures for FID (e.g. COCO "
                                                                "val2017); default: FID against the teacher's pictures.")] = None,
         steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the steps a few-step model "
-                                                     "records, else 25; the teacher: 25).")] = None,
+                                                     "records, else 25; the teacher: its own, 25 for a checkpoint).")] = None,
         guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance (default: the model's "
-                                                          "recorded guidance, else 7.5; the teacher: 7.5).")] = None,
+                                                          "recorded guidance, else 7.5; the teacher: its own, 7.5).")] = None,
         seeds: Annotated[str, typer.Option(help="Seeds drawn for every prompt: 0,1,2 or a range 0-3.")] = "0",
         batch: Annotated[int, typer.Option(help="Pictures per pipeline call (a kill loses at most one batch).")] = 8,
         limit: Annotated[Optional[int], typer.Option(help="Only the first N prompts.")] = None,

@@ -26,7 +26,8 @@
   matching teacher weights; :func:`load_spatial` -- a video student's spatial layers from an
   image model, frozen (``spatial_from``, the temporal search; :func:`spatial_candidate`,
   :func:`spatial_difference`); :func:`export_pipeline`, :func:`load_pipeline`, :func:`generate`
-  -- the diffusers pipeline of a trained model.
+  -- the diffusers pipeline of a trained model; :func:`find_pipeline` / :func:`pipeline_info`
+  (:class:`PipelineInfo`) -- a pipeline folder and its drawing defaults, read without diffusers.
 * :func:`step_distill` (:class:`FewStepConfig`) -- few-step generation (``archsearch fewstep``):
   a trained model distilled to draw in 8, 4 or 1 steps through the same :func:`train`, with the
   objectives ``step`` (SnapFusion's CFG-aware step distillation), ``adversarial`` (SnapGen's)
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 from archsearch.distill._config import ProxyConfig
 from archsearch.distill._distill import DistillResult, distill, holdout_for
+from archsearch.distill._drawing import PipelineInfo, find_pipeline, pipeline_info
 from archsearch.distill._fewstep import (
     FEWSTEP_FILE,
     FEWSTEP_METHODS,
@@ -103,6 +105,7 @@ __all__ = [
     "StepState",
     "Supernet",
     "SupernetError",
+    "PipelineInfo",
     "Teacher",
     "TrainConfig",
     "TrainResult",
@@ -116,6 +119,7 @@ __all__ = [
     "evaluate_fewstep",
     "export_pipeline",
     "fewstep_defaults",
+    "find_pipeline",
     "generate",
     "holdout_for",
     "init_from_teacher",
@@ -124,6 +128,7 @@ __all__ = [
     "load_spatial",
     "load_supernet",
     "load_teacher",
+    "pipeline_info",
     "pair_taps",
     "plan_supernet",
     "proxy_scale",

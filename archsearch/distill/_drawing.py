@@ -93,14 +93,16 @@ def _json(path: Path, what: str) -> dict[str, Any]:
     return d
 
 
-def find_pipeline(path: str | os.PathLike) -> Path:
-    """``path`` or ``path/pipeline`` -- whichever holds a ``model_index.json``."""
+def find_pipeline(path: str | os.PathLike, param: str = "model") -> Path:
+    """``path`` or ``path/pipeline`` -- whichever holds a ``model_index.json`` (else a one-line
+    :class:`~archsearch.errors.ParameterError` naming ``param``)."""
     p = Path(path)
     for cand in (p, p / "pipeline"):
         if (cand / "model_index.json").is_file():
             return cand
-    raise ParameterError("model", f": {p}: no diffusers pipeline here (expected model_index.json; archsearch train "
-                                  "writes one when the teacher is a diffusers checkpoint)")
+    raise ParameterError(param, f": {p}: no diffusers pipeline here (expected model_index.json or "
+                                "pipeline/model_index.json: an `archsearch train` output with a diffusers teacher, "
+                                "or a diffusers checkpoint folder)")
 
 
 def pipeline_defaults(root: Path) -> dict[str, Any]:

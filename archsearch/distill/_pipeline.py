@@ -247,13 +247,6 @@ def _fewstep_parts(model_dir: str | os.PathLike | None) -> tuple[Any, Any, Any]:
     return record, guidance, _scheduler_from(record["scheduler"])
 
 
-def find_pipeline(path: str | os.PathLike) -> Path:
-    """``path`` or ``path/pipeline`` -- whichever holds a ``model_index.json``."""
-    from archsearch.distill._drawing import find_pipeline as find
-
-    return find(path)
-
-
 def load_pipeline(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Any:
     """The pipeline :func:`export_pipeline` (or ``archsearch train``) wrote, on ``device``; a
     folder that does not load is one line naming it (its JSON files are checked first,

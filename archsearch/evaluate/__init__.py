@@ -13,7 +13,7 @@
   :data:`INCEPTION_FILE`, or an injected ``nn.Module``), :func:`frechet_distance` (torchmetrics'
   FID statistics), :func:`load_clip` / :class:`ClipScorer`, :func:`psnr`, :func:`load_lpips`.
 * :func:`read_prompts`, :func:`parse_seeds`, :func:`plan_items` (:class:`Item`),
-  :func:`pipeline_root`, :func:`model_id`.
+  :func:`model_id`.
 
 Nothing here downloads: the Inception, CLIP and LPIPS weights are local files, and a missing
 one is a one-line :class:`~archsearch.errors.ParameterError` naming the file and where to put it
@@ -31,7 +31,6 @@ from archsearch.evaluate._evaluate import (
     load_eval,
     model_id,
     parse_seeds,
-    pipeline_root,
 )
 from archsearch.evaluate._metrics import (
     INCEPTION_FILE,
@@ -64,7 +63,6 @@ __all__ = [
     "load_lpips",
     "model_id",
     "parse_seeds",
-    "pipeline_root",
     "plan_items",
     "psnr",
     "read_prompts",

@@ -41,8 +41,7 @@ from archsearch.evaluate._samples import (
     read_prompts,
 )
 
-__all__ = ["EVAL_FILE", "METRICS_FILE", "EvalResult", "EvalRun", "evaluate", "load_eval", "model_id", "parse_seeds",
-           "pipeline_root"]
+__all__ = ["EVAL_FILE", "METRICS_FILE", "EvalResult", "EvalRun", "evaluate", "load_eval", "model_id", "parse_seeds"]
 
 Progress = Callable[[str, str, int, int], None]
 
@@ -58,30 +57,12 @@ _KEYS = ("version", "model", "model_weights", "teacher", "teacher_weights", "pro
 # --------------------------------------------------------------------------- small parts
 
 
-#: a model that records no drawing defaults (``fewstep.json``), and every teacher, draws with these
-DEFAULT_STEPS = 25
-DEFAULT_GUIDANCE = 7.5
 
-def pipeline_root(path: str | os.PathLike, param: str = "model") -> Path:
-    """``path`` or ``path/pipeline`` -- whichever holds a diffusers ``model_index.json``."""
-    p = Path(path)
-    for cand in (p, p / "pipeline"):
-        if (cand / "model_index.json").is_file():
-            return cand
-    raise ParameterError(param, f": {p}: no diffusers pipeline here (expected model_index.json or "
-                                "pipeline/model_index.json: an `archsearch train` output with a diffusers teacher, "
-                                "or a diffusers checkpoint folder)")
-
-
-def _pipeline_class(root: Path, param: str) -> str:
-    try:
-        name = str(json.loads((root / "model_index.json").read_text()).get("_class_name", ""))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ParameterError(param, f": {root / 'model_index.json'}: unreadable ({first_line(exc)})") from None
-    if "Video" in name:
-        raise ParameterError(param, f": {root}: a {name} draws clips (allowed: an image pipeline such as "
+def _image_pipeline(info: Any, param: str) -> None:
+    """Refuse a video pipeline (eval draws pictures) in one line naming ``param``."""
+    if info.video:
+        raise ParameterError(param, f": {info.root}: a {info.class_name} draws clips (allowed: an image pipeline such as "
                                     "StableDiffusionPipeline or StableDiffusionXLPipeline)")
-    return name
 
 
 def _weights_signature(root: Path) -> list[list[Any]]:
@@ -94,8 +75,9 @@ def _weights_signature(root: Path) -> list[list[Any]]:
 def model_id(path: str | os.PathLike) -> str:
     """The candidate id of an archsearch pipeline's UNet (the folder's name for another UNet)."""
     from archsearch.candidate import Candidate
+    from archsearch.distill import find_pipeline
 
-    root = pipeline_root(path)
+    root = find_pipeline(path)
     try:
         cfg = json.loads((root / "unet" / "config.json").read_text())
         if isinstance(cfg.get("candidate"), dict):
@@ -249,14 +231,18 @@ def evaluate(model: str | os.PathLike, prompts_file: str | os.PathLike, out: str
     :class:`~archsearch.errors.ParameterError` naming the parameter for bad input.
     """
     from archsearch.data import resolve_device
-    from archsearch.distill import fewstep_defaults
+    from archsearch.distill import find_pipeline, pipeline_info
 
-    root = pipeline_root(model, "model")
-    recorded = fewstep_defaults(root) or fewstep_defaults(Path(model))  # a few-step model draws in its own steps
-    t_steps = int(steps) if steps is not None else DEFAULT_STEPS  # the teacher: as asked, else its usual
-    t_guidance = float(guidance) if guidance is not None else DEFAULT_GUIDANCE
-    steps = int(steps) if steps is not None else int(recorded.get("steps", DEFAULT_STEPS))
-    guidance = float(guidance) if guidance is not None else float(recorded.get("guidance", DEFAULT_GUIDANCE))
+    root = find_pipeline(model, "model")
+    t_root = find_pipeline(teacher, "teacher") if teacher is not None else None
+    # unless asked, each pipeline draws with its own defaults (generate's): a few-step model in
+    # the steps and guidance its fewstep.json records, any other (the teacher) in 25 at 7.5
+    own = pipeline_info(root)
+    t_own = pipeline_info(t_root) if t_root is not None else own
+    t_steps = int(steps) if steps is not None else t_own.default_steps
+    t_guidance = float(guidance) if guidance is not None else t_own.default_guidance
+    steps = int(steps) if steps is not None else own.default_steps
+    guidance = float(guidance) if guidance is not None else own.default_guidance
     if int(steps) < 1:
         raise ParameterError("steps", f": bad value {steps} (allowed: an integer >= 1)")
     if int(batch) < 1:
@@ -270,10 +256,9 @@ def evaluate(model: str | os.PathLike, prompts_file: str | os.PathLike, out: str
             raise ParameterError(name, f": bad value {v} (allowed: a multiple of 8 pixels, >= 8)")
     seed_list = parse_seeds(seeds)
     prompts = read_prompts(prompts_file, limit)
-    _pipeline_class(root, "model")
-    t_root = pipeline_root(teacher, "teacher") if teacher is not None else None
+    _image_pipeline(own, "model")
     if t_root is not None:
-        _pipeline_class(t_root, "teacher")
+        _image_pipeline(t_own, "teacher")
     ref_files = M.reference_images(reference) if reference is not None else []
     if fid and not ref_files and t_root is None:
         raise ParameterError("fid", ": FID needs a reference folder or a teacher to compare with")
