@@ -155,8 +155,9 @@ def _builtin(model: Any, c: Any, prompts: list[str], seeds: list[int], steps: in
     """The clips ``model`` (the student, or the teacher: both are called ``model(x, t, context)``)
     draws at candidate ``c``'s latent shape with the teacher's noise process and text encoder
     (``cache["teacher"]``)."""
-    from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
     from PIL import Image
+
+    from archsearch.distill._fewstep import _sample, reference_scheduler  # the one guided sampling loop
 
     teacher = cache["teacher"]
     proc = teacher.process
@@ -166,22 +167,9 @@ def _builtin(model: Any, c: Any, prompts: list[str], seeds: list[int], steps: in
     ctx, uncond = cache["ctx"].to(device), cache["uncond"].to(device)
     shape = (c.latent_channels, c.frames, c.resolution, c.resolution) if c.kind == "video" else \
         (c.latent_channels, c.resolution, c.resolution)
-    x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(seeds[i % len(seeds)])))
-                     for i in range(len(prompts))]).to(device)
-    if proc.prediction == "flow":
-        sched: Any = FlowMatchEulerDiscreteScheduler(num_train_timesteps=proc.num_train_timesteps, shift=proc.shift)
-    else:
-        cfg = {k: v for k, v in proc.config.items() if k in ("num_train_timesteps", "beta_schedule", "beta_start",
-                                                           "beta_end", "rescale_betas_zero_snr")}
-        sched = DDIMScheduler(**cfg, prediction_type=proc.prediction, clip_sample=False, set_alpha_to_one=False)
-    sched.set_timesteps(steps)
-    both = torch.cat([uncond.expand(len(prompts), -1, -1), ctx])
-    for t in sched.timesteps:
-        inp = torch.cat([x, x])
-        tt = torch.full((inp.shape[0],), float(t) if proc.prediction == "flow" else int(t), device=device)
-        pred = model(inp, tt, both).float()
-        pu, pc = pred.chunk(2)
-        x = sched.step(pu + guidance * (pc - pu), t, x).prev_sample
+    picture_seeds = [int(seeds[i % len(seeds)]) for i in range(len(prompts))]
+    x = _sample(model, reference_scheduler(proc), steps, ctx, uncond, picture_seeds, shape, guidance, device,
+                proc.prediction == "flow")
     clips = x[:, :3] if c.kind == "video" else x[:, :3, None]  # (B, 3, F, H, W)
     rgb = ((clips.clamp(-1, 1) + 1) / 2 * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
     scale = max(1, 64 // c.resolution)
