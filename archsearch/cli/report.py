@@ -36,21 +36,6 @@ def resolve_study(study: str, reports_dir: Path) -> Path:
     raise ArchsearchError(f"study {study!r} not found: no folder {direct} or {under} ({hint})")
 
 
-def _warn_foreign_table(study_dir: Path) -> None:
-    """One line (stderr) when the study's latency table was measured on another machine."""
-    import json
-
-    from archsearch.cost.latency import check_table_device, load_table
-
-    try:
-        table = json.loads((study_dir / "meta.json").read_text(encoding="utf-8")).get("latency_table")
-        line = check_table_device(load_table(table)).warning if table and Path(table).is_file() else ""
-    except (OSError, ValueError, AttributeError, ArchsearchError):
-        return
-    if line:
-        err_console.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
-
-
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "study"
 
@@ -123,9 +108,11 @@ def register(app: typer.Typer) -> None:
                 )
             with err_console.status(f"Writing report of {escape(str(dirs[0]))}…"):
                 refresh_store(dirs[0])  # the study is the truth: a killed run, a cut-short trials.csv
-                path = write_report(dirs[0], out, png_dir=png)
-            _warn_foreign_table(dirs[0])
-            for warning in load_study(dirs[0]).warnings:  # Pareto candidates that cannot see the prompt
+                study = load_study(dirs[0])
+                path = write_report(study, out, png_dir=png)
+            device = study.table_device  # the table measured on another machine; then the prompt-blind
+            foreign = [device.warning] if device is not None and device.differs else []
+            for warning in foreign + study.warnings:
                 err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
         typer.echo(str(path))
         if png is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,21 @@ class StudyData:
         """meta.json's ``warnings`` (Pareto candidates that cannot see the prompt)."""
         raw = self.meta.get("warnings")
         return [str(w) for w in raw] if isinstance(raw, list) else []
+
+    @cached_property
+    def table_device(self) -> Any:
+        """The study's latency table checked against this machine
+        (:class:`~archsearch.cost.latency.DeviceCheck`; ``None``: no table there, or unreadable),
+        read once per study."""
+        path = self.meta.get("latency_table")
+        if not path or not Path(str(path)).is_file():
+            return None
+        from archsearch.cost.latency import check_table_device, load_table
+
+        try:
+            return check_table_device(load_table(path))
+        except ArchsearchError:
+            return None
 
 
 def _opt_float(value: Any) -> float | None:

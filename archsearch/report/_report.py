@@ -92,19 +92,11 @@ def _data_used(meta: dict) -> str:
     return "built-in synthetic shapes and captions (no download)"
 
 
-def _foreign_table(meta: dict) -> str:
+def _foreign_table(study: StudyData) -> str:
     """The one line saying the study's latency table was measured on another machine than
     this one ('' when it was not, or the table is an estimate, an import or not there)."""
-    path = meta.get("latency_table")
-    if not path or not Path(str(path)).is_file():
-        return ""
-    from archsearch.cost.latency import check_table_device, load_table
-
-    try:
-        check = check_table_device(load_table(path))
-    except ArchsearchError:
-        return ""
-    return f"{check.label} — {check.warning}" if check.differs else ""
+    check = study.table_device
+    return f"{check.label} — {check.warning}" if check is not None and check.differs else ""
 
 
 def _noise_text(study: StudyData) -> str:
@@ -150,7 +142,7 @@ def _summary(study: StudyData, reference: np.ndarray | None, ref_origin: str, n_
             f"{k} = {v}" for k, v in study.constraints.items() if v is not None) or "none")),
         ("target / latency table",
          esc(f"{meta.get('target') or 'not set'} / {meta.get('latency_table') or 'none'}")
-         + (f' <span class="missing">({esc(foreign)})</span>' if (foreign := _foreign_table(meta)) else "")),
+         + (f' <span class="missing">({esc(foreign)})</span>' if (foreign := _foreign_table(study)) else "")),
         ("sampler / seed", esc(f"{meta.get('sampler', 'n/a')} / {meta.get('seed', 'n/a')}")),
         ("data", esc(_data_used(meta))),
         ("Pareto candidates", str(n_front)),
@@ -306,7 +298,7 @@ def _pareto_table_section(study: StudyData, out_dir: Path) -> str:
     headers += [o.name for o in extra_obj] + ["trial", "note", "train it"]
     knee_id = (study.knee or {}).get("candidate_id")
     z = study.noise_z
-    if _foreign_table(study.meta):  # the table's latencies describe another machine
+    if _foreign_table(study):  # the table's latencies describe another machine
         from archsearch.cost.latency import FOREIGN_DEVICE_LABEL
 
         headers[3] = f"latency ({FOREIGN_DEVICE_LABEL})"
@@ -433,15 +425,16 @@ def render_report(study: StudyData, out_dir: Path, figures: dict[str, Any] | Non
     return page.render()
 
 
-def write_report(study_dir: str | os.PathLike, out: str | os.PathLike | None = None,
+def write_report(study_dir: str | os.PathLike | StudyData, out: str | os.PathLike | None = None,
                  png_dir: str | os.PathLike | None = None) -> Path:
     """Write the HTML report of the study in ``study_dir`` (default ``<study_dir>/index.html``).
 
     The page is self-contained (Plotly's JS is inlined once) and opens offline. The file is
     replaced atomically. ``png_dir``: also write each figure as ``<png_dir>/<figure>.png`` for
-    papers and slides (:func:`write_pngs`). Returns the path written.
+    papers and slides (:func:`write_pngs`). ``study_dir`` may be a study already read
+    (:func:`load_study`). Returns the path written.
     """
-    study = load_study(study_dir)
+    study = study_dir if isinstance(study_dir, StudyData) else load_study(study_dir)
     out_path = Path(out) if out is not None else study.path / "index.html"
     if out_path.is_dir():
         raise ArchsearchError(f"--out {out_path}: is a folder; give a file name ending in .html")
