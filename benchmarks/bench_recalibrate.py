@@ -38,26 +38,25 @@ def _load() -> str:
     return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
 
 
-def torch_times(cands, threads: int, min_run_time: float) -> list[float]:
-    """Median ms of one call of each candidate's whole model: ``torch.utils.benchmark``."""
+def torch_time(model, inputs: tuple, threads: int, min_run_time: float) -> float:
+    """Median ms of one ``model(*inputs)`` under ``torch.inference_mode``: ``torch.utils.benchmark``."""
     import torch
     import torch.utils.benchmark as tb
 
+    def call():
+        with torch.inference_mode():
+            return model(*inputs)
+
+    timer = tb.Timer(stmt="call()", globals={"call": call}, num_threads=threads)
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def torch_times(cands, threads: int, min_run_time: float) -> list[float]:
+    """:func:`torch_time` of each candidate's whole model."""
     from archsearch.export import model_inputs
     from archsearch.model import build_model
 
-    out = []
-    for c in cands:
-        model = build_model(c).eval()
-        inputs = model_inputs(c, 1)
-
-        def call(model=model, inputs=inputs):
-            with torch.inference_mode():
-                return model(*inputs)
-
-        timer = tb.Timer(stmt="call()", globals={"call": call}, num_threads=threads)
-        out.append(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
-    return out
+    return [torch_time(build_model(c).eval(), model_inputs(c, 1), threads, min_run_time) for c in cands]
 
 
 def test_candidates(space, table, n: int, seed: int, exclude: set[str]):

@@ -34,9 +34,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import numpy as np
-    import torch
-    import torch.utils.benchmark as tb
-    from bench_recalibrate import test_candidates
+    from bench_recalibrate import test_candidates, torch_time
 
     from archsearch.cost.latency import MeasureSettings, device_fingerprint, load_predictor, load_table, time_module
     from archsearch.export import model_inputs
@@ -66,17 +64,9 @@ def main() -> None:
         model = build_model(c).eval()
         inputs = model_inputs(c, 1)
 
-        def call(model=model, inputs=inputs):
-            with torch.inference_mode():
-                return model(*inputs)
-
-        def standard() -> float:
-            timer = tb.Timer(stmt="call()", globals={"call": call}, num_threads=threads)
-            return timer.blocked_autorange(min_run_time=args.min_run_time).median * 1e3
-
-        std = standard()
+        std = torch_time(model, inputs, threads, args.min_run_time)
         ours = {name: time_module(model, inputs, threads, st).ms for name, st in variants.items()}
-        again = standard()
+        again = torch_time(model, inputs, threads, args.min_run_time)
         predicted = float(pred.predict([c])[0])
         rows.append((std, again, predicted, ours))
         print(f"  {c.id}: torch {std:.1f} ms (again {again:.1f}), table {predicted:.1f}, "

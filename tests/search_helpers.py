@@ -64,3 +64,15 @@ def tiny_spec(tmp_path: Path, **proxy: Any) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def crash_at(step: int):
+    """A training-loop callback that stops the run at ``step`` as Ctrl-C would (in process)."""
+    from archsearch.distill import LoopCallback
+
+    class Crash(LoopCallback):
+        def on_step(self, state) -> None:
+            if state.step == step:
+                raise KeyboardInterrupt("simulated kill")
+
+    return Crash()

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_TEACHER
+from search_helpers import crash_at
 from typer.testing import CliRunner
 
 from archsearch.candidate import sample
@@ -33,7 +34,6 @@ from archsearch.cli.main import app
 from archsearch.distill import (
     FEWSTEP_FILE,
     FewStepConfig,
-    LoopCallback,
     ProxyConfig,
     TrainConfig,
     draw_latents,
@@ -288,15 +288,6 @@ def test_kill_9_then_resume_latest_is_the_straight_run(method, trained, v_teache
 # --------------------------------------------------------------------------- video
 
 
-class _Crash(LoopCallback):
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_step(self, state):
-        if state.step == self.at:
-            raise KeyboardInterrupt("simulated kill")
-
-
 @pytest.mark.slow
 def test_video_adversarial_with_temporal_heads_resumes_and_keeps_spatial_layers_frozen(tmp_path, teacher_cache):
     from archsearch.distill._spatial import is_temporal
@@ -315,7 +306,7 @@ def test_video_adversarial_with_temporal_heads_resumes_and_keeps_spatial_layers_
                         train={"checkpoint_every": 2, "ema_decay": 0.0})
     step_distill(tmp_path / "t", tmp_path / "a", cfg, teacher=teacher, device="cpu")
     with pytest.raises(KeyboardInterrupt):
-        step_distill(tmp_path / "t", tmp_path / "b", cfg, teacher=teacher, device="cpu", callbacks=[_Crash(3)])
+        step_distill(tmp_path / "t", tmp_path / "b", cfg, teacher=teacher, device="cpu", callbacks=[crash_at(3)])
     res = step_distill(tmp_path / "t", tmp_path / "b", cfg, teacher=teacher, device="cpu", resume="latest")
     assert res.start_step == 2
     _same_files(tmp_path / "a", tmp_path / "b")

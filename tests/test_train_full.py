@@ -25,7 +25,6 @@ from archsearch.data import clear_caches
 from archsearch.distill import (
     OBJECTIVES,
     KDObjective,
-    LoopCallback,
     ProxyConfig,
     TrainConfig,
     distill,
@@ -39,7 +38,7 @@ from archsearch.model import ArchUNet, build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffusers_fixtures as F  # noqa: E402
-from search_helpers import make_spec  # noqa: E402
+from search_helpers import crash_at, make_spec  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,21 +208,12 @@ def test_train_says_when_it_adapts_the_candidate_and_keeps_both_ids(sd, sd_cache
     assert Candidate.from_yaml(out / "candidate.yaml").id == exact.id
 
 
-class _Crash(LoopCallback):
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_step(self, state):
-        if state.step == self.at:
-            raise KeyboardInterrupt("simulated kill")
-
-
 def test_resume_gives_the_same_weights_as_a_straight_run(sd, sd_cache, sd_teacher, tmp_path):
     cand = _tiny_candidate()
     cfg = TrainConfig(proxy=_proxy(sd, steps=20), checkpoint_every=10, keep=2, log_every=5)
     train(cand, sd_teacher, sd_cache, cfg, tmp_path / "straight", device="cpu")
     with pytest.raises(KeyboardInterrupt):
-        train(cand, sd_teacher, sd_cache, cfg, tmp_path / "split", device="cpu", callbacks=[_Crash(13)])
+        train(cand, sd_teacher, sd_cache, cfg, tmp_path / "split", device="cpu", callbacks=[crash_at(13)])
     assert [p.name for p in list_checkpoints(tmp_path / "split" / "checkpoints")] == ["step-00000010"]
     state = json.loads((tmp_path / "split" / "checkpoints" / "step-00000010" / "state.json").read_text())
     assert state["step"] == 10 and state["data_position"] == 10
@@ -273,7 +263,7 @@ def test_an_objective_with_its_own_state_resumes_exactly(sd, sd_cache, sd_teache
                       objective="counting")
     straight = train(cand, sd_teacher, sd_cache, cfg, tmp_path / "straight", device="cpu")
     with pytest.raises(KeyboardInterrupt):
-        train(cand, sd_teacher, sd_cache, cfg, tmp_path / "split", device="cpu", callbacks=[_Crash(5)])
+        train(cand, sd_teacher, sd_cache, cfg, tmp_path / "split", device="cpu", callbacks=[crash_at(5)])
     ckpt = tmp_path / "split" / "checkpoints" / "step-00000003"
     assert torch.load(ckpt / "objective.pt", weights_only=True) == {"seen": 3}
     assert json.loads((ckpt / "state.json").read_text())["settings"]["objective"] == "counting"
